@@ -1,0 +1,388 @@
+"""Post-import patches for MMF 1.0.0rc10 on Python 3.11 / torch 2 / omegaconf 2.4.
+
+Each patch names the rc10 behaviour it fixes and checks that the behaviour is
+present before it changes anything, so a newer MMF that fixed it is left
+alone. Patches run right after their module is executed (see
+mmf_fashion.bridge.PatchingFinder), before any other module can copy the
+patched names with `from ... import ...`.
+"""
+from __future__ import annotations
+
+import collections.abc
+import inspect
+import os
+import warnings
+from typing import Callable, Dict, List
+
+PATCHES: Dict[str, List[Callable]] = {}
+APPLIED: List[str] = []
+
+
+def patch(module_name: str):
+    def register(function):
+        PATCHES.setdefault(module_name, []).append(function)
+        return function
+
+    return register
+
+
+def _source(obj) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+def _record(name: str) -> None:
+    APPLIED.append(name)
+
+
+# ---------------------------------------------------------------- transformers
+@patch("transformers.optimization")
+def adamw_from_torch(module):
+    """rc10 imports transformers.optimization.AdamW, removed in transformers 4.x."""
+    if not hasattr(module, "AdamW"):
+        import torch
+
+        module.AdamW = torch.optim.AdamW
+        _record("transformers.optimization.AdamW -> torch.optim.AdamW")
+
+
+# ---------------------------------------------------------------- configuration
+@patch("mmf.utils.configuration")
+def own_defaults_file(module):
+    """rc10's sdist ships no configs/defaults.yaml: point MMF at ours."""
+    from mmf_fashion.resources import DEFAULTS_YAML
+
+    if not os.path.isfile(module.get_default_config_path()):
+        module.get_default_config_path = lambda: DEFAULTS_YAML
+        _record("configuration.get_default_config_path -> mmf_fashion/configs/defaults.yaml")
+
+
+@patch("mmf.utils.configuration")
+def includes_from_our_roots(module):
+    """`includes:` resolve against the mmf root, then the including file; also
+    look in mmf_fashion's roots so users can include projects/<model>/... by the
+    same relative path from anywhere."""
+    from mmf_fashion.resources import find_include
+
+    original = module.load_yaml
+    if getattr(original, "__mmf_fashion__", False):
+        return
+    OmegaConf = module.OmegaConf
+
+    def load_yaml(f):
+        path = find_include(f, including_file=None)
+        mapping = OmegaConf.load(path)
+        if mapping is None:
+            mapping = OmegaConf.create()
+        includes = mapping.get("includes", [])
+        if not isinstance(includes, collections.abc.Sequence) or isinstance(includes, str):
+            raise AttributeError(f"{path}: 'includes' must be a list, {type(includes)} given")
+        merged = OmegaConf.create()
+        for include in includes:
+            merged = OmegaConf.merge(merged, load_yaml(find_include(include, including_file=path)))
+        mapping.pop("includes", None)
+        return OmegaConf.merge(merged, mapping)
+
+    load_yaml.__mmf_fashion__ = True
+    module.load_yaml = load_yaml
+    _record("configuration.load_yaml: includes also resolved in mmf_fashion roots")
+
+
+@patch("mmf.utils.configuration")
+def resolvers_for_omegaconf_2_1(module):
+    """rc10 calls OmegaConf.clear_resolvers() + register_resolver(): the first
+    also drops omegaconf's own oc.env, the second is gone in omegaconf 2.4."""
+    OmegaConf = module.OmegaConf
+    if "clear_resolvers" not in _source(module.Configuration._register_resolvers):
+        return
+
+    def _register_resolvers(self):
+        import torch
+
+        device_count = max(1, torch.cuda.device_count())
+        OmegaConf.register_new_resolver("device_count", lambda: device_count, replace=True)
+        OmegaConf.register_new_resolver("resolve_cache_dir", module.resolve_cache_dir, replace=True)
+        OmegaConf.register_new_resolver("resolve_dir", module.resolve_dir, replace=True)
+
+    module.Configuration._register_resolvers = _register_resolvers
+    _record("Configuration._register_resolvers: register_new_resolver, keep oc.env")
+
+
+@patch("mmf.utils.configuration")
+def missing_keys_are_none(module):
+    """omegaconf >= 2.1 raises on missing keys where rc10 expects None
+    (opts.config, config.model, config.dataset(s))."""
+    original = module.Configuration._build_opt_list
+    if getattr(original, "__mmf_fashion__", False):
+        return
+
+    def _build_opt_list(self, opts):
+        opts_config = original(self, opts)
+        for key in ("config", "model", "dataset", "datasets"):
+            if key not in opts_config:
+                opts_config[key] = None
+        return opts_config
+
+    _build_opt_list.__mmf_fashion__ = True
+    module.Configuration._build_opt_list = _build_opt_list
+    _record("Configuration._build_opt_list: missing config/model/dataset(s) -> None")
+
+    original_user = module.Configuration._build_user_config
+
+    def _build_user_config(self, opts):
+        user_config = original_user(self, opts)
+        if isinstance(user_config, dict):
+            user_config = module.OmegaConf.create(user_config)
+        return user_config
+
+    module.Configuration._build_user_config = _build_user_config
+
+
+@patch("mmf.utils.configuration")
+def clear_unknown_names(module):
+    """rc10 only warns for an unknown model or dataset name and then fails far
+    away; say which names exist instead."""
+    original_model = module.Configuration._build_model_config
+    original_dataset = module.Configuration._build_dataset_config
+    registry = module.registry
+
+    def _build_model_config(self, config):
+        if config.model is not None and registry.get_model_class(config.model) is None:
+            from mmf_fashion.plugin import registered_names
+
+            raise ValueError(
+                f"Unknown model '{config.model}'. Registered models: {', '.join(registered_names('model'))}"
+            )
+        return original_model(self, config)
+
+    def _build_dataset_config(self, config):
+        names = config.datasets or config.dataset
+        for name in (names or "").split(","):
+            if name and registry.get_builder_class(name) is None:
+                from mmf_fashion.plugin import registered_names
+
+                raise ValueError(
+                    f"Unknown dataset '{name}'. Registered dataset builders: "
+                    f"{', '.join(registered_names('builder'))}"
+                )
+        return original_dataset(self, config)
+
+    module.Configuration._build_model_config = _build_model_config
+    module.Configuration._build_dataset_config = _build_dataset_config
+    _record("Configuration: unknown model/dataset names list the registered ones")
+
+
+# ---------------------------------------------------------------- env / imports
+@patch("mmf.utils.env")
+def register_plugin_in_setup_imports(module):
+    """MMF loads its registrations in setup_imports(): load ours there too, so
+    plain `mmf_run` sees mmf_fashion's models, builders, metrics and trainer."""
+    original = module.setup_imports
+    if getattr(original, "__mmf_fashion__", False):
+        return
+
+    def setup_imports():
+        original()
+        import sys
+
+        mmf_spec = getattr(sys.modules.get("mmf"), "__spec__", None)
+        if getattr(mmf_spec, "_initializing", False):
+            # rc10's registry.py calls setup_imports() while `import mmf` is
+            # still running; our modules import mmf, so register on the next
+            # call (mmf_run and our entry points call it again first thing).
+            return
+        import mmf_fashion.plugin
+
+        mmf_fashion.plugin.register_all()
+
+    setup_imports.__mmf_fashion__ = True
+    module.setup_imports = setup_imports
+    _record("env.setup_imports: also imports mmf_fashion.plugin")
+
+
+# ---------------------------------------------------------------- logger
+@patch("mmf.utils.logger")
+def collections_abc_mapping(module):
+    """rc10's logger uses collections.Mapping, removed in Python 3.10."""
+    import collections
+
+    if not hasattr(collections, "Mapping") and "collections.Mapping" in _source(module):
+        import types
+
+        shim = types.SimpleNamespace(**{k: getattr(collections, k) for k in dir(collections) if not k.startswith("__")})
+        shim.Mapping = collections.abc.Mapping
+        shim.abc = collections.abc
+        module.collections = shim
+        _record("logger: collections.Mapping -> collections.abc.Mapping")
+
+
+# ---------------------------------------------------------------- checkpoint
+@patch("mmf.utils.checkpoint")
+def config_to_yaml(module):
+    """rc10 writes config.yaml with DictConfig.pretty(), removed from omegaconf."""
+    from omegaconf import OmegaConf
+
+    if ".pretty(" in _source(module.Checkpoint.save_config):
+
+        def save_config(self):
+            path = os.path.join(self.ckpt_foldername, "config.yaml")
+            with open(path, "w") as f:
+                f.write(OmegaConf.to_yaml(self.config, resolve=True))
+
+        module.Checkpoint.save_config = save_config
+        _record("Checkpoint.save_config: OmegaConf.to_yaml")
+
+
+# ---------------------------------------------------------------- distributed
+@patch("mmf.utils.distributed")
+def distributed_without_nccl_or_cuda(module):
+    """rc10 reports rank 0 / world 1 whenever NCCL is missing (so gloo CPU runs
+    think they are alone), checks the process group with a .cuda() tensor, and
+    always asks for nccl. Use the process group whatever its backend."""
+    import torch
+    import torch.distributed as dist
+
+    if "is_nccl_available" not in _source(module.get_rank):
+        return
+
+    def _initialized():
+        return dist.is_available() and dist.is_initialized()
+
+    def get_rank():
+        return dist.get_rank() if _initialized() else 0
+
+    def get_world_size():
+        return dist.get_world_size() if _initialized() else 1
+
+    def is_master():
+        return get_rank() == 0
+
+    def synchronize():
+        if _initialized() and dist.get_world_size() > 1:
+            dist.barrier()
+
+    original_init = module.distributed_init
+
+    def distributed_init(config):
+        if config.distributed.backend == "nccl" and not torch.cuda.is_available():
+            config.distributed.backend = "gloo"
+        if dist.is_initialized():
+            warnings.warn("Distributed is already initialized, cannot initialize twice!")
+        else:
+            dist.init_process_group(
+                backend=config.distributed.backend,
+                init_method=config.distributed.init_method,
+                world_size=config.distributed.world_size,
+                rank=config.distributed.rank,
+            )
+            device = torch.device("cuda", torch.cuda.current_device()) if config.distributed.backend == "nccl" else "cpu"
+            dist.all_reduce(torch.zeros(1, device=device))
+            module.suppress_output(is_master())
+        config.distributed.rank = dist.get_rank()
+        return config.distributed.rank
+
+    distributed_init.__wrapped__ = original_init
+    for name, function in {
+        "get_rank": get_rank,
+        "get_world_size": get_world_size,
+        "is_master": is_master,
+        "synchronize": synchronize,
+        "distributed_init": distributed_init,
+    }.items():
+        setattr(module, name, function)
+
+    def reduce_dict(dictionary):
+        # rc10 reduces to rank 0 only; the values on other ranks stay partial
+        if get_world_size() < 2 or len(dictionary) == 0:
+            return dictionary
+        with torch.no_grad():
+            keys, values = zip(*sorted(dictionary.items()))
+            values = torch.stack([v.detach().float().reshape(()) if v.numel() == 1 else v.detach().float().mean() for v in values])
+            dist.all_reduce(values)
+            values /= get_world_size()
+        return dict(zip(keys, values))
+
+    module.reduce_dict = reduce_dict
+    _record("distributed: rank/world size/barrier for any backend; gloo on CPU")
+
+
+@patch("mmf_cli.run")
+def local_rank_device(module):
+    """Under torchrun, rc10's run path gives device_id 0 to every rank."""
+    original = module.distributed_main
+    if getattr(original, "__mmf_fashion__", False):
+        return
+
+    def distributed_main(device_id, configuration, predict=False):
+        config = configuration.get_config()
+        if "LOCAL_RANK" in os.environ and config.distributed.no_spawn:
+            device_id = int(os.environ["LOCAL_RANK"])
+        config.device_id = device_id
+        if config.distributed.rank is None:
+            config.distributed.rank = config.start_rank + device_id
+        module.main(configuration, init_distributed=True, predict=predict)
+
+    distributed_main.__mmf_fashion__ = True
+    module.distributed_main = distributed_main
+    _record("mmf_cli.run.distributed_main: device from LOCAL_RANK")
+
+
+# ---------------------------------------------------------------- metrics / losses
+@patch("mmf.modules.metrics")
+def metric_params(module):
+    """rc10 reads a metric's params after `metric = metric.type`, so they are
+    silently dropped; metrics may also return a dict of values."""
+    if "metric = metric.type" not in _source(module.Metrics._init_metrics):
+        return
+    registry = module.registry
+
+    def _init_metrics(self, metric_list):
+        metrics = {}
+        self.required_params = {"dataset_name", "dataset_type"}
+        for metric in metric_list:
+            params = {}
+            if isinstance(metric, collections.abc.Mapping):
+                if "type" not in metric:
+                    raise ValueError(f"Metric {metric} needs to have 'type' attribute")
+                params = dict(metric.get("params", None) or {})
+                name = metric.get("key", None) or metric["type"]
+                metric_type = metric["type"]
+            elif isinstance(metric, str):
+                name = metric_type = metric
+            else:
+                raise TypeError(f"Metric {metric} has inappropriate type: 'dict' or 'str' allowed")
+            metric_cls = registry.get_metric_class(metric_type)
+            if metric_cls is None:
+                from mmf_fashion.plugin import registered_names
+
+                raise ValueError(
+                    f"No metric named '{metric_type}' is registered. Registered metrics: "
+                    f"{', '.join(registered_names('metric'))}"
+                )
+            metrics[name] = metric_cls(**params)
+            self.required_params.update(metrics[name].required_params)
+        return metrics
+
+    module.Metrics._init_metrics = _init_metrics
+    _record("Metrics._init_metrics: params passed to the metric; clear unknown-name error")
+
+
+@patch("mmf.modules.losses")
+def losses_without_targets(module):
+    """rc10 computes no loss at all when the batch has no `targets` field:
+    pretraining batches have none. Also list the registered names on a typo."""
+    if "targets" not in _source(module.Losses.forward):
+        return
+
+    def forward(self, sample_list, model_output, *args, **kwargs):
+        output = {}
+        if self._evaluation_predict:
+            return output
+        for loss in self.losses:
+            output.update(loss(sample_list, model_output, *args, **kwargs))
+        return output
+
+    module.Losses.forward = forward
+    _record("Losses.forward: no longer requires sample_list.targets")

@@ -1,0 +1,1 @@
+"""Plain PyTorch building blocks (encoders, heads, losses). Nothing here imports MMF."""

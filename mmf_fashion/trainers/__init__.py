@@ -1,0 +1,1 @@
+"""Trainers registered into MMF (fashion_trainer)."""

@@ -1,0 +1,40 @@
+"""Test-suite set-up: the MMF bridge first, then MMF's registry with our plugin."""
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import mmf_fashion.bridge  # noqa: E402
+
+mmf_fashion.bridge.install()
+
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs (subprocess mmf_run, torchrun)")
+
+
+@pytest.fixture(scope="session")
+def mmf_registry():
+    """MMF's registry with every mmf_fashion registration loaded, and a writer."""
+    from mmf.common.registry import registry
+    from mmf.utils.configuration import Configuration
+    from mmf.utils.env import setup_imports
+
+    import mmf_fashion.plugin
+
+    setup_imports()
+    mmf_fashion.plugin.register_all()
+    if registry.get("config", no_warning=True) is None:
+        registry.register("config", Configuration().get_config())
+    if registry.get("writer", no_warning=True) is None:
+        from mmf.utils.logger import Logger
+
+        registry.register("writer", Logger(registry.get("config")))
+    return registry
