@@ -92,19 +92,24 @@ def includes_from_our_roots(module):
 
 @patch("mmf.utils.configuration")
 def resolvers_for_omegaconf_2_1(module):
-    """rc10 calls OmegaConf.clear_resolvers() + register_resolver(): the first
-    also drops omegaconf's own oc.env, the second is gone in omegaconf 2.4."""
+    """rc10 calls OmegaConf.clear_resolvers(), which also drops omegaconf's own
+    oc.env resolver, then registers without replace=True."""
     OmegaConf = module.OmegaConf
     if "clear_resolvers" not in _source(module.Configuration._register_resolvers):
         return
+
+    # omegaconf 2.1-2.3 name it register_new_resolver; 2.4 renamed it back to register_resolver
+    register = OmegaConf.register_resolver
+    if "replace" not in inspect.signature(register).parameters:
+        register = OmegaConf.register_new_resolver
 
     def _register_resolvers(self):
         import torch
 
         device_count = max(1, torch.cuda.device_count())
-        OmegaConf.register_new_resolver("device_count", lambda: device_count, replace=True)
-        OmegaConf.register_new_resolver("resolve_cache_dir", module.resolve_cache_dir, replace=True)
-        OmegaConf.register_new_resolver("resolve_dir", module.resolve_dir, replace=True)
+        register("device_count", lambda: device_count, replace=True)
+        register("resolve_cache_dir", module.resolve_cache_dir, replace=True)
+        register("resolve_dir", module.resolve_dir, replace=True)
 
     module.Configuration._register_resolvers = _register_resolvers
     _record("Configuration._register_resolvers: register_new_resolver, keep oc.env")

@@ -344,8 +344,19 @@ class FashionTrainer(BaseTrainer):
             batch = SampleList(batch)
         return batch.to(self.device)
 
+    def _record_sample_ids(self, batch) -> None:
+        """training.log_sample_ids: which samples each rank trained on (to check DDP sharding)."""
+        ids = batch.get("image_id", batch.get("product_id", None)) if hasattr(batch, "get") else None
+        if ids is None:
+            return
+        path = os.path.join(self.save_dir, f"sample_ids_rank{dist_utils.get_rank()}.txt")
+        with open(path, "a") as f:
+            f.write(" ".join(str(int(i)) for i in ids.view(-1).tolist()) + "\n")
+
     def _forward_backward(self, batch, sync: bool):
         batch = self._prepare(batch)
+        if self.training_config.get("log_sample_ids", False):
+            self._record_sample_ids(batch)
         no_sync = self.train_model.no_sync if (self.distributed and not sync and hasattr(self.train_model, "no_sync")) else contextlib.nullcontext
         with no_sync():
             with self._autocast():

@@ -1,0 +1,1 @@
+"""The `mmf-fashion` command line (see main.py)."""

@@ -1,0 +1,32 @@
+"""`mmf-fashion info`: what this package registers into MMF, one line each."""
+from __future__ import annotations
+
+
+def run(args) -> int:
+    import mmf_fashion
+    import mmf_fashion.bridge
+
+    mmf_fashion.bridge.install()
+    from mmf.utils.env import setup_imports
+
+    import mmf_fashion.plugin
+
+    setup_imports()
+    registered = mmf_fashion.plugin.ours()
+    print(f"mmf-fashion {mmf_fashion.__version__}")
+    for kind in ("model", "builder", "metric", "loss", "processor", "trainer"):
+        names = registered.get(kind, {})
+        print(f"\n{kind}s ({len(names)}):")
+        for name, summary in sorted(names.items()):
+            print(f"  {name:<28} {summary}")
+    if args.patches:
+        print("\nMMF rc10 patches applied in this process:")
+        for line in mmf_fashion.bridge.applied():
+            print(f"  - {line}")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("info", help="list the registered models, builders, metrics, losses, processors")
+    parser.add_argument("--patches", action="store_true", help="also list the MMF compatibility patches applied")
+    parser.set_defaults(func=run)

@@ -1,0 +1,1 @@
+"""Registered MMF losses (thin wrappers around mmf_fashion.modules.losses)."""
