@@ -12,6 +12,7 @@ A metric may return one number or a dict of numbers; the flat key is
 from __future__ import annotations
 
 import collections.abc
+import inspect
 import json
 import os
 import tempfile
@@ -48,16 +49,15 @@ class MetricSet:
     def __bool__(self) -> bool:
         return bool(self.metrics)
 
-    def compute(self, report, dataset_type: str, dataset_name: str, model=None) -> Dict[str, float]:
+    def compute(self, report, dataset_type: str, dataset_name: str, model=None, dataset=None) -> Dict[str, float]:
+        """Metrics get the model (pair scoring, re-ranking) and the dataset (galleries) when they accept them."""
         values: Dict[str, float] = {}
         with torch.no_grad():
             for name, metric in self.metrics.items():
-                try:
-                    result = metric.calculate(report, report, model=model)
-                except TypeError as error:
-                    if "model" not in str(error):
-                        raise
-                    result = metric.calculate(report, report)
+                accepted = inspect.signature(metric.calculate).parameters
+                takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+                extra = {k: v for k, v in (("model", model), ("dataset", dataset)) if takes_any or k in accepted}
+                result = metric.calculate(report, report, **extra)
                 prefix = f"{dataset_type}/{dataset_name}/{name}"
                 if isinstance(result, collections.abc.Mapping):
                     for key, value in result.items():

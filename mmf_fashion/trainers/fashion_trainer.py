@@ -280,7 +280,7 @@ class FashionTrainer(BaseTrainer):
             per_epoch = sum(len(l) for l in self.loaders["train"]) // self.update_frequency
             max_updates = int(self.training_config.max_epochs) * max(1, per_epoch)
         self.max_updates = int(max_updates)
-        self.model.train()
+        self._set_train_mode()
         self._timer = time.time()
         self._start_update = self.num_updates
         self.writer.write(f"Starting training at update {self.num_updates} of {self.max_updates}", "info")
@@ -292,6 +292,15 @@ class FashionTrainer(BaseTrainer):
         if self.num_updates % int(self.training_config.evaluation_interval) != 0:
             self.evaluate_split("val")
         self._finalize()
+
+    def _set_train_mode(self):
+        self.model.train()
+        if self.training_config.get("freeze_batchnorm", False):
+            # frozen running statistics: per-rank batch statistics would make a
+            # DDP run differ from one process with the same global batch
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     def _epoch_batches(self):
         """Interleave the train loaders of several datasets in a seeded order."""
@@ -439,12 +448,12 @@ class FashionTrainer(BaseTrainer):
                 report = AccumulatedReport(accumulator.report())
                 report["dataset_type"] = split
                 report["dataset_name"] = dataset.dataset_name
-                report["dataset"] = dataset
                 for key, value in accumulator.mean_losses().items():
                     values[f"{key}" if key.startswith(split) else f"{split}/{dataset.dataset_name}/{key}"] = value
-                values.update(self.metrics.compute(report, split, dataset.dataset_name, model=self.model))
+                values.update(self.metrics.compute(report, split, dataset.dataset_name, model=self.model, dataset=dataset))
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self._set_train_mode()
             ckpt.restore_rng(rng)
         if values and dist_utils.get_rank() == 0:
             record = write_results(self.save_dir, values, self.num_updates)
