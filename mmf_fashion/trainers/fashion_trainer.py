@@ -33,7 +33,7 @@ from mmf.common.sample import SampleList
 from mmf.trainers.base_trainer import BaseTrainer
 from mmf.utils.build import build_dataset, build_model, build_scheduler
 from mmf.utils.configuration import get_mmf_env
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from mmf_fashion.modules import distributed as dist_utils
 from mmf_fashion.trainers import checkpointing as ckpt
@@ -126,7 +126,7 @@ class FashionTrainer(BaseTrainer):
         attributes = self.config.model_config[self.config.model]
         if isinstance(attributes, str):
             attributes = self.config.model_config[attributes]
-        with OmegaConf.open_dict(attributes):
+        with open_dict(attributes):
             attributes.model = self.config.model
         self.model = build_model(attributes).to(self.device)
         if self.training_config.get("channels_last", False):

@@ -1,0 +1,92 @@
+"""`mmf_run` end to end in subprocesses: train, evaluate, resume, kill -9, torchrun."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "tests", "configs", "tiny_align.yaml")
+MMF_RUN = [sys.executable, "-c", "from mmf_cli.run import run; run()"]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from mmf_fashion.data.synth import make_fixture
+
+    return str(make_fixture(str(tmp_path_factory.mktemp("world")), products=40, image_size=32, seed=0))
+
+
+def mmf_run(save_dir, data_dir, *overrides, launcher=None, timeout=600, wait=True):
+    command = (launcher or MMF_RUN) + [f"config={CONFIG}", "model=align", "dataset=fashiongen",
+                                       f"env.save_dir={save_dir}", f"env.data_dir={data_dir}", *overrides]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if not wait:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result
+
+
+def final_weights(save_dir):
+    return torch.load(os.path.join(save_dir, "align_final.pth"), weights_only=True)
+
+
+def test_train_writes_checkpoints_and_metrics_then_resumes(tmp_path, data_dir):
+    save = str(tmp_path / "run")
+    mmf_run(save, data_dir, "run_type=train_val")
+    metrics = json.loads(open(os.path.join(save, "metrics.json")).read())
+    assert metrics["num_updates"] == 6
+    for key in ("i2t_r@1", "t2i_r@10", "avg"):
+        value = metrics[f"val/fashiongen/r@k_general/{key}"]
+        assert 0.0 <= value <= 100.0
+    history = [json.loads(line) for line in open(os.path.join(save, "metrics.jsonl"))]
+    assert [h["num_updates"] for h in history][:2] == [3, 6]
+    assert os.path.exists(os.path.join(save, "current.ckpt"))
+    assert os.path.exists(os.path.join(save, "align_final.pth"))
+    # resume and train further: the run continues from update 6
+    mmf_run(save, data_dir, "checkpoint.resume=True", "training.max_updates=8")
+    logs = "".join(open(os.path.join(save, "logs", f)).read() for f in os.listdir(os.path.join(save, "logs")))
+    assert "Resumed from" in logs and "at update 6" in logs
+    assert json.loads(open(os.path.join(save, "metrics.json")).read())["num_updates"] == 8
+
+
+def test_kill_during_training_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
+    straight = str(tmp_path / "straight")
+    mmf_run(straight, data_dir, "training.max_updates=10", "training.evaluation_interval=100")
+    interrupted = str(tmp_path / "interrupted")
+    process = mmf_run(interrupted, data_dir, "training.max_updates=10", "training.evaluation_interval=100", wait=False)
+    marker = os.path.join(interrupted, "models", "model_4.ckpt")
+    deadline = time.time() + 300
+    while not os.path.exists(marker) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not os.path.exists(os.path.join(interrupted, "align_final.pth"))
+    mmf_run(interrupted, data_dir, "training.max_updates=10", "training.evaluation_interval=100", "checkpoint.resume=True")
+    a, b = final_weights(straight), final_weights(interrupted)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_torchrun_two_cpu_processes_train_on_different_shards(tmp_path, data_dir):
+    save = str(tmp_path / "ddp")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                os.path.join(os.path.dirname(sys.executable), "mmf_run")]
+    mmf_run(save, data_dir, "training.log_sample_ids=True", "training.max_updates=4", launcher=launcher)
+    seen = []
+    for rank in (0, 1):
+        lines = open(os.path.join(save, f"sample_ids_rank{rank}.txt")).read().split("\n")
+        seen.append([set(line.split()) for line in lines if line])
+    assert len(seen[0]) == len(seen[1]) == 4
+    for batch0, batch1 in zip(seen[0], seen[1]):
+        assert not batch0 & batch1
+    assert json.loads(open(os.path.join(save, "metrics.json")).read())["num_updates"] == 4

@@ -1,0 +1,347 @@
+"""The retrieval index (build, save, load, search), zero-shot classification and
+the `index` CLI, with a tiny deterministic colour model implementing the
+retrieval interface: an image is its mean colour, a text the sum of its
+colour words, projected by a fixed orthonormal map (cosines are preserved)."""
+import argparse
+import json
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from mmf_fashion.retrieval import (
+    EmbeddingIndex,
+    RetrievalError,
+    build_index,
+    embed_image_dataset,
+    faiss_available,
+    search,
+    zero_shot_classify,
+)
+from mmf_fashion.retrieval.images import IMAGENET_MEAN, IMAGENET_STD, default_transform, load_images
+
+COLOURS = {
+    "red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1), "magenta": (1, 0, 1),
+    "yellow": (1, 1, 0), "cyan": (0, 1, 1), "white": (1, 1, 1), "black": (0, 0, 0),
+}
+WORDS = ["<unk>"] + list(COLOURS)
+
+
+class TinyColourNet(nn.Module):
+    """embed_images / embed_texts / embed_composed over an RGB space."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.words = nn.EmbeddingBag(len(WORDS), 3, mode="sum")
+        self.proj = nn.Linear(3, dim, bias=False)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.words.weight.zero_()
+            for i, word in enumerate(WORDS[1:], start=1):
+                self.words.weight[i] = torch.tensor(COLOURS[word], dtype=torch.float)
+            q, _ = torch.linalg.qr(torch.randn(dim, 3, generator=g))
+            self.proj.weight.copy_(q)  # orthonormal columns
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def _embed(self, rgb):
+        return nn.functional.normalize(self.proj(rgb - 0.5), dim=1)
+
+    def image_rgb(self, images):
+        return (images * self.std + self.mean).mean(dim=(2, 3))
+
+    def text_rgb(self, texts):
+        ids, offsets = [], []
+        for text in texts:
+            offsets.append(len(ids))
+            ids += [WORDS.index(w) if w in WORDS else 0 for w in re.findall(r"[a-z]+", text.lower())] or [0]
+        return self.words(torch.tensor(ids), torch.tensor(offsets)).clamp(0, 1)
+
+    def embed_images(self, images):
+        return self._embed(self.image_rgb(images))
+
+    def embed_texts(self, texts):
+        return self._embed(self.text_rgb(texts))
+
+    def embed_composed(self, images, texts):
+        return self._embed((self.image_rgb(images) + self.text_rgb(texts)).clamp(0, 1))
+
+
+@pytest.fixture
+def gallery_dir(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "gallery"
+    (folder / "sub").mkdir(parents=True)
+    for name, rgb in COLOURS.items():
+        target = folder / "sub" if name in ("cyan", "white") else folder
+        Image.new("RGB", (40, 30), tuple(255 * c for c in rgb)).save(target / f"{name}.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def name_of(hit):
+    return hit["path"].rsplit("/", 1)[-1].split(".")[0]
+
+
+def backends():
+    return ["torch", "faiss"] if faiss_available() else ["torch"]
+
+
+# -------------------------------------------------------------------- index
+@pytest.mark.parametrize("backend", backends())
+def test_build_save_load_and_search_images(tmp_path, gallery_dir, backend):
+    from mmf_fashion.retrieval.images import list_images
+
+    model = TinyColourNet()
+    paths = list_images(str(gallery_dir))
+    assert len(paths) == len(COLOURS)  # recursive, images only
+    index = build_index(model, paths, modality="image", batch_size=3, progress=False,
+                        image_size=32, backend=backend, model_info={"name": "tiny"})
+    assert index.backend == backend and len(index) == 8 and index.dim == 8
+    index_path, meta_path = index.save(tmp_path / "out" / "colours.index")
+    assert json.loads(meta_path.read_text())["backend"] == backend
+    loaded = EmbeddingIndex.load(index_path)
+    assert loaded.model_info == {"name": "tiny"} and loaded.items == index.items
+    assert torch.allclose(loaded.embeddings, index.embeddings, atol=1e-6)
+
+    for word in ("red", "cyan", "white"):  # text -> image
+        hits = search(model, loaded, texts=[word], k=3)[0]
+        assert name_of(hits[0]) == word and hits[0]["rank"] == 1
+        assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+        assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    blue = load_images([str(gallery_dir / "blue.png")], default_transform(32))
+    assert name_of(search(model, loaded, images=blue, k=1)[0][0]) == "blue"  # image -> image
+    red = load_images([str(gallery_dir / "red.png")], default_transform(32))
+    composed = search(model, loaded, images=red, texts=["add blue"], k=2)[0]  # TGIR
+    assert name_of(composed[0]) == "magenta"
+    assert len(search(model, loaded, texts=["red"], k=50)[0]) == 8  # k capped at the gallery
+
+
+def test_backends_return_the_same_ranking(gallery_dir):
+    if not faiss_available():
+        pytest.skip("faiss does not import here")
+    from mmf_fashion.retrieval.images import list_images
+
+    model, paths = TinyColourNet(), list_images(str(gallery_dir))
+    a = build_index(model, paths, backend="torch", progress=False, image_size=32)
+    b = build_index(model, paths, backend="faiss", progress=False, image_size=32)
+    queries = ["red", "green blue", "yellow", "dark"]
+    ra, rb = search(model, a, texts=queries, k=8), search(model, b, texts=queries, k=8)
+    for qa, qb in zip(ra, rb):
+        assert [round(h["score"], 4) for h in qa] == [round(h["score"], 4) for h in qb]
+        assert name_of(qa[0]) == name_of(qb[0])
+
+
+def test_text_gallery_and_image_queries(gallery_dir):
+    model = TinyColourNet()
+    captions = ["a red dress", "a green shirt", "blue jeans", "a yellow coat"]
+    index = build_index(model, captions, modality="text", progress=False, backend="torch")
+    green = load_images([str(gallery_dir / "green.png")], default_transform(32))
+    hits = search(model, index, images=green, k=2)[0]
+    assert hits[0]["text"] == "a green shirt" and hits[0]["row"] == 1
+
+
+def test_index_errors_are_clear(tmp_path, gallery_dir):
+    model = TinyColourNet()
+    index = build_index(model, ["red", "blue"], modality="text", progress=False, backend="torch")
+    path, meta = index.save(tmp_path / "t.index")
+    with pytest.raises(RetrievalError, match="index dimension 8"):
+        index.search_embeddings(torch.ones(1, 5), 1)
+    with pytest.raises(RetrievalError, match="has no embed_composed"):
+        search(nn.Linear(2, 2), index, images=torch.zeros(1, 3, 4, 4), texts=["x"])
+    with pytest.raises(RetrievalError, match="one image per text"):
+        search(model, index, images=torch.zeros(2, 3, 4, 4), texts=["x"])
+    with pytest.raises(RetrievalError, match="gallery is empty"):
+        build_index(model, [], modality="text")
+    meta.unlink()
+    with pytest.raises(RetrievalError, match="sidecar file is missing"):
+        EmbeddingIndex.load(path)
+    broken = tmp_path / "bad.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="bad.png: cannot read the image"):
+        build_index(model, [str(broken)], progress=False)
+
+
+# ---------------------------------------------------------------- zero-shot
+def test_zero_shot_classifies_colours_from_prompts(gallery_dir):
+    model = TinyColourNet()
+    names = ["red", "green", "blue", "yellow"]
+    images = load_images([str(gallery_dir / f"{n}.png") for n in names], default_transform(32))
+    preds, logits = zero_shot_classify(model.embed_texts, model.embed_images(images), names,
+                                       templates=("a photo of a {} dress.", "{}"))
+    assert preds.tolist() == [0, 1, 2, 3]
+    assert logits.shape == (4, 4) and torch.allclose(logits.diagonal(), torch.ones(4), atol=1e-5)
+    with pytest.raises(ValueError, match="has no"):
+        zero_shot_classify(model.embed_texts, model.embed_images(images), names, templates=("plain",))
+
+
+def test_embed_image_dataset_reads_ids_and_categories():
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return {"image": torch.full((3, 4, 4), i / 5.0), "target_id": torch.tensor(10 + i),
+                    "fashioniq_category": i % 2}
+
+    model = TinyColourNet()
+    out = embed_image_dataset(model, Items(), id_key="target_id", category_key="fashioniq_category",
+                              batch_size=2, progress=False)
+    assert out["id"].tolist() == [10, 11, 12, 13, 14] and out["category"].tolist() == [0, 1, 0, 1, 0]
+    expected = model.embed_images(torch.stack([Items()[i]["image"] for i in range(5)]))
+    assert torch.allclose(out["embedding"], expected)
+
+
+# ----------------------------------------------------------------------- CLI
+MODEL_NAME = "test_index_colour"
+
+
+@pytest.fixture
+def colour_model_registered(mmf_registry):
+    from mmf.models.base_model import BaseModel
+
+    if mmf_registry.get_model_class(MODEL_NAME) is None:
+
+        class TinyColourModel(BaseModel):
+            def build(self):
+                self.net = TinyColourNet(dim=int(self.config.get("dim", 8)))
+
+            def embed_images(self, images):
+                return self.net.embed_images(images)
+
+            def embed_texts(self, texts):
+                return self.net.embed_texts(texts)
+
+            def embed_composed(self, images, texts):
+                return self.net.embed_composed(images, texts)
+
+        mmf_registry.register_model(MODEL_NAME)(TinyColourModel)
+    return MODEL_NAME
+
+
+def run_cli(argv):
+    from mmf_fashion.cli import index as index_cli
+
+    parser = argparse.ArgumentParser(prog="mmf-fashion")
+    index_cli.add_parser(parser.add_subparsers(dest="group", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_build_and_search_with_a_checkpoint(tmp_path, gallery_dir, capsys, colour_model_registered):
+    net = TinyColourNet(dim=6)
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    red, blue = WORDS.index("red"), WORDS.index("blue")
+    swapped = state["net.words.weight"].clone()
+    swapped[[red, blue]] = swapped[[blue, red]]  # the trained model confuses red and blue
+    state["net.words.weight"] = swapped
+    ckpt = tmp_path / "model.pth"
+    torch.save({"model": state, "config": {"model": MODEL_NAME,
+                                           "model_config": {MODEL_NAME: {"dim": 6}}}}, ckpt)
+    out = tmp_path / "idx" / "gallery.index"
+    assert run_cli(["index", "build", "--checkpoint", str(ckpt), "--images", str(gallery_dir),
+                    "--out", str(out), "--batch-size", "3", "--image-size", "32", "--no-progress"]) == 0
+    assert "indexed 8 images with 'test_index_colour' (6-d" in capsys.readouterr().out
+
+    assert run_cli(["index", "search", "--index", str(out), "--text", "red", "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert name_of(hits[0]) == "blue"  # the checkpoint's weights were loaded
+    assert run_cli(["index", "search", "--index", str(out), "--image", str(gallery_dir / "red.png"),
+                    "--text", "add green", "-k", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "yellow.png" in printed and "query:" in printed
+
+
+def test_cli_reports_user_errors(tmp_path, gallery_dir, capsys, colour_model_registered):
+    out = str(tmp_path / "x.index")
+    assert run_cli(["index", "build", "--model", "no_such_model", "--images", str(gallery_dir),
+                    "--out", out, "--no-progress"]) == 1
+    assert "no model registered as 'no_such_model'" in capsys.readouterr().err
+    assert run_cli(["index", "build", "--model", MODEL_NAME, "--images", str(tmp_path / "none"),
+                    "--out", out]) == 1
+    assert "neither a directory nor a list file" in capsys.readouterr().err
+    bad_ckpt = tmp_path / "bad.pth"
+    torch.save({"model": {"other.weight": torch.zeros(1)}}, bad_ckpt)
+    assert run_cli(["index", "build", "--model", MODEL_NAME, "--checkpoint", str(bad_ckpt),
+                    "--texts", str(gallery_dir / "notes.txt"), "--out", out]) == 1
+    assert "does not fit model 'test_index_colour'" in capsys.readouterr().err
+    assert run_cli(["index", "search", "--index", out]) == 1
+    assert "give --text, --image" in capsys.readouterr().err
+
+
+# ------------------------------------------------- galleries from a data dir
+@pytest.fixture
+def data_dir(tmp_path):
+    """A tiny data directory in the published layouts, images of solid colours."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+
+    def image(path, colour):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 24), tuple(255 * c for c in COLOURS[colour])).save(path)
+
+    products = [(11, "red", "red dress", 2), (12, "blue", "blue jeans", 1), (13, "yellow", "yellow coat", 1)]
+    info = []
+    for pid, colour, title, views in products:
+        paths = [f"images/val/{pid}_{v}.jpg" for v in range(views)]
+        for p in paths:
+            image(root / "fashiongen" / p, colour)
+        info.append({"images": paths, "id": pid, "title": title, "description": "soft cotton"})
+    (root / "fashiongen" / "val_info.json").write_text(json.dumps(info))
+
+    iq = root / "fashioniq"
+    for asin, colour in (("B01", "green"), ("B02", "magenta"), ("B03", "cyan")):
+        image(iq / "images" / f"{asin}.png", colour)
+    (iq / "image_splits").mkdir(parents=True)
+    (iq / "image_splits" / "split.dress.val.json").write_text(json.dumps(["B01", "B02", "B01"]))
+    (iq / "image_splits" / "split.shirt.val.json").write_text(json.dumps(["B03"]))
+
+    pv = root / "polyvore_outfits"
+    for item, colour in (("901", "white"), ("902", "black"), ("903", "red")):
+        image(pv / "images" / f"{item}.jpg", colour)
+    (pv / "nondisjoint").mkdir(parents=True)
+    outfits = [{"set_id": "s1", "items": [{"item_id": "901", "index": 1}, {"item_id": "902", "index": 2}]},
+               {"set_id": "s2", "items": [{"item_id": "902", "index": 1}, {"item_id": "903", "index": 2}]}]
+    (pv / "nondisjoint" / "valid.json").write_text(json.dumps(outfits))
+    return root
+
+
+def test_dataset_galleries_follow_the_published_layouts(data_dir):
+    from mmf_fashion.retrieval.catalogue import dataset_gallery
+
+    items, records = dataset_gallery("fashiongen", "val", str(data_dir))
+    assert [r["product_id"] for r in records] == [11, 11, 12, 13]  # every view
+    assert items[1].endswith("fashiongen/images/val/11_1.jpg")
+    texts, records = dataset_gallery("fashiongen", "val", str(data_dir), "text")
+    assert texts[0] == "red dress. soft cotton" and records[0] == {"product_id": 11}
+    items, records = dataset_gallery("fashioniq", "val", str(data_dir))
+    assert [(r["asin"], r["category"]) for r in records] == [("B01", "dress"), ("B02", "dress"), ("B03", "shirt")]
+    items, records = dataset_gallery("polyvore_ocir", "val", str(data_dir))  # val read as valid
+    assert [r["item_id"] for r in records] == ["901", "902", "903"]
+    (data_dir / "fashioniq" / "images" / "B02.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"split.dress.val.json, record 1: no image for asin B02"):
+        dataset_gallery("fashioniq", "val", str(data_dir))
+    with pytest.raises(ValueError, match="fashiongen only"):
+        dataset_gallery("polyvore_ocir", "val", str(data_dir), "text")
+
+
+def test_cli_indexes_a_dataset_split(tmp_path, data_dir, capsys, colour_model_registered):
+    out = tmp_path / "fg.index"
+    assert run_cli(["index", "build", "--model", MODEL_NAME, "--set", "dim=5", "--dataset", "fashiongen",
+                    "--split", "val", "--data-dir", str(data_dir), "--out", str(out), "--no-progress",
+                    "--backend", "torch"]) == 0
+    assert "indexed 4 images" in capsys.readouterr().out
+    assert run_cli(["index", "search", "--index", str(out), "--text", "yellow", "--top-k", "2", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 2 and hits[0]["product_id"] == 13 and hits[0]["path"].endswith("13_0.jpg")
+    texts = tmp_path / "fg_text.index"
+    assert run_cli(["index", "build", "--model", MODEL_NAME, "--dataset", "fashiongen", "--modality", "text",
+                    "--data-dir", str(data_dir), "--out", str(texts), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert run_cli(["index", "search", "--index", str(texts), "--image",
+                    str(data_dir / "fashiongen" / "images" / "val" / "12_0.jpg"), "-k", "1"]) == 0
+    assert "blue jeans. soft cotton" in capsys.readouterr().out

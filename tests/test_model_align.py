@@ -1,0 +1,165 @@
+"""ALIGN: the contrastive dual encoder, its retrieval interface and zero-shot classification."""
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "mmf_fashion", "models", "configs", "align.yaml")
+TINY = {
+    "image_encoder": "mobilenet_v3_small",
+    "text_encoder": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "intermediate_size": 64, "dropout": 0.0},
+    "embed_dim": 16,
+}
+CLASSES = ["maxi dress", "sneakers", "tote bag", "denim jacket"]
+
+
+def build_align(registry, **overrides):
+    torch.manual_seed(0)
+    config = OmegaConf.merge(OmegaConf.load(CONFIG).model_config.align, TINY, overrides)
+    model = registry.get_model_class("align")(config)
+    model.build()
+    model.init_losses()
+    model.train()
+    return model
+
+
+def make_batch(batch=4, length=10, seed=0, **extra):
+    from mmf.common.sample import SampleList
+
+    generator = torch.Generator().manual_seed(seed)
+    sample_list = SampleList()
+    sample_list.add_field("image", torch.randn(batch, 3, 64, 64, generator=generator))
+    sample_list.add_field("input_ids", torch.randint(1000, 5000, (batch, length), generator=generator))
+    sample_list.add_field("attention_mask", torch.ones(batch, length, dtype=torch.long))
+    for key, value in extra.items():
+        sample_list.add_field(key, value)
+    sample_list.dataset_type = "train"
+    sample_list.dataset_name = "fashiongen"
+    return sample_list
+
+
+def test_contrastive_forward_backward_gives_finite_gradients(mmf_registry):
+    model = build_align(mmf_registry, average_views=True)
+    batch = make_batch(image_2=torch.randn(4, 3, 64, 64))
+    output = model(batch)
+    assert list(output["losses"]) == ["train/fashiongen/itc"]
+    output["losses"]["train/fashiongen/itc"].backward()
+    missing = [name for name, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert missing == []
+    assert model.logit_scale.log_scale.grad is not None  # the temperature is learnt
+    torch.testing.assert_close(output["image_embedding"].norm(dim=-1), torch.ones(4))
+    assert output["text_embedding"].shape == (4, 16)
+
+
+def test_loss_is_the_label_smoothed_two_way_infonce(mmf_registry):
+    model = build_align(mmf_registry, label_smoothing=0.1)
+    batch = make_batch()
+    loss = model(batch)["losses"]["train/fashiongen/itc"]
+    image = model.encode_image(batch["image"])
+    text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    logits = model.logit_scale() * image @ text.t()
+    labels = torch.arange(4)
+    expected = 0.5 * (F.cross_entropy(logits, labels, label_smoothing=0.1)
+                      + F.cross_entropy(logits.t(), labels, label_smoothing=0.1))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(model.logit_scale()) == pytest.approx(1 / 0.07, rel=1e-5)
+
+
+def test_retrieval_interface(mmf_registry):
+    model = build_align(mmf_registry).eval()
+    texts = model.embed_texts(["a red maxi dress", "white sneakers", "a black tote bag"])
+    images = model.embed_images(torch.randn(5, 3, 64, 64), batch_size=2)
+    assert texts.shape == (3, 16) and images.shape == (5, 16)
+    torch.testing.assert_close(texts.norm(dim=-1), torch.ones(3))
+    batch = make_batch()
+    output = model(batch)
+    torch.testing.assert_close(output["image_embedding"], model.embed_images(batch["image"]))
+
+
+def _steer_image_tower(model, images, class_embeddings, targets):
+    """Set image_projection so that image i embeds exactly onto the prompt embedding of targets[i]."""
+    with torch.no_grad():
+        pooled = model.image_features(images)["pooled"]  # (B, C), C >> B: an exact solution exists
+        wanted = class_embeddings[targets] * 3.0
+        weight = torch.linalg.lstsq(pooled, wanted).solution.t()  # (D, C)
+        model.image_projection.weight.copy_(weight)
+        model.image_projection.bias.zero_()
+
+
+def test_zeroshot_picks_the_class_whose_prompt_matches(mmf_registry):
+    model = build_align(mmf_registry, head="zeroshot",
+                        zeroshot={"class_names": CLASSES, "templates": ["a photo of a {}", "a {} for sale"]})
+    model.eval()
+    prompts = model.prompts()
+    assert prompts[:3] == ["a photo of a maxi dress", "a maxi dress for sale", "a photo of a sneakers"]
+    # class embedding = the normalised mean of the class's prompts
+    expected_first = F.normalize(model.embed_texts(prompts[:2], max_length=16).mean(0), dim=0)
+    class_embeddings = model.class_embeddings()
+    torch.testing.assert_close(class_embeddings[0], expected_first, atol=1e-5, rtol=1e-5)
+
+    images = torch.randn(4, 3, 64, 64)
+    targets = torch.tensor([2, 0, 3, 1])
+    _steer_image_tower(model, images, class_embeddings, targets)
+    output = model(_with(images, targets))
+    assert output["scores"].shape == (4, len(CLASSES))
+    assert output["scores"].argmax(1).tolist() == targets.tolist()
+    assert "train/fashiongen/zeroshot_ce" in output["losses"]
+
+
+def _with(images, targets):
+    batch = make_batch(targets=targets)
+    batch["image"] = images
+    return batch
+
+
+def test_zeroshot_trains_by_prompts_and_checks_labels(mmf_registry):
+    model = build_align(mmf_registry, head="zeroshot", zeroshot={"class_names": CLASSES})
+    output = model(make_batch(targets=torch.tensor([0, 1, 2, 3])))
+    output["losses"]["train/fashiongen/zeroshot_ce"].backward()
+    assert model.text_projection.weight.grad is not None  # the prompts go through the text tower
+    with pytest.raises(ValueError, match="class names"):
+        model(make_batch(targets=torch.tensor([0, 1, 2, 9])))
+
+
+def test_class_names_sources(mmf_registry, tmp_path):
+    from mmf_fashion.data.synth.vocab import SUBCATEGORIES
+    from mmf_fashion.models.align import resolve_class_names
+
+    no_data = OmegaConf.create({"env": {"data_dir": str(tmp_path / "empty")}, "dataset_config": {}})
+    listed = tmp_path / "names.json"
+    listed.write_text(json.dumps({"subcategory_names": ["a", "b"]}))
+    assert resolve_class_names({"class_names_file": str(listed)}, no_data) == ["a", "b"]
+    mapped = tmp_path / "mapped.json"
+    mapped.write_text(json.dumps({"1": "shirt", "0": "skirt"}))
+    assert resolve_class_names({"class_names_file": str(mapped)}, no_data) == ["skirt", "shirt"]
+    gap = tmp_path / "gap.json"
+    gap.write_text(json.dumps({"0": "skirt", "2": "shirt"}))
+    with pytest.raises(ValueError, match="without gaps"):
+        resolve_class_names({"class_names_file": str(gap)}, no_data)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        resolve_class_names({"class_names_file": "missing.json"}, no_data)
+
+    # the synthetic world's manifest under env.data_dir, ordered by id (relative file names work too)
+    manifest = {"subcategories": [{"id": 1, "name": "SNEAKERS"}, {"id": 0, "name": "MAXI DRESS"}]}
+    (tmp_path / "synth_manifest.json").write_text(json.dumps(manifest))
+    with_data = OmegaConf.create({"env": {"data_dir": str(tmp_path)}, "dataset_config": {}})
+    assert resolve_class_names({}, with_data) == ["MAXI DRESS", "SNEAKERS"]
+    assert resolve_class_names({"class_names_file": "names.json"}, with_data) == ["a", "b"]
+    configured = OmegaConf.create({"env": {"data_dir": str(tmp_path)},
+                                   "dataset_config": {"fashiongen": {"subcategory_names": ["p", "q"]}}})
+    assert resolve_class_names({}, configured) == ["p", "q"]
+    mmf_registry.register("testset_subcategory_names", ["x", "y", "z"])
+    assert resolve_class_names({"dataset": "testset"}, with_data, mmf_registry) == ["x", "y", "z"]
+    assert resolve_class_names({"class_names_source": "synthetic"}, no_data) == [s.name for s in SUBCATEGORIES]
+    with pytest.raises(ValueError, match="no class names"):
+        resolve_class_names({"dataset": "nothing_here"}, no_data, mmf_registry)
+
+    model = build_align(mmf_registry, head="zeroshot", zeroshot={"class_names": ["MAXI DRESS", "Tote Bag"]})
+    assert model.prompts() == ["a photo of a maxi dress", "a photo of a tote bag"]
+    with pytest.raises(ValueError, match="head"):
+        build_align(mmf_registry, head="fusion")

@@ -1,0 +1,303 @@
+"""COTS: queues, EMA, task-level KL, the adaptive momentum filter, resume, and the MMF model."""
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from mmf_fashion.modules import cots as cots_ops
+from mmf_fashion.modules.two_stream import TwoStreamMixin, average_by_group, average_view_embeddings
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "mmf_fashion", "models", "configs", "cots.yaml")
+TINY = {
+    "image_encoder": "mobilenet_v3_small",
+    "text_encoder": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "intermediate_size": 64, "dropout": 0.0},
+    "embed_dim": 16,
+    "queue_size": 8,
+    "filter": {"size": 16, "min_count": 4},
+    "cmvm": {"hidden_size": 16, "tokenizer_config": {"codebook_size": 16, "codebook_dim": 8,
+                                                      "hidden_channels": 8, "max_channels": 16}},
+}
+
+
+def tiny_config(**overrides):
+    base = OmegaConf.load(CONFIG).model_config.cots
+    return OmegaConf.merge(base, TINY, overrides)
+
+
+def build_cots(registry, **overrides):
+    torch.manual_seed(0)
+    model = registry.get_model_class("cots")(tiny_config(**overrides))
+    model.build()
+    model.init_losses()
+    model.train()
+    return model
+
+
+def make_batch(batch=4, length=10, seed=0, mlm=False, patch_mask=False):
+    from mmf.common.sample import SampleList
+
+    generator = torch.Generator().manual_seed(seed)
+    sample_list = SampleList()
+    sample_list.add_field("image", torch.randn(batch, 3, 64, 64, generator=generator))
+    input_ids = torch.randint(1000, 5000, (batch, length), generator=generator)
+    input_ids[:, 0] = 101
+    sample_list.add_field("input_ids", input_ids)
+    sample_list.add_field("attention_mask", torch.ones(batch, length, dtype=torch.long))
+    if mlm:
+        labels = torch.full((batch, length), -100, dtype=torch.long)
+        labels[:, 2] = input_ids[:, 2]
+        masked = input_ids.clone()
+        masked[:, 2] = 103
+        sample_list.add_field("masked_input_ids", masked)
+        sample_list.add_field("mlm_labels", labels)
+    if patch_mask:
+        mask = torch.zeros(batch, 49, dtype=torch.bool)
+        mask[:, :20] = True
+        sample_list.add_field("patch_mask", mask)
+    sample_list.dataset_type = "train"
+    sample_list.dataset_name = "fashiongen"
+    return sample_list
+
+
+# ------------------------------------------------------------------ queues
+def test_queue_is_fifo_and_wraps_around():
+    queue = cots_ops.FifoQueue(5, {"image": 2, "text": 2})
+    for step in range(4):  # 8 rows into 5 slots: rows 0..2 were dequeued (overwritten) first
+        rows = torch.tensor([[2 * step], [2 * step + 1]], dtype=torch.float).repeat(1, 2)
+        queue.enqueue(image=rows, text=-rows)
+    images, texts = queue.ordered("image", "text")
+    assert images[:, 0].tolist() == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert texts[:, 0].tolist() == [-3.0, -4.0, -5.0, -6.0, -7.0]  # the fields stay aligned
+    assert int(queue.count) == 5 and int(queue.pointer) == 8 % 5
+
+
+def test_queue_partial_fill_and_oversized_batch():
+    queue = cots_ops.FifoQueue(4, {"image": 1})
+    queue.enqueue(image=torch.tensor([[1.0], [2.0]]))
+    assert len(queue) == 2
+    assert queue.valid("image").flatten().tolist() == [1.0, 2.0]
+    queue.enqueue(image=torch.arange(10, 16, dtype=torch.float).reshape(6, 1))  # more rows than slots
+    assert queue.ordered("image")[0].flatten().tolist() == [12.0, 13.0, 14.0, 15.0]
+    with pytest.raises(ValueError, match="fields"):
+        queue.enqueue(text=torch.zeros(1, 1))
+
+
+def _gather_worker(rank, world, init_file, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        queue = cots_ops.FifoQueue(6, {"image": 1, "text": 1})
+        rows = torch.tensor([[10.0 * rank], [10.0 * rank + 1]])
+        queue.enqueue(image=rows, text=rows + 0.5)
+        results[rank] = (queue.ordered("image")[0].flatten().tolist(), queue.ordered("text")[0].flatten().tolist())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_queues_hold_the_features_of_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_gather_worker, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
+    assert results[0] == results[1]  # identical queues on every rank
+    assert results[0][0] == [0.0, 1.0, 10.0, 11.0]  # rank 0's rows first, then rank 1's
+    assert results[0][1] == [0.5, 1.5, 10.5, 11.5]
+
+
+# --------------------------------------------------------------------- EMA
+def test_ema_update_follows_the_formula():
+    torch.manual_seed(0)
+    online = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    momentum = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    online(torch.randn(8, 3))  # moves the online running statistics
+    before = {name: tensor.clone() for name, tensor in momentum.state_dict().items()}
+    cots_ops.ema_update([online], [momentum], 0.9)
+    after = momentum.state_dict()
+    for name, value in online.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(after[name], 0.9 * before[name] + 0.1 * value)
+        else:
+            assert torch.equal(after[name], value)  # num_batches_tracked is copied
+
+
+# ---------------------------------------------------------------------- KL
+def test_symmetric_kl_is_symmetric_zero_on_equal_and_matches_definition():
+    torch.manual_seed(0)
+    a, b = torch.randn(5, 7), torch.randn(5, 7)
+    assert torch.allclose(cots_ops.symmetric_kl(a, b), cots_ops.symmetric_kl(b, a))
+    assert float(cots_ops.symmetric_kl(a, a.clone())) == pytest.approx(0.0, abs=1e-7)
+    assert float(cots_ops.symmetric_kl(a, a + 3.0)) == pytest.approx(0.0, abs=1e-6)  # same softmax
+    p, q = a.softmax(-1), b.softmax(-1)
+    expected = 0.5 * ((p * (p / q).log()).sum(-1) + (q * (q / p).log()).sum(-1)).mean()
+    assert float(cots_ops.symmetric_kl(a, b)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(cots_ops.symmetric_kl(a, b)) > 0
+
+
+# ------------------------------------------------------------------ filter
+def test_filter_keeps_exactly_the_pairs_at_or_above_mean_minus_k_std():
+    amf = cots_ops.MomentumFilter(size=8, k=1.0, min_count=4)
+    similarity = torch.tensor([0.9, 0.1, 0.5, 0.49])
+    assert amf.keep_mask(similarity).all()  # no history yet: nothing is dropped
+    history = torch.tensor([0.2, 0.4, 0.6, 0.8])
+    amf.update(history)
+    threshold = history.mean() - history.std(unbiased=False)  # 0.5 - 0.2236
+    assert float(amf.threshold()) == pytest.approx(float(threshold))
+    similarity = torch.tensor([0.9, 0.1, threshold.item() + 1e-4, threshold.item() - 1e-4])
+    assert amf.keep_mask(similarity).tolist() == [True, False, True, False]
+
+
+def test_masked_losses_use_only_the_kept_rows():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(4, 6), torch.tensor([0, 1, 2, 3])
+    keep = torch.tensor([True, False, True, False])
+    expected = F.cross_entropy(logits[keep], labels[keep])
+    assert float(cots_ops.masked_cross_entropy(logits, labels, keep)) == pytest.approx(float(expected))
+    other = torch.randn(4, 6)
+    assert float(cots_ops.symmetric_kl(logits, other, keep)) == pytest.approx(
+        float(cots_ops.symmetric_kl(logits[keep], other[keep]))
+    )
+    nothing = cots_ops.masked_cross_entropy(logits.requires_grad_(), labels, torch.zeros(4, dtype=torch.bool))
+    assert float(nothing) == 0.0 and nothing.requires_grad
+
+
+def test_queue_logits_put_the_own_momentum_key_first_then_the_queue():
+    query = F.normalize(torch.randn(3, 4), dim=-1)
+    keys = F.normalize(torch.randn(3, 4), dim=-1)
+    queue_keys = F.normalize(torch.randn(5, 4), dim=-1)
+    logits, labels = cots_ops.queue_logits(query, keys, queue_keys, torch.tensor(2.0))
+    assert logits.shape == (3, 8) and labels.tolist() == [0, 1, 2]
+    torch.testing.assert_close(logits[:, 3:], 2.0 * query @ queue_keys.t())
+
+
+# ----------------------------------------------------------------- helpers
+def test_view_averaging_and_masking_helpers():
+    views = F.normalize(torch.randn(2, 3, 4), dim=-1)
+    product = average_view_embeddings(views, torch.tensor([[True, True, False], [True, False, False]]))
+    torch.testing.assert_close(product[1], views[1, 0])
+    torch.testing.assert_close(product[0], F.normalize(views[0, :2].mean(0), dim=0))
+    ids, grouped = average_by_group(views[:, 0], torch.tensor([7, 7]))
+    assert ids.tolist() == [7] and grouped.shape == (1, 4)
+    images = torch.ones(1, 3, 4, 4)
+    masked = cots_ops.mask_image_patches(images, torch.tensor([[True, False, False, True]]), (2, 2))
+    assert masked[0, 0, :2, :2].sum() == 0 and masked[0, 0, :2, 2:].sum() == 4 and masked[0, 0, 2:, 2:].sum() == 0
+    resized = cots_ops.resize_patch_mask(torch.ones(2, 49, dtype=torch.bool), (7, 7), (2, 2))
+    assert resized.shape == (2, 4) and resized.all()
+
+
+def test_token_masking_fallback_masks_only_real_tokens():
+    input_ids = torch.tensor([[101, 2000, 2001, 2002, 102, 0, 0]])
+    attention = torch.tensor([[1, 1, 1, 1, 1, 0, 0]])
+    masked, labels = cots_ops.mask_tokens(input_ids, attention, 103, 30522, [0, 101, 102, 103], 0.5,
+                                          generator=torch.Generator().manual_seed(0))
+    chosen = labels != -100
+    assert chosen.any() and not chosen[0, [0, 4, 5, 6]].any()
+    assert torch.equal(labels[chosen], input_ids[chosen])
+    assert torch.equal(masked[~chosen], input_ids[~chosen])
+
+
+# --------------------------------------------------------------- MMF model
+def test_forward_backward_every_task_gives_finite_gradients(mmf_registry):
+    model = build_cots(mmf_registry)
+    output = model(make_batch(mlm=True, patch_mask=True))
+    assert set(output["losses"]) == {f"train/fashiongen/{task}" for task in ("itc", "kl", "cmlm", "cmvm")}
+    sum(output["losses"].values()).backward()
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    assert not any(name.startswith(("momentum_encoders.", "image_tokenizer.")) for name, _ in trainable)
+    missing = [name for name, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+    assert output["image_embedding"].shape == (4, 16)
+    torch.testing.assert_close(output["text_embedding"].norm(dim=-1), torch.ones(4))
+    # the fallbacks (no masked_input_ids / patch_mask from the dataset) also train
+    fallback = model(make_batch(seed=1))
+    assert all(torch.isfinite(value) for value in fallback["losses"].values())
+
+
+def test_eval_returns_embeddings_and_leaves_queues_alone(mmf_registry):
+    model = build_cots(mmf_registry, loss_weights={"cmlm": 0.0, "cmvm": 0.0})
+    model(make_batch())
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    model.eval()
+    with torch.no_grad():
+        output = model(make_batch(seed=3))
+    assert output["image_embedding"].shape == (4, 16) and "train/fashiongen/itc" in output["losses"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    assert not hasattr(model, "cmlm_head") and not hasattr(model, "image_tokenizer")
+    assert model.embed_texts(["a red dress", "black boots"]).shape == (2, 16)
+    assert model.embed_images(torch.randn(3, 3, 64, 64)).shape == (3, 16)
+
+
+def test_filtered_pairs_leave_the_loss_but_enter_the_queues(mmf_registry):
+    model = build_cots(mmf_registry, loss_weights={"cmlm": 0.0, "cmvm": 0.0}, momentum=1.0)
+    batch = make_batch(batch=6, seed=5)
+    image_m, text_m = model._momentum_embeddings(batch)
+    similarity = (image_m * text_m).sum(-1)
+    # a history whose mean - k * std lies at the batch median: the lower half must be dropped
+    threshold = similarity.median()
+    model.momentum_filter.k = 1.0
+    model.momentum_filter.update(torch.tensor([threshold - 0.01, threshold + 0.01] * 8) + 0.0)
+    expected_keep = similarity >= model.momentum_filter.threshold()
+    assert 0 < int(expected_keep.sum()) < 6
+
+    output = model(batch)
+    assert float(output["kept_fraction"]) == pytest.approx(float(expected_keep.float().mean()))
+    # the queue now holds the momentum features of all six pairs, kept or not
+    queued_images, queued_texts = model.queue.ordered("image", "text")
+    torch.testing.assert_close(queued_images, image_m)
+    torch.testing.assert_close(queued_texts, text_m)
+    # and the loss is the loss of the kept rows only (queue was empty: batch keys only)
+    image = model.encode_image(batch["image"])
+    text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    expected = cots_ops.momentum_contrastive_losses(image, text, image_m, text_m, model.logit_scale(), keep=expected_keep)
+    assert float(output["losses"]["train/fashiongen/itc"]) == pytest.approx(float(expected["itc"]), rel=1e-4)
+    # every similarity enters the filter's history too (size 16: the six newest are this batch's)
+    assert len(model.momentum_filter.history) == 16
+    newest = model.momentum_filter.history.ordered("similarity")[0].flatten()[-6:]
+    torch.testing.assert_close(newest, similarity)
+
+
+def test_state_dict_round_trip_restores_queues_and_momentum_towers(mmf_registry, tmp_path):
+    model = build_cots(mmf_registry, momentum=0.5)
+    for seed in range(2):
+        output = model(make_batch(seed=seed))
+        sum(output["losses"].values()).backward()
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.grad is not None:
+                    parameter.add_(parameter.grad, alpha=-0.1)  # so the EMA copies differ from the online towers
+        model.zero_grad()
+    assert len(model.queue) == 8 and int(model.queue.pointer) == 0
+    assert not torch.equal(model.momentum_encoders["text_projection"].weight, model.text_projection.weight)
+    path = tmp_path / "cots.pth"
+    torch.save({"model": model.state_dict()}, path)
+
+    restored = build_cots(mmf_registry, momentum=0.5)
+    torch.manual_seed(123)
+    for parameter in restored.parameters():
+        parameter.data.normal_()
+    restored.load_state_dict(torch.load(path, weights_only=True)["model"])
+    original = model.state_dict()
+    for name, value in restored.state_dict().items():
+        assert torch.equal(value, original[name]), name
+    for key in ("queue.image", "queue.text", "queue.pointer", "queue.count", "momentum_filter.history.similarity",
+                "momentum_encoders.image_encoder.trunk.0.0.weight"):
+        assert key in original
+    # and the restored model continues exactly like the original would
+    model.eval(), restored.eval()
+    torch.testing.assert_close(model.embed_images(make_batch()["image"]), restored.embed_images(make_batch()["image"]))
+
+
+def test_queue_size_zero_means_in_batch_negatives_only(mmf_registry):
+    model = build_cots(mmf_registry, queue_size=0, loss_weights={"cmlm": 0.0, "cmvm": 0.0}, filter={"enabled": False})
+    assert model.queue is None and model.momentum_filter is None
+    output = model(make_batch())
+    assert math.isfinite(float(output["losses"]["train/fashiongen/itc"]))
+    assert "kept_fraction" not in output

@@ -1,0 +1,400 @@
+"""X-VLM: box-to-patch rule, concept pooling, restricted cross-attention, ITC/ITM/MLM/box maths,
+every head through MMF's registry, and the grounding metric."""
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torchvision.ops import box_convert, generalized_box_iou
+
+from mmf_fashion.modules import xvlm_ops as X
+from mmf_fashion.modules.encoders import masked_mean
+from mmf_fashion.modules.xvlm import XVLMNetwork, temperature
+
+TINY = {
+    "image_encoder": {"type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 1,
+                      "num_attention_heads": 2, "intermediate_size": 64},
+    "text_encoder": {"name": "tiny", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "intermediate_size": 64},
+    "cross_encoder": {"num_hidden_layers": 1}, "embed_dim": 16, "tokenizer": "tiny", "max_text_length": 16,
+}
+B, L, R, LB = 4, 10, 3, 6
+
+
+# ------------------------------------------------------------ box -> patches
+@pytest.mark.parametrize("box, expected_ranges, expected_patches", [
+    # (x, y, w, h) pixels on a 64 px image, patch 16 -> 4 x 4 grid, patches row-major
+    ((0, 0, 16, 16), (0, 1, 0, 1), [0]),
+    ((10, 20, 30, 10), (0, 3, 1, 2), [4, 5, 6]),          # floor(10/16)=0, ceil(40/16)=3; rows 1..2
+    ((33, 33, 1, 1), (2, 3, 2, 3), [10]),                 # inside one patch
+    ((16, 16, 16, 16), (1, 2, 1, 2), [5]),                # on patch borders: no spill into the next patch
+    ((60, 60, 4, 4), (3, 4, 3, 4), [15]),                 # bottom-right corner
+    ((64, 0, 0, 8), (3, 4, 0, 1), [3]),                   # zero width at the edge: clamped, still one patch
+    ((0, 0, 64, 64), (0, 4, 0, 4), list(range(16))),      # whole image
+])
+def test_box_to_patch_rule_on_hand_worked_boxes(box, expected_ranges, expected_patches):
+    pixels = torch.tensor([box], dtype=torch.float)
+    ranges = X.box_patch_ranges(pixels, patch_size=16, grid_hw=(4, 4))
+    assert ranges.tolist() == [list(expected_ranges)]
+    mask = X.boxes_to_patch_mask(pixels, patch_size=16, grid_hw=(4, 4))
+    assert mask.shape == (1, 16)
+    assert mask[0].nonzero().flatten().tolist() == expected_patches
+
+
+def test_normalised_boxes_map_to_the_same_patches_despite_float_error():
+    # cx 0.375, w 0.25 on 64 px -> x = 16, w = 16 exactly: only patch column 1
+    boxes = torch.tensor([[0.375, 0.375, 0.25, 0.25], [0.1, 0.8, 0.2, 0.1]])
+    pixels = X.normalized_to_pixel_xywh(boxes, (64, 64))
+    assert torch.allclose(pixels[0], torch.tensor([16.0, 16.0, 16.0, 16.0]))
+    mask = X.boxes_to_patch_mask(pixels, 16, (4, 4))
+    assert mask[0].nonzero().flatten().tolist() == [5]
+    # x = 0.0 .. 12.8 -> column 0; y = 48 .. 54.4 -> row 3
+    assert mask[1].nonzero().flatten().tolist() == [12]
+
+
+def test_non_square_grid_is_row_major():
+    mask = X.boxes_to_patch_mask(torch.tensor([[8.0, 8.0, 8.0, 8.0]]), patch_size=8, grid_hw=(2, 4))
+    assert mask.shape == (1, 8)
+    assert mask[0].nonzero().flatten().tolist() == [5]  # row 1, column 1 of a 2 x 4 grid
+
+
+# ---------------------------------------------------------- concept pooling
+def test_concept_cls_is_the_masked_mean_of_the_patches_inside():
+    torch.manual_seed(0)
+    tokens = torch.randn(3, 1 + 6, 5)
+    patch_mask = torch.tensor([[1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    pooled, attention = X.pool_concept(tokens, patch_mask)
+    for row in range(3):
+        expected = tokens[row, 1:][patch_mask[row]].mean(0)
+        assert torch.allclose(pooled[row, 0], expected, atol=1e-6)
+    assert torch.allclose(pooled[:, 0], masked_mean(tokens[:, 1:], patch_mask))
+    assert torch.equal(pooled[:, 1:], tokens[:, 1:])
+    assert attention[:, 0].tolist() == [1, 1, 1]
+    assert torch.equal(attention[:, 1:].bool(), patch_mask)
+
+
+def _tiny_network(**overrides):
+    torch.manual_seed(0)
+    net = XVLMNetwork({**TINY, **overrides})
+    return net.eval()
+
+
+def test_region_cross_attention_sees_only_the_patches_in_its_box():
+    net = _tiny_network()
+    image_tokens = torch.randn(2, 17, 32)
+    boxes = torch.tensor([[[0.25, 0.25, 0.5, 0.5]], [[0.875, 0.875, 0.25, 0.25]]])  # top-left 2x2; corner patch
+    valid = torch.ones(2, 1, dtype=torch.bool)
+    phrase = torch.randint(1000, 2000, (2, 1, LB))
+    phrase_mask = torch.ones(2, 1, LB, dtype=torch.long)
+    inside = net.region_patch_masks(boxes[:, 0])
+    assert inside[0].nonzero().flatten().tolist() == [0, 1, 4, 5]
+    assert inside[1].nonzero().flatten().tolist() == [15]
+
+    def region_outputs(tokens):
+        pairs = net.build_pairs(tokens, boxes=boxes, box_valid=valid, box_input_ids=phrase,
+                                box_attention_mask=phrase_mask)
+        fused = net.fuse(pairs.text_hidden, pairs.text_mask, pairs.concept_tokens, pairs.concept_mask)
+        return fused, pairs.concept_feat
+
+    with torch.no_grad():
+        fused, feat = region_outputs(image_tokens)
+        outside = image_tokens.clone()
+        outside[:, 0] += 3.0                       # the ViT [CLS] is not part of a region concept
+        outside[0, 1:][~inside[0]] += 5.0
+        outside[1, 1:][~inside[1]] -= 5.0
+        fused_out, feat_out = region_outputs(outside)
+        changed = image_tokens.clone()
+        changed[0, 1 + 5] += 5.0                   # a patch inside the first box
+        fused_in, _ = region_outputs(changed)
+    assert torch.allclose(fused, fused_out, atol=1e-5)
+    assert torch.allclose(feat, feat_out, atol=1e-6)
+    assert not torch.allclose(fused[0], fused_in[0], atol=1e-3)
+    assert torch.allclose(fused[1], fused_in[1], atol=1e-5)  # the other image is untouched
+
+
+# ------------------------------------------------------------------ losses
+def test_box_losses_equal_torchvision_giou_and_hand_values():
+    pred = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.5, 0.5, 0.4, 0.2]])
+    target = torch.tensor([[0.75, 0.75, 0.5, 0.5], [0.5, 0.5, 0.4, 0.2]])
+    l1, giou = X.box_regression_losses(pred, target)
+    # box 0: disjoint quarters, union 0.5, hull 1 -> GIoU = 0 - 0.5 / 1 -> loss 1.5; box 1: identical -> 0
+    assert giou.item() == pytest.approx((1.5 + 0.0) / 2, abs=1e-6)
+    reference = 1 - generalized_box_iou(box_convert(pred, "cxcywh", "xyxy"),
+                                        box_convert(target, "cxcywh", "xyxy")).diagonal()
+    assert giou.item() == pytest.approx(reference.mean().item(), abs=1e-6)
+    assert l1.item() == pytest.approx((0.5 + 0.5 + 0 + 0) / 2, abs=1e-6)  # summed over coords, mean over boxes
+    with pytest.raises(ValueError, match="box losses"):
+        X.box_regression_losses(pred, target[:1])
+
+
+def test_itc_soft_targets_share_positives_by_id():
+    torch.manual_seed(0)
+    concept = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    ids = torch.tensor([7, 7, 9])
+    targets = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
+    log_c2t = torch.log_softmax(scale * concept @ text.t(), dim=1)
+    log_t2c = torch.log_softmax(scale * text @ concept.t(), dim=1)
+    expected = (-(targets * log_c2t).sum(1).mean() - (targets * log_t2c).sum(1).mean()) / 2
+    assert X.itc_loss(concept, text, scale, ids).item() == pytest.approx(expected.item(), rel=1e-5)
+    one_hot = (torch.nn.functional.cross_entropy(scale * concept @ text.t(), torch.arange(3))
+               + torch.nn.functional.cross_entropy(scale * text @ concept.t(), torch.arange(3))) / 2
+    assert X.itc_loss(concept, text, scale, None).item() == pytest.approx(one_hot.item(), rel=1e-5)
+
+
+def test_itc_gathers_rows_of_other_ranks_with_the_right_offset(monkeypatch):
+    torch.manual_seed(0)
+    other_concept = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    other_text = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    concept = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1).requires_grad_()
+    text = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    others = iter([other_text, other_concept])
+
+    def fake_variable(tensor):  # rank 0 holds 3 rows, this rank (1) holds 2
+        return torch.tensor([3, 2]) if tensor.numel() == 1 else torch.cat((torch.tensor([1, 2, 3]), tensor))
+
+    monkeypatch.setattr(X, "get_world_size", lambda: 2)
+    monkeypatch.setattr(X, "get_rank", lambda: 1)
+    monkeypatch.setattr(X, "all_gather_variable", fake_variable)
+    monkeypatch.setattr(X, "gather_with_grad", lambda padded: torch.cat((next(others), padded)))
+    ids = torch.tensor([4, 5])
+    loss = X.itc_loss(concept, text, torch.tensor(5.0), ids)
+    all_text, all_concept = torch.cat((other_text, text)), torch.cat((other_concept, concept))
+    expected = (torch.nn.functional.cross_entropy(5.0 * concept @ all_text.t(), torch.tensor([3, 4]))
+                + torch.nn.functional.cross_entropy(5.0 * text @ all_concept.t(), torch.tensor([3, 4]))) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(concept.grad).all()
+
+
+def test_temperature_starts_at_0_07_and_is_clamped():
+    net = _tiny_network()
+    assert temperature(net.itc_scale) == pytest.approx(0.07, rel=1e-5)
+    with torch.no_grad():
+        net.itc_scale.log_scale.fill_(20.0)
+    assert temperature(net.itc_scale) == pytest.approx(0.001, rel=1e-5)
+    with torch.no_grad():
+        net.itc_scale.log_scale.fill_(-20.0)
+    assert temperature(net.itc_scale) == pytest.approx(0.5, rel=1e-5)
+
+
+def test_itm_negatives_are_never_positives_and_follow_the_similarity():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.tensor([0, 0, 1, 2, 2, 3])
+    for _ in range(50):
+        similarity = torch.randn(6, 6) * 5
+        neg_text, neg_concept, has_text, has_concept = X.sample_itm_negatives(similarity, ids, generator)
+        assert has_text.all() and has_concept.all()
+        assert (ids[neg_text] != ids).all()
+        assert (ids[neg_concept] != ids).all()
+    # a very peaked similarity picks the hardest non-positive
+    similarity = torch.full((3, 3), -50.0)
+    similarity[0, 2] = similarity[1, 0] = similarity[2, 1] = 50.0
+    neg_text, neg_concept, _, _ = X.sample_itm_negatives(similarity, None, generator)
+    assert neg_text.tolist() == [2, 0, 1]
+    assert neg_concept.tolist() == [1, 2, 0]
+    # every pair shares one id: nothing to sample
+    _, _, has_text, has_concept = X.sample_itm_negatives(torch.randn(3, 3), torch.tensor([5, 5, 5]), generator)
+    assert not has_text.any() and not has_concept.any()
+
+
+def test_mlm_masks_a_quarter_of_real_tokens_at_most_eight():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (3, 40))
+    ids[:, 0] = 101
+    mask = torch.ones(3, 40, dtype=torch.long)
+    mask[1, 9:] = 0                      # 8 real tokens after [CLS] -> 2 masked
+    ids[1, 8] = 102
+    ids[1, 9:] = 0
+    mask[2, 3:] = 0                      # 2 real tokens -> at least 1 masked
+    masked, labels = X.mask_tokens(ids, mask, [0, 101, 102], 103, 30522, 0.25, 8, generator)
+    chosen = labels != -100
+    assert chosen.sum(1).tolist() == [8, 2, 1]          # row 0: 39 * 0.25 -> 10, capped at 8
+    assert torch.equal(labels[chosen], ids[chosen])
+    assert not chosen[:, 0].any() and not chosen[1, 8:].any() and not chosen[2, 3:].any()
+    assert torch.equal(masked[~chosen], ids[~chosen])
+
+
+def test_grounding_hits_use_iou_half():
+    target = torch.tensor([[0.5, 0.5, 0.4, 0.4]] * 3)
+    pred = torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.5, 0.5, 0.4, 0.2], [0.5, 0.5, 0.4, 0.19]])
+    # IoU 1, 0.5 (half the height), 0.475
+    assert X.grounding_hits(pred, target, 0.5).tolist() == [True, True, False]
+
+
+# -------------------------------------------------------- through MMF's registry
+def _config(**overrides):
+    from mmf.utils.configuration import load_yaml
+
+    import mmf_fashion.models.xvlm as module
+
+    base = load_yaml(module.XVLM.config_path()).model_config.xvlm
+    return OmegaConf.merge(base, OmegaConf.create({**TINY, **overrides}))
+
+
+def _build(mmf_registry, **overrides):
+    torch.manual_seed(0)
+    model = mmf_registry.get_model_class("xvlm")(_config(**overrides))
+    model.build()
+    return model
+
+
+def _sample_list(dataset_type="train"):
+    from mmf.common.sample import SampleList
+
+    torch.manual_seed(1)
+    ids = torch.randint(1000, 2000, (B, L))
+    ids[:, 0], ids[:, -1] = 101, 102
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[0, 7:] = 0
+    phrases = torch.randint(1000, 2000, (B, R, LB))
+    phrases[..., 0], phrases[..., -1] = 101, 102
+    return SampleList({
+        "image": torch.randn(B, 3, 32, 32), "input_ids": ids, "attention_mask": mask,
+        "token_type_ids": torch.zeros_like(ids), "product_id": torch.tensor([10, 10, 11, 12]),
+        "image_id": torch.arange(B) + 100,
+        "boxes": torch.rand(B, R, 4) * 0.4 + 0.3,
+        "box_valid": torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]], dtype=torch.bool),
+        "box_input_ids": phrases, "box_attention_mask": torch.ones(B, R, LB, dtype=torch.long),
+        "dataset_type": dataset_type, "dataset_name": "fashiongen",
+    })
+
+
+UNUSED = {
+    "pretraining": (),
+    "retrieval": ("box_head", "mlm_head"),
+    "grounding": ("itm_head", "mlm_head", "image_projection", "text_projection", "itc_scale"),
+}
+
+
+@pytest.mark.parametrize("head, expected", [
+    ("pretraining", {"itc", "itm", "mlm", "box_l1", "box_giou"}),
+    ("retrieval", {"itc", "itm"}),
+    ("grounding", {"box_l1", "box_giou"}),
+])
+def test_every_head_trains_with_finite_gradients(mmf_registry, head, expected):
+    model = _build(mmf_registry, head=head)
+    model.train()
+    output = model(_sample_list())
+    assert set(output["losses"]) == {f"train/fashiongen/{name}" for name in expected}
+    total = sum(output["losses"].values())
+    assert torch.isfinite(total)
+    total.backward()
+    missing, bad, unexpected = [], [], []
+    for name, parameter in model.named_parameters():
+        unused = name.startswith(UNUSED[head])
+        if parameter.grad is None:
+            if not unused:
+                missing.append(name)
+        elif unused:
+            unexpected.append(name)
+        elif not torch.isfinite(parameter.grad).all():
+            bad.append(name)
+    assert not missing, f"no gradient: {missing}"
+    assert not bad, f"non-finite gradient: {bad}"
+    assert not unexpected, f"head {head} should not use {unexpected}"
+
+
+def test_pretraining_without_regions_or_with_data_masking(mmf_registry):
+    model = _build(mmf_registry, head="pretraining", mlm={"source": "data"})
+    sample_list = _sample_list()
+    for key in ("boxes", "box_valid", "box_input_ids", "box_attention_mask"):
+        del sample_list[key]
+    with pytest.raises(KeyError, match="masked_input_ids"):
+        model(sample_list)
+    labels = torch.full((B, L), -100)
+    labels[:, 2] = sample_list["input_ids"][:, 2]
+    masked = sample_list["input_ids"].clone()
+    masked[:, 2] = 103
+    sample_list["masked_input_ids"], sample_list["mlm_labels"] = masked, labels
+    output = model(sample_list)
+    assert set(output["losses"]) == {"train/fashiongen/itc", "train/fashiongen/itm", "train/fashiongen/mlm"}
+
+
+def test_eval_outputs_embeddings_boxes_and_grounding_accuracy(mmf_registry):
+    model = _build(mmf_registry, head="pretraining").eval()
+    sample_list = _sample_list("val")
+    with torch.no_grad():
+        output = model(sample_list)
+    assert output["image_embedding"].shape == (B, 16) and output["text_embedding"].shape == (B, 16)
+    assert torch.allclose(output["image_embedding"].norm(dim=-1), torch.ones(B), atol=1e-5)
+    assert "val/fashiongen/box_giou" in output["losses"]
+    predicted = output["predicted_boxes"]
+    assert predicted.shape == (B, R, 4)
+    assert (predicted[~sample_list["box_valid"]] == 0).all() and (predicted[sample_list["box_valid"]] > 0).all()
+
+    grounding = _build(mmf_registry, head="grounding").eval()
+    with torch.no_grad():
+        boxes = grounding(sample_list)["predicted_boxes"]
+        direct = grounding.predict_boxes(sample_list["image"], sample_list["box_input_ids"],
+                                         sample_list["box_attention_mask"], sample_list["box_valid"])
+    assert torch.allclose(boxes, direct, atol=1e-5)
+    metric = mmf_registry.get_metric_class("grounding_accuracy")()
+    perfect = metric.calculate(sample_list, {"predicted_boxes": sample_list["boxes"].clone()})
+    assert perfect == {"accuracy": 100.0, "num_boxes": 6.0}
+    shifted = sample_list["boxes"].clone()
+    shifted[..., 0] += 0.5  # moved right by more than the widths (<= 0.4): IoU 0
+    assert metric.calculate(sample_list, {"predicted_boxes": shifted})["accuracy"] == 0.0
+    value = metric.calculate(sample_list, {"predicted_boxes": boxes})
+    assert 0.0 <= value["accuracy"] <= 100.0 and value["num_boxes"] == 6.0
+
+
+def test_retrieval_interface_and_itm_rerank(mmf_registry):
+    model = _build(mmf_registry, head="retrieval").train()
+    sample_list = _sample_list("val")
+    images = model.embed_images(sample_list["image"])
+    texts = model.embed_texts(["a red silk dress", "blue denim jacket with a collar"])
+    assert images.shape == (B, 16) and texts.shape == (2, 16)
+    assert torch.allclose(texts.norm(dim=-1), torch.ones(2), atol=1e-5)
+    with torch.no_grad():
+        scores = model.match_scores(sample_list)
+        again = model.match_scores(sample_list["image"], sample_list["input_ids"], sample_list["attention_mask"])
+    assert model.training  # the mode is left as it was
+    model.eval()
+    with torch.no_grad():
+        scores = model.match_scores(sample_list)
+        tokens = model.encode_image(sample_list["image"])
+        hidden = model.encode_text(sample_list["input_ids"], sample_list["attention_mask"])
+        logits = model.itm_logits(tokens, torch.ones(tokens.shape[:2], dtype=torch.long), hidden,
+                                  sample_list["attention_mask"])
+        output = model(sample_list)
+    assert again.shape == (B,)
+    assert torch.allclose(scores, logits[:, 1] - logits[:, 0], atol=1e-5)
+    report = {**sample_list, **output}
+    metric = mmf_registry.get_metric_class("r@k_general")(ks=[1, 2], rerank_k=2)
+    result = metric.calculate(report, report, model=model)
+    assert set(result) >= {"i2t_r@1", "t2i_r@1", "avg"}
+
+
+def test_pretrained_weights_load_into_every_downstream_head(mmf_registry):
+    pretrained = _build(mmf_registry, head="pretraining")
+    for head in ("retrieval", "grounding"):
+        downstream = _build(mmf_registry, head=head)
+        downstream.load_state_dict(pretrained.state_dict(), strict=True)
+        assert torch.equal(downstream.box_head[0].weight, pretrained.box_head[0].weight)
+    assert not any(key.startswith("mlm_head._tied") for key in pretrained.state_dict())
+
+
+def test_bad_config_and_inputs_are_named(mmf_registry):
+    with pytest.raises(ValueError, match="head must be one of"):
+        _build(mmf_registry, head="captioning")
+    with pytest.raises(ValueError, match="unknown"):
+        _build(mmf_registry, tasks=["itc", "vqa"])
+    model = _build(mmf_registry, head="grounding")
+    sample_list = _sample_list()
+    del sample_list["boxes"]
+    with pytest.raises(KeyError, match="boxes"):
+        model(sample_list)
+    with pytest.raises(ValueError, match="image_size"):
+        model.encode_image(torch.randn(1, 3, 64, 64))
+
+
+def test_torchvision_vit_gives_cls_and_patch_tokens():
+    from mmf_fashion.modules.xvlm import build_vit
+
+    encoder = build_vit({"type": "torchvision", "name": "vit_b_32", "image_size": 64})
+    assert (encoder.patch_size, encoder.hidden_size) == (32, 768)
+    with torch.no_grad():
+        tokens = encoder(torch.randn(1, 3, 64, 64))
+    assert tokens.shape == (1, 1 + 4, 768)
+    with pytest.raises(ValueError, match="type"):
+        build_vit({"type": "swin"})
