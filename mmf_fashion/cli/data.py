@@ -1,0 +1,129 @@
+"""The ``data`` group of the ``mmf-fashion`` command line.
+
+Cheatsheet::
+
+    mmf-fashion data synth --out data/synthetic --products 600 --image-size 64 --seed 0
+    mmf-fashion data synth --out /tmp/noisy --products 200 --noise 0.2
+    mmf-fashion data check data/synthetic [--no-images] [--json report.json]
+    mmf-fashion data mine-attributes --data-dir data/synthetic --min-count 5
+
+mmf_fashion/cli/main.py calls ``add_parser(subparsers)``; every command sets
+``func`` (args -> exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+SYNTH_OUTPUTS = ("fashiongen", "fashioniq", "polyvore_outfits", "synth_manifest.json")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``data`` and its commands to the top-level subparsers."""
+    data = subparsers.add_parser("data", help="generate, check and mine data sets",
+                                 description="Generate, check and mine data sets.")
+    commands = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
+
+    synth = commands.add_parser("synth", help="generate the synthetic fashion world",
+                                description="Generate the synthetic fashion world in the "
+                                            "published layouts (docs/synthetic_data.md).")
+    synth.add_argument("--out", required=True, help="data directory to write")
+    synth.add_argument("--products", type=int, default=600, help="FashionGen products")
+    synth.add_argument("--image-size", type=int, default=64, help="square image side, pixels")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
+    synth.add_argument("--noise", type=float, default=0.0,
+                       help="fraction of train products given another product's text")
+    synth.add_argument("--min-count", type=int, default=5,
+                       help="attribute mining: keep words seen at least this often")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="replace a previously generated world in --out")
+    synth.add_argument("--no-progress", action="store_true", help="no progress bar")
+    synth.set_defaults(func=run_synth)
+
+    check = commands.add_parser("check", help="report counts and problems of a data dir",
+                                description="Read every source present and list every "
+                                            "problem; exit code 1 when errors exist.")
+    check.add_argument("data_dir", help="the data directory (env.data_dir)")
+    check.add_argument("--no-images", action="store_true",
+                       help="read image headers only (fast; misses truncated pixel data)")
+    check.add_argument("--max-problems", type=int, default=50, help="problems to print")
+    check.add_argument("--json", dest="json_path", help="also write the full report here")
+    check.add_argument("--strict", action="store_true", help="warnings also fail the check")
+    check.set_defaults(func=run_check)
+
+    mine = commands.add_parser("mine-attributes", help="mine the PAC attribute vocabulary",
+                               description="Tag product texts with NLTK, keep frequent nouns "
+                                           "and adjectives, write fashiongen/attributes.json "
+                                           "and each product's attributes_id.")
+    mine.add_argument("--data-dir", required=True, help="the data directory")
+    mine.add_argument("--min-count", type=int, default=5, help="minimum occurrences")
+    mine.add_argument("--max-doc-fraction", type=float, default=0.8,
+                      help="drop words found in more than this fraction of products")
+    mine.set_defaults(func=run_mine_attributes)
+    return data
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from mmf_fashion.data.synth import generate
+
+    out = Path(args.out)
+    existing = [name for name in SYNTH_OUTPUTS if (out / name).exists()]
+    if existing and not args.overwrite:
+        print(f"error: {out} already holds {', '.join(existing)}; pass --overwrite to "
+              "replace it", file=sys.stderr)
+        return 2
+    if existing and not (out / "synth_manifest.json").exists():
+        print(f"error: {out} holds {', '.join(existing)} but no synth_manifest.json: it does "
+              "not look generated, refusing to delete it", file=sys.stderr)
+        return 2
+    for name in existing:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    start = time.perf_counter()
+    try:
+        root = generate(out, products=args.products, image_size=args.image_size, seed=args.seed,
+                        noise_fraction=args.noise, progress=not args.no_progress,
+                        attribute_min_count=args.min_count)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    manifest = json.loads((root / "synth_manifest.json").read_text(encoding="utf-8"))
+    fashiongen = manifest["counts"]["fashiongen"]
+    print(f"wrote {root} in {time.perf_counter() - start:.1f}s: "
+          + ", ".join(f"{split} {c['products']} products/{c['images']} images"
+                      for split, c in fashiongen.items())
+          + f"; {manifest['counts']['polyvore_outfits']['items']} polyvore items"
+          + f"; {manifest['counts']['attributes']} attributes")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from mmf_fashion.data.check import check_data_dir
+
+    report = check_data_dir(args.data_dir, decode_images=not args.no_images)
+    print(report.summary(max_problems=args.max_problems))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report.to_dict(), indent=1) + "\n",
+                                        encoding="utf-8")
+    failed = bool(report.errors) or (args.strict and bool(report.warnings))
+    return 1 if failed else 0
+
+
+def run_mine_attributes(args: argparse.Namespace) -> int:
+    from mmf_fashion.data.attributes import mine_attributes
+
+    try:
+        summary = mine_attributes(args.data_dir, min_count=args.min_count,
+                                  max_doc_fraction=args.max_doc_fraction)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{summary['attributes']} attributes (min count {args.min_count}) written to "
+          f"{Path(args.data_dir) / 'fashiongen' / 'attributes.json'}; attributes_id of "
+          f"{summary['products']} products rewritten; tagger: {summary['tagger']}")
+    return 0

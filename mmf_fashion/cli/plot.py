@@ -1,0 +1,133 @@
+"""`mmf-fashion plot curves|embeddings`: pictures of a run, to PNG.
+
+Cheatsheet::
+
+    # loss and metric curves against num_updates, one subplot per metric family
+    mmf-fashion plot curves save/align_itr/metrics.jsonl --out curves.png
+    mmf-fashion plot curves save/align_itr --keys loss,r@k_general --out curves.png
+    mmf-fashion plot curves save/align_itr/metrics.jsonl --keys "*t2i_r@10" --out t2i.png
+
+    # t-SNE of image, text (and fused) embeddings of one split, coloured by category
+    mmf-fashion plot embeddings --config projects/align/configs/itr.yaml \\
+        --model align --dataset fashiongen --checkpoint save/align_itr/align_final.pth \\
+        --split val --max-items 400 --out tsne.png
+    # trailing k=v pairs are MMF config overrides, as for mmf_run
+    mmf-fashion plot embeddings --config my.yaml --model fashionvil --dataset fashiongen \\
+        --out tsne.png env.data_dir=/data/fashion model_config.fashionvil.head=contrastive
+
+--keys takes comma-separated exact keys, family names ("loss",
+"r@k_general") or globs ("val/*/r@k_general/t2i_*"). Embeddings come from
+the model's retrieval interface (embed_images, embed_texts, embed_composed
+for the fused panel) or, when it lacks one, from the image_embedding /
+text_embedding / fused_embedding outputs of its eval-mode forward. The
+drawing itself lives in mmf_fashion/visualize.py.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _metrics_path(source: str) -> str:
+    """A metrics.jsonl file, or a save_dir holding one."""
+    if os.path.isdir(source):
+        return os.path.join(source, "metrics.jsonl")
+    return source
+
+
+def run_curves(args) -> int:
+    from mmf_fashion.visualize import PlotError, plot_curves, read_metrics_jsonl
+
+    keys = [key.strip() for key in (args.keys or "").split(",") if key.strip()] or None
+    path = _metrics_path(args.metrics)
+    try:
+        records = read_metrics_jsonl(path)
+        families = plot_curves(records, args.out, keys=keys, title=args.title or os.path.abspath(path))
+    except PlotError as error:
+        print(f"mmf-fashion plot curves: {error}", file=sys.stderr)
+        return 2
+    drawn = sum(len(family_keys) for family_keys in families.values())
+    print(f"wrote {args.out}: {drawn} curve(s) from {len(records)} record(s) in {len(families)} panel(s) "
+          f"({', '.join(families)})")
+    return 0
+
+
+def run_embeddings(args) -> int:
+    from mmf_fashion import runtime
+    from mmf_fashion.datasets.common import BadSampleError
+    from mmf_fashion.visualize import PlotError, collect_embeddings, evenly_spaced, plot_embeddings
+
+    try:
+        config = runtime.load_config(args.config, args.model, args.dataset, args.overrides)
+        dataset = runtime.build_split_dataset(config, args.dataset, args.split)
+        model = runtime.build_model_from_config(config, checkpoint=args.checkpoint, device=args.device)
+        indices = evenly_spaced(len(dataset), args.max_items)
+        loader = runtime.split_loader(dataset, batch_size=args.batch_size, indices=indices)
+        points_by_kind, labels = collect_embeddings(
+            model, loader, label_key=args.label_key, fused=not args.no_fused, progress=not args.quiet,
+        )
+        names = label_names(args.dataset, args.label_key, dataset)
+        title = f"{args.model} on {args.dataset}/{args.split} ({len(indices)} items)"
+        plot_embeddings(points_by_kind, labels, args.out, label_names=names, seed=args.seed,
+                        perplexity=args.perplexity, title=title)
+    except (PlotError, runtime.RuntimeSetupError, BadSampleError, FileNotFoundError) as error:
+        print(f"mmf-fashion plot embeddings: {error}", file=sys.stderr)
+        return 2
+    kinds = ", ".join(f"{kind} {len(points)}" for kind, points in points_by_kind.items())
+    print(f"wrote {args.out}: t-SNE of {kinds} point(s), {len(set(labels.tolist()))} {args.label_key} value(s)")
+    return 0
+
+
+def label_names(dataset_name: str, label_key: str, dataset=None):
+    """{id: name} for the legend: what the builder registered as
+    '<dataset>_<label>_names' (e.g. fashiongen_category_names), or the
+    dataset's '<label>_names' attribute or vocabs[<label>].names; None when
+    none exists (the legend then says "category <id>")."""
+    from mmf.common.registry import registry
+
+    label = label_key[: -len("_id")] if label_key.endswith("_id") else label_key
+    vocabs = getattr(dataset, "vocabs", None)
+    vocabulary = vocabs.get(label) if isinstance(vocabs, dict) else None
+    candidates = [
+        registry.get(f"{dataset_name}_{label}_names", no_warning=True),
+        getattr(dataset, f"{label}_names", None),
+        getattr(vocabulary, "names", None),  # fashiongen's LabelVocab
+    ]
+    for names in candidates:
+        if not names:
+            continue
+        if isinstance(names, dict) or hasattr(names, "items"):
+            return {int(key): str(value) for key, value in names.items()}
+        return {index: str(name) for index, name in enumerate(names)}
+    return None
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("plot", help="loss/metric curves and t-SNE embedding maps, to PNG")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    curves = commands.add_parser("curves", help="loss and metric curves from metrics.jsonl")
+    curves.add_argument("metrics", metavar="METRICS_JSONL", help="a metrics.jsonl file, or the save_dir holding it")
+    curves.add_argument("--keys", default=None,
+                        help="comma-separated keys, families (loss, r@k_general) or globs; default: all")
+    curves.add_argument("--out", required=True, help="PNG file to write")
+    curves.add_argument("--title", default=None, help="figure title (default: the metrics file)")
+    curves.set_defaults(func=run_curves)
+
+    embeddings = commands.add_parser("embeddings", help="t-SNE of image/text/fused embeddings coloured by category")
+    embeddings.add_argument("--config", required=True, help="project YAML (as mmf_run config=...)")
+    embeddings.add_argument("--model", required=True, help="registered model name, e.g. align")
+    embeddings.add_argument("--dataset", required=True, help="registered dataset builder, e.g. fashiongen")
+    embeddings.add_argument("--checkpoint", default=None, help="<model>_final.pth or a trainer checkpoint")
+    embeddings.add_argument("--split", default="val", choices=("train", "val", "test"))
+    embeddings.add_argument("--max-items", type=int, default=500, help="items taken evenly over the split")
+    embeddings.add_argument("--batch-size", type=int, default=32)
+    embeddings.add_argument("--label-key", default="category_id", help="sample key that colours the points")
+    embeddings.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    embeddings.add_argument("--perplexity", type=float, default=None, help="default: min(30, (N-1)/3)")
+    embeddings.add_argument("--seed", type=int, default=0)
+    embeddings.add_argument("--no-fused", action="store_true", help="skip the fused (image+text) embeddings")
+    embeddings.add_argument("--quiet", action="store_true", help="no progress bar")
+    embeddings.add_argument("--out", required=True, help="PNG file to write")
+    embeddings.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="MMF config overrides")
+    embeddings.set_defaults(func=run_embeddings)
