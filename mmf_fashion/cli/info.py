@@ -16,7 +16,8 @@ def run(args) -> int:
     print(f"mmf-fashion {mmf_fashion.__version__}")
     for kind in ("model", "builder", "metric", "loss", "processor", "trainer"):
         names = registered.get(kind, {})
-        print(f"\n{kind + ("es" if kind.endswith("s") else "s")} ({len(names)}):")
+        plural = kind + ("es" if kind.endswith("s") else "s")
+        print(f"\n{plural} ({len(names)}):")
         for name, summary in sorted(names.items()):
             print(f"  {name:<28} {summary}")
     if args.patches:
