@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from mmf_fashion.data.synth import generate, make_fixture
+from mmf_fashion.data.synth.fashioniq import build_triplets
 from mmf_fashion.data.synth.outfits import build_outfits, incompatible_mix, is_compatible
 from mmf_fashion.data.synth.render import render_view
 from mmf_fashion.data.synth.vocab import COLOUR_SYNONYMS, SUBCATEGORY_BY_NAME
@@ -180,6 +181,21 @@ def test_fashioniq_pairs_share_a_category_and_differ_in_one_or_two_attributes(wo
                 assert len(pair["captions"]) == 2 and all(c.strip() for c in pair["captions"])
                 assert {pair["candidate"], pair["target"]} <= gallery
                 assert (folder / "images" / f"{pair['target']}.png").is_file()
+
+
+def test_fashioniq_val_galleries_hold_hard_negatives():
+    triplets = build_triplets(np.random.default_rng(0), pairs_per_category=30, first_item_id=1)
+    for by_split in triplets.values():
+        assert all(not t.distractors for t in by_split["train"])
+        for triplet in by_split["val"] + by_split["test"]:
+            assert triplet.distractors
+            for distractor in triplet.distractors:
+                assert distractor.subcategory is triplet.reference.subcategory
+                assert distractor.attributes != triplet.target.attributes
+                assert distractor.attributes != triplet.reference.attributes
+    ids = [i.item_id for s in triplets.values() for ts in s.values() for t in ts
+           for i in (t.reference, t.target, *t.distractors)]
+    assert len(ids) == len(set(ids))
 
 
 def test_ocir_blanks_are_test_items_and_disjoint_splits_share_no_item(world):
