@@ -11,6 +11,10 @@ Cheatsheet::
     def test_that_edits_files(fresh_world):       # a private copy per test
         ...
 
+write_h5(path, rows) writes a FashionGen HDF5 file by hand with the published
+keys (hand_built_rows() gives 3 rows of 2 products with latin-1 text);
+h5_overrides(path) points the fashiongen builder at it.
+
 build_fashion_dataset merges the builder's defaults.yaml with data_dir,
 32-pixel images and any dotted overrides ("processors.image_processor.params.size"),
 then goes through MMF's build_dataset (build + load + update_registry_for_model).
@@ -20,6 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import h5py
+import numpy as np
 import pytest
 import torch
 
@@ -79,3 +85,45 @@ def collate(dataset, batch_size: int = 4, num_workers: int = 0, shuffle: bool = 
         collate_fn=BatchCollator(dataset.dataset_name, dataset.dataset_type),
     )
     return next(iter(loader))
+
+
+# --- a hand-built FashionGen HDF5 file with the published key names -------------
+
+
+def write_h5(path, rows, drop=()):
+    """rows: (product_id, name bytes, description bytes, category, subcategory, pixels)."""
+    def column(values):
+        width = max(len(v) for v in values)
+        return np.array(values, dtype=f"S{width}").reshape(-1, 1)
+
+    with h5py.File(path, "w") as handle:
+        data = {
+            "input_image": np.stack([r[5] for r in rows]).astype(np.uint8),
+            "input_productID": np.array([r[0] for r in rows], dtype=np.int32).reshape(-1, 1),
+            "input_name": column([r[1] for r in rows]),
+            "input_description": column([r[2] for r in rows]),
+            "input_concat_description": column([r[1] + b" " + r[2] for r in rows]),
+            "input_category": column([r[3] for r in rows]),
+            "input_subcategory": column([r[4] for r in rows]),
+            "input_pose": column([b"id_gridfs_%d" % i for i in range(len(rows))]),
+            "input_gender": column([b"WOMEN"] * len(rows)),
+            "input_msrpUSD": np.full((len(rows), 1), 120.0, dtype=np.float32),
+            "index": np.arange(len(rows)).reshape(-1, 1),
+        }
+        for key, value in data.items():
+            if key not in drop:
+                handle.create_dataset(key, data=value)
+
+
+def hand_built_rows():
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 255, (24, 24, 3), dtype=np.uint8) for _ in range(3)]
+    return [
+        (501, "Robe mérinos".encode("latin-1"), "Laine légère, col en V".encode("latin-1"), b"DRESSES", b"MAXI DRESS", pixels[0]),
+        (501, "Robe mérinos".encode("latin-1"), "Laine légère, col en V".encode("latin-1"), b"DRESSES", b"MAXI DRESS", pixels[1]),
+        (777, "Café shirt".encode("utf-8"), b"Striped cotton poplin", b"TOPS", b"SHIRT", pixels[2]),
+    ], pixels
+
+
+def h5_overrides(path):
+    return {"format": "h5", "files.h5": {"train": str(path.name), "val": str(path.name), "test": str(path.name)}}

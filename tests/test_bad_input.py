@@ -6,8 +6,7 @@ import shutil
 
 import pytest
 import torch
-from fixtures_data import build_fashion_dataset, collate, fresh_world  # noqa: F401
-from test_builders import hand_built_rows, h5_overrides, write_h5
+from fixtures_data import build_fashion_dataset, collate, fresh_world, h5_overrides, hand_built_rows, write_h5  # noqa: F401
 
 from mmf_fashion.datasets.common import BadSampleCounter, BadSampleError, decode_text, resolve_data_path
 
@@ -83,6 +82,18 @@ def test_bad_image_skip_counts_and_reports_at_epoch_end(fresh_world, monkeypatch
     assert "1 skipped" in dataset.bad_samples.summary()
     # the next epoch starts a fresh epoch tally but keeps the total
     assert dataset.bad_samples.counts("epoch") == {}
+
+
+def test_a_split_with_only_bad_records_stops_with_a_summary(fresh_world):
+    info = json.loads(val_info(fresh_world).read_text())
+    for entry in info:
+        for image in entry["images"]:
+            (fresh_world / "fashiongen" / image).unlink()
+    dataset = build_fashion_dataset("fashiongen", fresh_world, "val", on_bad_sample="skip", unit="image")
+    with pytest.raises(RuntimeError, match="bad records in a row") as error:
+        dataset[0]
+    assert "missing_image" in str(error.value)
+    assert dataset.bad_samples.counts()["missing_image"] == len(dataset)  # each record tried once
 
 
 def test_skips_in_dataloader_workers_are_counted_in_the_main_process(fresh_world):
@@ -212,7 +223,9 @@ def test_unknown_polyvore_category(fresh_world):
         build_fashion_dataset("polyvore_ocir", fresh_world, "test", version="disjoint")
     assert_names(error.value, metadata_path, f"item {blank}", "semantic_category", "unknown_category")
     dataset = build_fashion_dataset("polyvore_ocir", fresh_world, "test", version="disjoint", on_bad_sample="skip")
-    assert len(dataset) == len(questions) - 1 and dataset.bad_samples.counts() == {"unknown_category": 1}
+    involved = [q for q in questions if blank == q["blank"] or blank in q["question"]]
+    assert len(dataset) == len(questions) - len(involved)
+    assert dataset.bad_samples.counts() == {"unknown_category": len(involved)}
 
 
 # --- unsafe paths ----------------------------------------------------------------------
@@ -282,3 +295,27 @@ def test_counter_survives_pickling_and_reports_examples():
     restored = pickle.loads(pickle.dumps(counter))
     assert restored.counts() == {"empty_caption": 3}
     assert len(restored.examples()) == 2 and "f.json: record 0: field 'title'" in restored.examples()[0]
+
+
+def test_readers_and_the_data_checker_name_the_same_records(fresh_world):
+    from mmf_fashion.data.check import check_data_dir
+
+    info = fresh_world / "fashiongen/train_info.json"
+    entries = json.loads(info.read_text())
+    (fresh_world / "fashiongen" / entries[0]["images"][0]).unlink()
+    entries[1].update(title="", description=" ")
+    entries[2].pop("subcategory_id")
+    entries[3]["category_id"] = 99
+    entries[4]["images"][0] = "/etc/hosts"
+    entries[5]["images"][0] = "../../outside.jpg"
+    info.write_text(json.dumps(entries))
+
+    checked = {(p.record, p.field) for p in check_data_dir(fresh_world).errors if p.file.endswith("fashiongen/train_info.json")}
+    assert len(checked) == 6
+    dataset = build_fashion_dataset("fashiongen", fresh_world, "train", on_bad_sample="skip", unit="image")
+    assert dataset.bad_samples.counts("load") == {"empty_caption": 1, "missing_field": 1, "unknown_category": 1, "unsafe_path": 2}
+    dataset[0]  # entry 0's image is missing: skipped when served
+    assert dataset.bad_samples.counts()["missing_image"] == 1
+    examples = dataset.bad_samples.examples()
+    for record, field in checked:
+        assert any(f"record {record}: field '{field}'" in example for example in examples), (record, field, examples)

@@ -5,11 +5,17 @@ import json
 import os
 import pickle
 
-import h5py
-import numpy as np
 import pytest
 import torch
-from fixtures_data import build_fashion_dataset, collate, dataset_config, fresh_world, synthetic_world  # noqa: F401
+from fixtures_data import (  # noqa: F401
+    build_fashion_dataset,
+    collate,
+    fresh_world,
+    h5_overrides,
+    hand_built_rows,
+    synthetic_world,
+    write_h5,
+)
 
 B = 4
 TEXT = {"input_ids": (B, 40), "attention_mask": (B, 40), "token_type_ids": (B, 40)}
@@ -211,45 +217,6 @@ def test_missing_data_dir_says_how_to_generate_it(tmp_path, mmf_registry):
 
 
 # --- the HDF5 reader on a hand-built file ---------------------------------------
-
-
-def write_h5(path, rows, drop=()):
-    """rows: (product_id, name bytes, description bytes, category, subcategory, pixels)."""
-    def column(values):
-        width = max(len(v) for v in values)
-        return np.array(values, dtype=f"S{width}").reshape(-1, 1)
-
-    with h5py.File(path, "w") as handle:
-        data = {
-            "input_image": np.stack([r[5] for r in rows]).astype(np.uint8),
-            "input_productID": np.array([r[0] for r in rows], dtype=np.int32).reshape(-1, 1),
-            "input_name": column([r[1] for r in rows]),
-            "input_description": column([r[2] for r in rows]),
-            "input_concat_description": column([r[1] + b" " + r[2] for r in rows]),
-            "input_category": column([r[3] for r in rows]),
-            "input_subcategory": column([r[4] for r in rows]),
-            "input_pose": column([b"id_gridfs_%d" % i for i in range(len(rows))]),
-            "input_gender": column([b"WOMEN"] * len(rows)),
-            "input_msrpUSD": np.full((len(rows), 1), 120.0, dtype=np.float32),
-            "index": np.arange(len(rows)).reshape(-1, 1),
-        }
-        for key, value in data.items():
-            if key not in drop:
-                handle.create_dataset(key, data=value)
-
-
-def hand_built_rows():
-    rng = np.random.default_rng(0)
-    pixels = [rng.integers(0, 255, (24, 24, 3), dtype=np.uint8) for _ in range(3)]
-    return [
-        (501, "Robe mérinos".encode("latin-1"), "Laine légère, col en V".encode("latin-1"), b"DRESSES", b"MAXI DRESS", pixels[0]),
-        (501, "Robe mérinos".encode("latin-1"), "Laine légère, col en V".encode("latin-1"), b"DRESSES", b"MAXI DRESS", pixels[1]),
-        (777, "Café shirt".encode("utf-8"), b"Striped cotton poplin", b"TOPS", b"SHIRT", pixels[2]),
-    ], pixels
-
-
-def h5_overrides(path):
-    return {"format": "h5", "files.h5": {"train": str(path.name), "val": str(path.name), "test": str(path.name)}}
 
 
 def test_hdf5_reader_reads_the_published_keys_with_latin1_text(tmp_path, mmf_registry):

@@ -1,0 +1,236 @@
+"""The MMF base classes every fashion builder and dataset extends.
+
+Cheatsheet::
+
+    from mmf_fashion.datasets.base import FashionDataset, FashionDatasetBuilder
+
+    class MyDataset(FashionDataset):
+        def __init__(self, config, dataset_type="train"):
+            super().__init__("my", config, dataset_type)
+            self.items = [...]                      # one entry per sample
+            self.finish_loading()                   # report load-time skips
+        def build_sample(self, index):              # raise BadSampleError on bad input
+            return Sample({...})
+
+    dataset.bad_samples.summary()    # what on_bad_sample: skip skipped
+    dataset.report_bad_samples()     # log it now (also done at every epoch end)
+
+Config options every fashion dataset reads:
+- data_dir: the data directory (env.data_dir); relative = from the working dir.
+- on_bad_sample: error (default; the error names file, record and field) |
+  skip (the record is skipped, counted, and the count logged through MMF's
+  writer at the end of each epoch; a skipped __getitem__ serves the next
+  good record so batches keep their size).
+- allow_paths_outside_root: false (absolute and `..` paths are refused).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, List, Sequence
+
+import torch
+from mmf.common.registry import registry
+from mmf.datasets.base_dataset import BaseDataset
+from mmf.datasets.base_dataset_builder import BaseDatasetBuilder
+
+from mmf_fashion.datasets.common import (
+    BadSampleCounter,
+    BadSampleError,
+    check_policy,
+    load_image,
+    resolve_data_path,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def config_value(config: Any, key: str, default: Any = None) -> Any:
+    """config[key] for a DictConfig or a dict, ``default`` when absent or null."""
+    if config is None:
+        return default
+    try:
+        value = config.get(key, default)
+    except Exception:  # a struct DictConfig may refuse unknown keys
+        value = default
+    return default if value is None else value
+
+
+class FashionDataset(BaseDataset):
+    """Bad-sample policy, safe paths, fresh processors and epoch-end reports."""
+
+    def __init__(self, dataset_name: str, config: Any, dataset_type: str = "train", *args, **kwargs):
+        super().__init__(dataset_name, config, dataset_type, *args, **kwargs)
+        data_dir = config_value(config, "data_dir")
+        if not data_dir:
+            raise ValueError(f"dataset_config.{dataset_name}.data_dir is not set")
+        self.data_dir = os.path.abspath(str(data_dir))
+        self.on_bad_sample = check_policy(config_value(config, "on_bad_sample", "error"), dataset=dataset_name)
+        self.allow_paths_outside_root = bool(config_value(config, "allow_paths_outside_root", False))
+        self.max_skip_retries = int(config_value(config, "max_skip_retries", 50))
+        self.is_train = dataset_type == "train"
+        self.bad_samples = BadSampleCounter(f"{dataset_name}/{dataset_type}")
+        self.items: List[Any] = []
+
+    # --- pieces for subclasses -------------------------------------------------
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return config_value(self.config, key, default)
+
+    def data_path(self, relative: str, *, file: Any, record: Any, field: str, root: str = "") -> str:
+        """A path from a data file, relative to data_dir/root, checked for escapes."""
+        base = os.path.join(self.data_dir, root) if root else self.data_dir
+        resolved = resolve_data_path(
+            base, relative, file=file, record=record, field=field, allow_outside_root=self.allow_paths_outside_root
+        )
+        if not self.allow_paths_outside_root and os.path.commonpath([self.data_dir, resolved]) != self.data_dir:
+            raise BadSampleError(file, record, field, f"path '{relative}' leaves the data directory {self.data_dir}", "unsafe_path")
+        return resolved
+
+    def config_path_option(self, key: str, default: str) -> str:
+        """A file named in the dataset config, relative to data_dir (same safety rules)."""
+        value = str(self.option(key, default))
+        return self.data_path(value, file=f"dataset_config.{self.dataset_name}", record=key, field=key)
+
+    def load_image(self, path: str, *, file: Any, record: Any, field: str):
+        return load_image(path, file=file, record=record, field=field)
+
+    def handle_bad(self, error: BadSampleError, at_load: bool = False) -> None:
+        """Raise under on_bad_sample: error, count under skip."""
+        if self.on_bad_sample == "error":
+            raise error
+        self.bad_samples.record(error, at_load=at_load)
+
+    def log(self, message: str, level: str = "warning") -> None:
+        writer = self.writer or registry.get("writer", no_warning=True)
+        if writer is not None and getattr(writer, "write", None):
+            writer.write(message, level)
+        else:
+            getattr(logger, level, logger.warning)(message)
+
+    def finish_loading(self) -> None:
+        """Call at the end of __init__: logs records dropped while loading."""
+        if self.bad_samples.total:
+            self.log(self.bad_samples.summary())
+        if not self.items:
+            raise ValueError(
+                f"{self.dataset_name}/{self.dataset_type}: no usable records in {self.data_dir}"
+                + (f"\n{self.bad_samples.summary()}" if self.bad_samples.total else "")
+            )
+
+    def report_bad_samples(self) -> str:
+        """Log the bad-sample summary now (the trainer may call this at the end of training)."""
+        summary = self.bad_samples.summary()
+        if self.bad_samples.total:
+            self.log(summary)
+        return summary
+
+    def items_per_epoch(self) -> int:
+        world = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+        return int(math.ceil(len(self) / world))
+
+    def __getstate__(self):
+        # MMF's writer holds open log files: spawned DataLoader workers fetch
+        # their own from the registry (see log()) instead of pickling it.
+        state = dict(self.__dict__)
+        state["writer"] = None
+        return state
+
+    # --- MMF hooks ---------------------------------------------------------------
+
+    def init_processors(self):
+        """Like BaseDataset.init_processors, but always builds fresh processors:
+        rc10 reuses any processor already registered under
+        '<dataset>_<key>', so a second dataset with other params (another
+        image size) would silently get the first one's."""
+        processors = self.option("processors")
+        if not processors:
+            return
+        from mmf.utils.build import build_processors
+
+        built = build_processors(processors, None, data_dir=self.data_dir)
+        for key, processor in built.items():
+            setattr(self, key, processor)
+            registry.register(f"{self.dataset_name}_{key}", processor)
+
+    def require_processor(self, key: str):
+        processor = getattr(self, key, None)
+        if processor is None:
+            raise ValueError(
+                f"dataset_config.{self.dataset_name}.processors.{key} is needed by the options in use "
+                f"(see the builder's defaults.yaml)"
+            )
+        return processor
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        # subclasses define build_sample(index) -> Sample, raising BadSampleError
+        sample = None
+        attempts = min(self.max_skip_retries + 1, len(self))
+        for attempt in range(attempts):
+            try:
+                sample = self.build_sample((index + attempt) % len(self))
+                break
+            except BadSampleError as error:
+                self.handle_bad(error)
+        if sample is None:
+            raise RuntimeError(
+                f"{self.dataset_name}/{self.dataset_type}: {attempts} bad records in a row "
+                f"from index {index}; the data looks broken.\n{self.bad_samples.summary()}"
+            )
+        self.bad_samples.note_served(self.items_per_epoch(), self.log)
+        return sample
+
+
+class FashionDatasetBuilder(BaseDatasetBuilder):
+    """build() checks the data is there (with instructions when not), load()
+    makes the dataset, update_registry_for_model() publishes label counts."""
+
+    dataset_class = None
+    # files (relative to data_dir) of which at least one must exist, per split
+    required_hint = ""
+
+    def __init__(self, dataset_name: str):
+        super().__init__(dataset_name)
+        self.dataset = None
+
+    def required_paths(self, config: Any, dataset_type: str) -> Sequence[str]:
+        return []
+
+    def build(self, config, dataset_type="train", *args, **kwargs):
+        data_dir = config_value(config, "data_dir")
+        data_dir = os.path.abspath(str(data_dir)) if data_dir else None
+        missing = []
+        if not data_dir or not os.path.isdir(data_dir):
+            missing = [str(data_dir)]
+        else:
+            allow_outside = bool(config_value(config, "allow_paths_outside_root", False))
+            candidates = [
+                resolve_data_path(data_dir, path, file=f"dataset_config.{self.dataset_name}", record="files", field="files", allow_outside_root=allow_outside)
+                for path in self.required_paths(config, dataset_type)
+            ]
+            if candidates and not any(os.path.exists(path) for path in candidates):
+                missing = candidates
+        if missing:
+            raise FileNotFoundError(
+                f"{self.dataset_name} ({dataset_type}): data not found: {' or '.join(missing)}.\n"
+                f"Generate the synthetic fashion data with `mmf-fashion data synth --out {data_dir or '<dir>'}` "
+                "(or run `make demo`, which generates it when missing), or put the real files there "
+                f"in their published layout: {self.required_hint} (see docs/ARCHITECTURE.md, 'The data directory'). "
+                "Point env.data_dir (or MMF_FASHION_DATA_DIR) at the directory."
+            )
+
+    def load(self, config, dataset_type="train", *args, **kwargs):
+        self.dataset = self.dataset_class(config, dataset_type)
+        return self.dataset
+
+    def update_registry_for_model(self, config):
+        """Registers '<name>_num_<label>' counts for the model (rc10 calls this
+        after every load)."""
+        if self.dataset is None:
+            return
+        for key, value in getattr(self.dataset, "label_counts", lambda: {})().items():
+            registry.register(f"{self.dataset_name}_{key}", value)

@@ -1,0 +1,136 @@
+"""`fashion_image_transform` and `box_transform`: torchvision v2 image pipelines
+whose crops and flips the region boxes follow.
+
+Cheatsheet (dataset YAML)::
+
+    processors:
+      image_processor:
+        type: fashion_image_transform
+        params: {size: 224, train_crop: random_resized_crop, scale: [0.5, 1.0],
+                 horizontal_flip: 0.5}
+      box_processor:
+        type: box_transform
+        params: {max_regions: 5, min_visible: 0.5}
+
+In a dataset::
+
+    out = self.image_processor({"image": pil_image, "is_train": True})
+    out["image"]                       # FloatTensor (3, size, size), ImageNet-normalised
+    out = self.box_processor({"image": pil_image, "boxes": [[x, y, w, h], ...],
+                              "phrases": ["red collar", ...], "is_train": True,
+                              "image_processor": self.image_processor})
+    out["image"], out["boxes"] (5, 4) cx,cy,w,h in [0, 1], out["box_valid"] (5,),
+    out["box_phrases"] (5 strings, "" where padded)
+
+train_crop: random_resized_crop (RandomResizedCrop) | resize_random_crop
+(Resize to size * resize_ratio, then RandomCrop) | none (eval pipeline).
+Evaluation is always Resize(size) + CenterCrop(size). Flips are skipped for a
+sample whose region phrases say left or right.
+"""
+from __future__ import annotations
+
+import torch
+from mmf.common.registry import registry
+from mmf.datasets.processors.processors import BaseProcessor
+from torchvision.transforms import v2
+
+from mmf_fashion.processors.boxes import finish_boxes, mentions_left_or_right, pixel_boxes
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TRAIN_CROPS = ("random_resized_crop", "resize_random_crop", "none")
+
+
+def _as_float_pair(value, default):
+    if value is None:
+        return default
+    low, high = (float(v) for v in value)
+    return (low, high)
+
+
+@registry.register_processor("fashion_image_transform")
+class FashionImageTransform(BaseProcessor):
+    """params: size (224), train_crop, scale ([0.5, 1.0]), ratio ([0.75, 1.333]),
+    resize_ratio (1.14), horizontal_flip (0.5), mean, std (ImageNet)."""
+
+    def __init__(self, config=None, *args, **kwargs):
+        config = config or {}
+        self.size = int(config.get("size", 224))
+        self.train_crop = str(config.get("train_crop", "random_resized_crop"))
+        if self.train_crop not in TRAIN_CROPS:
+            raise ValueError(f"fashion_image_transform: train_crop must be one of {TRAIN_CROPS}, got '{self.train_crop}'")
+        self.scale = _as_float_pair(config.get("scale"), (0.5, 1.0))
+        self.ratio = _as_float_pair(config.get("ratio"), (3 / 4, 4 / 3))
+        self.resize_ratio = float(config.get("resize_ratio", 1.14))
+        self.flip_probability = float(config.get("horizontal_flip", 0.5))
+        mean = tuple(float(v) for v in config.get("mean", IMAGENET_MEAN))
+        std = tuple(float(v) for v in config.get("std", IMAGENET_STD))
+
+        finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=mean, std=std)]
+        self.eval_transform = v2.Compose(
+            [v2.ToImage(), v2.Resize(self.size, antialias=True), v2.CenterCrop(self.size)] + finish
+        )
+        if self.train_crop == "random_resized_crop":
+            crop = [v2.RandomResizedCrop(self.size, scale=self.scale, ratio=self.ratio, antialias=True)]
+        elif self.train_crop == "resize_random_crop":
+            crop = [v2.Resize(int(round(self.size * self.resize_ratio)), antialias=True), v2.RandomCrop(self.size)]
+        else:
+            crop = [v2.Resize(self.size, antialias=True), v2.CenterCrop(self.size)]
+        flip = [v2.RandomHorizontalFlip(self.flip_probability)] if self.flip_probability > 0 else []
+        self.train_transform = v2.Compose([v2.ToImage()] + crop + flip + finish)
+        self.train_transform_no_flip = v2.Compose([v2.ToImage()] + crop + finish)
+
+    def pipeline(self, is_train: bool, allow_flip: bool = True) -> v2.Compose:
+        if not is_train:
+            return self.eval_transform
+        return self.train_transform if allow_flip else self.train_transform_no_flip
+
+    def __call__(self, item, *args, **kwargs):
+        transform = self.pipeline(bool(item.get("is_train", False)), bool(item.get("allow_flip", True)))
+        boxes = item.get("boxes")
+        if boxes is None:
+            return {"image": transform(item["image"]).as_subclass(torch.Tensor)}
+        image, boxes = transform(item["image"], boxes)
+        return {"image": image.as_subclass(torch.Tensor), "boxes": boxes}
+
+
+@registry.register_processor("box_transform")
+class BoxTransform(BaseProcessor):
+    """params: max_regions (5), min_visible (0.5): share of a box's area that must
+    stay inside the crop for the box to be kept."""
+
+    def __init__(self, config=None, *args, **kwargs):
+        config = config or {}
+        self.max_regions = int(config.get("max_regions", 5))
+        self.min_visible = float(config.get("min_visible", 0.5))
+
+    def __call__(self, item, *args, **kwargs):
+        image = item["image"]
+        phrases = list(item.get("phrases", []))
+        image_size = _image_size(image)
+        allow_flip = not mentions_left_or_right(phrases)
+        out = item["image_processor"](
+            {
+                "image": image,
+                "boxes": pixel_boxes(item.get("boxes", []), image_size),
+                "is_train": bool(item.get("is_train", False)),
+                "allow_flip": allow_flip,
+            }
+        )
+        boxes, valid, kept = finish_boxes(out["boxes"], self.max_regions, self.min_visible)
+        kept_phrases = [phrases[i] for i in kept] + [""] * (self.max_regions - len(kept))
+        return {
+            "image": out["image"],
+            "boxes": boxes,
+            "box_valid": valid,
+            "box_phrases": kept_phrases,
+            "flip_allowed": allow_flip,
+        }
+
+
+def _image_size(image):
+    """(height, width) of a PIL image or a (C, H, W) tensor."""
+    if hasattr(image, "size") and not callable(image.size):
+        width, height = image.size
+        return (height, width)
+    return tuple(int(v) for v in image.shape[-2:])
