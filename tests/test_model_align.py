@@ -163,3 +163,27 @@ def test_class_names_sources(mmf_registry, tmp_path):
     assert model.prompts() == ["a photo of a maxi dress", "a photo of a tote bag"]
     with pytest.raises(ValueError, match="head"):
         build_align(mmf_registry, head="fusion")
+
+
+def test_text_pooling_cls_and_mean():
+    from mmf_fashion.modules.encoders import build_text_encoder, masked_mean
+    from mmf_fashion.modules.two_stream import text_features
+
+    torch.manual_seed(0)
+    encoder = build_text_encoder({"name": "tiny", "hidden_size": 32, "num_hidden_layers": 1,
+                                  "num_attention_heads": 2, "dropout": 0.0}).eval()
+    projection = torch.nn.Linear(32, 8)
+    input_ids = torch.tensor([[101, 2000, 2001, 102, 0], [101, 2003, 102, 0, 0]])
+    mask = (input_ids != 0).long()
+    with torch.no_grad():
+        hidden = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        cls = text_features(encoder, projection, input_ids, mask, pooling="cls")
+        mean = text_features(encoder, projection, input_ids, mask, pooling="mean")
+        padded = input_ids.clone()
+        padded[0, 4] = 5000  # a different id under a pad position changes nothing
+        mean_padded = text_features(encoder, projection, padded, mask, pooling="mean")
+    torch.testing.assert_close(cls["embedding"], F.normalize(projection(hidden[:, 0]), dim=-1))
+    torch.testing.assert_close(mean["embedding"], F.normalize(projection(masked_mean(hidden, mask)), dim=-1))
+    torch.testing.assert_close(mean["embedding"], mean_padded["embedding"])
+    with pytest.raises(ValueError, match="pooling"):
+        text_features(encoder, projection, input_ids, mask, pooling="max")

@@ -1,7 +1,6 @@
 """COTS: queues, EMA, task-level KL, the adaptive momentum filter, resume, and the MMF model."""
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from mmf_fashion.modules import cots as cots_ops
-from mmf_fashion.modules.two_stream import TwoStreamMixin, average_by_group, average_view_embeddings
+from mmf_fashion.modules.two_stream import average_by_group, average_view_embeddings
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "mmf_fashion", "models", "configs", "cots.yaml")
 TINY = {

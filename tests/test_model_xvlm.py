@@ -110,6 +110,22 @@ def test_region_cross_attention_sees_only_the_patches_in_its_box():
     assert torch.allclose(fused[1], fused_in[1], atol=1e-5)  # the other image is untouched
 
 
+def test_fusing_in_buckets_cut_to_the_real_length_changes_nothing():
+    net = _tiny_network()
+    torch.manual_seed(3)
+    tokens = torch.randn(4, 17, 32)
+    concept_mask = torch.ones(4, 17, dtype=torch.long)
+    concept_mask[1, 5:] = 0
+    hidden = torch.randn(4, 9, 32)
+    text_mask = torch.ones(4, 9, dtype=torch.long)
+    text_mask[2:, 3:] = 0                                  # two short texts
+    hidden[2:, 3:] = 0.0
+    with torch.no_grad():
+        full = net.fuse(hidden, text_mask, tokens, concept_mask)[:, 0]
+        bucketed = net.fused_cls(hidden, text_mask, tokens, concept_mask, bucket=torch.tensor([0, 0, 1, 1]))
+    assert torch.allclose(full, bucketed, atol=1e-5)
+
+
 # ------------------------------------------------------------------ losses
 def test_box_losses_equal_torchvision_giou_and_hand_values():
     pred = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.5, 0.5, 0.4, 0.2]])
@@ -297,7 +313,11 @@ def test_every_head_trains_with_finite_gradients(mmf_registry, head, expected):
 def test_pretraining_without_regions_or_with_data_masking(mmf_registry):
     model = _build(mmf_registry, head="pretraining", mlm={"source": "data"})
     sample_list = _sample_list()
-    for key in ("boxes", "box_valid", "box_input_ids", "box_attention_mask"):
+    sample_list["box_valid"] = torch.zeros(B, R, dtype=torch.bool)   # boxes present, none valid
+    sample_list["masked_input_ids"], sample_list["mlm_labels"] = sample_list["input_ids"], torch.full((B, L), -100)
+    output = model(sample_list)
+    assert set(output["losses"]) == {"train/fashiongen/itc", "train/fashiongen/itm"}  # nothing to mask, no box
+    for key in ("boxes", "box_valid", "box_input_ids", "box_attention_mask", "masked_input_ids", "mlm_labels"):
         del sample_list[key]
     with pytest.raises(KeyError, match="masked_input_ids"):
         model(sample_list)
@@ -345,6 +365,10 @@ def test_retrieval_interface_and_itm_rerank(mmf_registry):
     texts = model.embed_texts(["a red silk dress", "blue denim jacket with a collar"])
     assert images.shape == (B, 16) and texts.shape == (2, 16)
     assert torch.allclose(texts.norm(dim=-1), torch.ones(2), atol=1e-5)
+    from PIL import Image
+
+    pixels = model.image_transform()(Image.new("RGB", (80, 50), (200, 30, 30)))
+    assert pixels.shape == (3, 32, 32) and pixels.dtype == torch.float32
     with torch.no_grad():
         scores = model.match_scores(sample_list)
         again = model.match_scores(sample_list["image"], sample_list["input_ids"], sample_list["attention_mask"])

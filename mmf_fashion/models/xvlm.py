@@ -1,0 +1,185 @@
+"""X-VLM (ICML 2022): multi-grained image/region-text alignment, the MMF adapter.
+
+Cheatsheet::
+
+    mmf_run config=projects/xvlm/configs/pretrain.yaml model=xvlm dataset=fashiongen
+    mmf_run config=projects/xvlm/configs/itr.yaml model=xvlm dataset=fashiongen run_type=train_val
+    mmf_run config=projects/xvlm/configs/grounding.yaml model=xvlm dataset=fashiongen run_type=train_val
+
+    model = registry.get_model_class("xvlm")(config); model.build()
+    out = model(sample_list)   # {"losses": {"train/fashiongen/itc": ..., ...}, ...}
+    model.embed_images(images), model.embed_texts(["a red dress"])   # (N, E) L2-normalised
+    model.match_scores(pairs)  # (P,) ITM margin, for ITC-shortlist + ITM re-rank (rerank.py)
+
+The maths is in mmf_fashion/modules/xvlm.py and xvlm_ops.py; this file reads
+the config and the sample list.
+
+Heads (``model_config.xvlm.head``) and their default ``tasks``:
+- ``pretraining``: itc, itm, mlm, box. ITC and ITM run on every (concept,
+  text) pair of the batch: whole images with their captions and, when the
+  batch has regions, each region (box-pooled concept) with its phrase. MLM on
+  the captions; the box head (L1 + GIoU) on the regions.
+- ``retrieval`` (ITR): itc, itm. Evaluation: ``image_embedding`` /
+  ``text_embedding`` for r@k_general; with its ``rerank_k: k`` the top k of
+  the ITC ranking are re-ranked by ``match_scores`` (the ITM head).
+- ``grounding``: box. Evaluation: ``predicted_boxes`` (B, R, 4) for the
+  ``grounding_accuracy`` metric (IoU >= 0.5, mmf_fashion/metrics/grounding.py).
+
+Losses are named ``<dataset_type>/<dataset_name>/<task>`` with tasks itc,
+itm, mlm, box_l1, box_giou, each times ``loss_weights.<task>``. A task with
+nothing to learn from in a batch (no regions, no negative) is left out.
+
+Sample list keys: ``image`` (B, 3, S, S) with S = image_encoder.image_size;
+``input_ids``, ``attention_mask`` (B, L) [pretraining, retrieval];
+``product_id`` (B,) (captions of one product are ITC positives of each
+other; absent = only the aligned pair); ``boxes`` (B, R, 4) normalised
+(cx, cy, w, h), ``box_valid`` (B, R) bool, ``box_input_ids``,
+``box_attention_mask`` (B, R, Lb) [regions: grounding, optional elsewhere];
+``masked_input_ids``, ``mlm_labels`` (B, L) when ``mlm.source: data``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+from mmf.common.registry import registry
+from mmf.models.base_model import BaseModel
+
+from mmf_fashion.modules.xvlm import XVLMMixin
+
+PRETRAINING, RETRIEVAL, GROUNDING = "pretraining", "retrieval", "grounding"
+HEADS = (PRETRAINING, RETRIEVAL, GROUNDING)
+TASKS = ("itc", "itm", "mlm", "box")
+DEFAULT_TASKS = {PRETRAINING: ("itc", "itm", "mlm", "box"), RETRIEVAL: ("itc", "itm"), GROUNDING: ("box",)}
+REGION_KEYS = ("boxes", "box_valid", "box_input_ids", "box_attention_mask")
+
+
+def _plain(config: Any) -> Dict[str, Any]:
+    if config is None:
+        return {}
+    if isinstance(config, Mapping) and not hasattr(config, "_metadata"):
+        return dict(config)
+    from omegaconf import OmegaConf
+
+    return dict(OmegaConf.to_container(config, resolve=True))
+
+
+@registry.register_model("xvlm")
+class XVLM(XVLMMixin, BaseModel):
+    """X-VLM: box-pooled visual concepts aligned with texts (pretraining | retrieval | grounding)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+
+    @classmethod
+    def config_path(cls):
+        return os.path.join(os.path.dirname(__file__), "configs", "xvlm.yaml")
+
+    def build(self):
+        config = _plain(self.config)
+        self.head = str(config.get("head", PRETRAINING))
+        if self.head not in HEADS:
+            raise ValueError(f"model_config.xvlm.head must be one of {HEADS}, got '{self.head}'")
+        tasks = config.get("tasks") or DEFAULT_TASKS[self.head]
+        unknown = [task for task in tasks if task not in TASKS]
+        if unknown:
+            raise ValueError(f"model_config.xvlm.tasks: unknown {unknown}; choose from {TASKS}")
+        self.tasks = tuple(str(task) for task in tasks)
+        self.use_regions = bool(config.get("use_regions", True))
+        self.eval_losses = bool(config.get("eval_losses", True))
+        mlm = dict(config.get("mlm") or {})
+        self.mlm_source = str(mlm.get("source", "model"))
+        if self.mlm_source not in ("model", "data"):
+            raise ValueError(f"model_config.xvlm.mlm.source must be 'model' or 'data', got '{self.mlm_source}'")
+        weights = dict(config.get("loss_weights") or {})
+        self.loss_weights = {name: float(weights.get(name, 1.0))
+                             for name in ("itc", "itm", "mlm", "box_l1", "box_giou")}
+        self.build_network(config)
+
+    # ------------------------------------------------------------ inputs
+    @staticmethod
+    def _key(sample_list, name: str) -> str:
+        dataset_type = sample_list.get("dataset_type", None) or "train"
+        dataset_name = sample_list.get("dataset_name", None) or "fashiongen"
+        return f"{dataset_type}/{dataset_name}/{name}"
+
+    def _regions(self, sample_list, required: bool) -> Dict[str, Optional[torch.Tensor]]:
+        found = {key: sample_list.get(key, None) for key in REGION_KEYS}
+        missing = [key for key in REGION_KEYS if found[key] is None]
+        if required and missing:
+            raise KeyError(f"xvlm head '{self.head}' needs region keys {missing} in the sample list: turn on the "
+                           "dataset's region boxes (fashiongen / fashionall with regions)")
+        if missing or not (self.use_regions or required):
+            return {key: None for key in REGION_KEYS}
+        return found
+
+    def _captions(self, sample_list):
+        missing = [key for key in ("input_ids", "attention_mask") if sample_list.get(key, None) is None]
+        if missing:
+            raise KeyError(f"xvlm head '{self.head}' needs sample keys {missing}")
+        return sample_list["input_ids"], sample_list["attention_mask"]
+
+    # ----------------------------------------------------------- forward
+    def forward(self, sample_list) -> Dict[str, Any]:
+        """Returns {"losses": {"<type>/<dataset>/<task>": scalar}} and, in eval mode,
+        image_embedding / text_embedding (B, E) [pretraining, retrieval] and
+        predicted_boxes (B, R, 4) [grounding; pretraining when the batch has regions]."""
+        if self.head == GROUNDING:
+            return self._forward_grounding(sample_list)
+        return self._forward_pairs(sample_list)
+
+    def _forward_pairs(self, sample_list) -> Dict[str, Any]:
+        input_ids, attention_mask = self._captions(sample_list)
+        regions = self._regions(sample_list, required=False)
+        image_tokens = self.encode_image(sample_list["image"])
+        pairs = self.build_pairs(image_tokens, input_ids, attention_mask, sample_list.get("product_id", None),
+                                 **regions)
+        output: Dict[str, Any] = {"losses": {}}
+        if not self.training:
+            output["image_embedding"] = pairs.concept_feat[: pairs.num_whole]
+            output["text_embedding"] = pairs.text_feat[: pairs.num_whole]
+            if not self.eval_losses:
+                return output
+        losses: Dict[str, Optional[torch.Tensor]] = {}
+        if "itc" in self.tasks:
+            losses["itc"] = self.itc_loss(pairs)
+        if "itm" in self.tasks:
+            losses["itm"] = self.itm_loss(pairs)
+        if "mlm" in self.tasks:
+            masked = labels = None
+            if self.mlm_source == "data":
+                masked, labels = sample_list.get("masked_input_ids", None), sample_list.get("mlm_labels", None)
+                if masked is None or labels is None:
+                    raise KeyError("xvlm mlm.source 'data' needs sample keys masked_input_ids and mlm_labels: turn "
+                                   "on the dataset's mlm option, or set model_config.xvlm.mlm.source: model")
+            losses["mlm"] = self.mlm_loss(pairs, image_tokens, masked, labels)
+        if "box" in self.tasks:
+            losses["box_l1"], losses["box_giou"], predicted = self.box_loss(pairs, image_tokens)
+            if predicted is not None and not self.training:
+                boxes = regions["boxes"]
+                placed = boxes.new_zeros(boxes.shape)
+                placed[pairs.region_slot[:, 0], pairs.region_slot[:, 1]] = predicted.detach().to(boxes.dtype)
+                output["predicted_boxes"] = placed
+        output["losses"] = self._weighted(sample_list, losses)
+        return output
+
+    def _forward_grounding(self, sample_list) -> Dict[str, Any]:
+        regions = self._regions(sample_list, required=True)
+        image_tokens = self.encode_image(sample_list["image"])
+        l1 = giou = predicted = None
+        if bool(regions["box_valid"].bool().any()):
+            pairs = self.build_pairs(image_tokens, **regions)
+            l1, giou, predicted = self.box_loss(pairs, image_tokens)
+        output: Dict[str, Any] = {"losses": self._weighted(sample_list, {"box_l1": l1, "box_giou": giou})}
+        if not self.training:
+            boxes = regions["boxes"]
+            placed = boxes.new_zeros(boxes.shape)
+            if predicted is not None:
+                placed[pairs.region_slot[:, 0], pairs.region_slot[:, 1]] = predicted.detach().to(boxes.dtype)
+            output["predicted_boxes"] = placed
+        return output
+
+    def _weighted(self, sample_list, losses: Mapping[str, Optional[torch.Tensor]]) -> Dict[str, torch.Tensor]:
+        return {self._key(sample_list, name): self.loss_weights[name] * loss
+                for name, loss in losses.items() if loss is not None}

@@ -1,0 +1,355 @@
+"""COTS building blocks (CVPR 2022, arXiv 2204.07441). Plain torch, no MMF.
+
+Cheatsheet::
+
+    from mmf_fashion.modules import cots
+    cots.ema_update(online_modules, momentum_modules, momentum=0.995)
+    queue = cots.FifoQueue(4096, {"image": 256, "text": 256})
+    queue.enqueue(image=img_m, text=txt_m)          # gathered from every rank
+    old_images, old_texts = queue.ordered("image", "text")   # oldest first
+    amf = cots.MomentumFilter(size=2048, k=1.5, min_count=256)
+    keep = amf.keep_mask(positive_similarity)       # (B,) bool, uses past batches only
+    amf.update(positive_similarity)                 # every pair enters the history
+    logits_i2t, labels = cots.queue_logits(img, txt_m, queue.valid("text"), scale)
+    loss = cots.masked_cross_entropy(logits_i2t, labels, keep)
+    kl = cots.symmetric_kl(logits_i2t, logits_t2i, keep)
+
+The three levels of the paper:
+- instance: InfoNCE of the online features against the momentum features of
+  the batch (all ranks) followed by the queue of older momentum features;
+- token: ``CrossModalMLMHead`` (masked words from text tokens + the paired
+  image's global feature) and ``CrossModalMVMHead`` (VQ codes of masked
+  patches from the unmasked image + the paired text's global feature); the
+  streams never attend to each other;
+- task: ``symmetric_kl`` between the i2t and t2i distributions over the
+  queue. Entry j of the image and of the text queue is the same pair (they
+  share one pointer), so the two distributions live on the same index set.
+``MomentumFilter`` is the adaptive momentum filter (AMF): pairs whose
+positive similarity is below mu - k * sigma of recent positives leave the
+loss; every pair still enters the queues.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmf_fashion.modules.distributed import all_gather_nograd, all_gather_variable, get_rank
+
+IGNORE_INDEX = -100
+
+
+# ----------------------------------------------------------------- momentum
+@torch.no_grad()
+def ema_update(online: Iterable[nn.Module], momentum: Iterable[nn.Module], momentum_value: float) -> None:
+    """momentum_param = m * momentum_param + (1 - m) * online_param, module by module.
+
+    Floating-point buffers (BatchNorm statistics) follow the same rule;
+    integer buffers (num_batches_tracked) are copied.
+    """
+    m = float(momentum_value)
+    for online_module, momentum_module in zip(online, momentum):
+        online_params = list(online_module.parameters())
+        momentum_params = list(momentum_module.parameters())
+        if len(online_params) != len(momentum_params):
+            raise ValueError("ema_update: online and momentum modules differ in structure")
+        for param_o, param_m in zip(online_params, momentum_params):
+            param_m.data.mul_(m).add_(param_o.data, alpha=1.0 - m)
+        for buffer_o, buffer_m in zip(online_module.buffers(), momentum_module.buffers()):
+            if buffer_m.is_floating_point():
+                buffer_m.mul_(m).add_(buffer_o, alpha=1.0 - m)
+            else:
+                buffer_m.copy_(buffer_o)
+
+
+# ------------------------------------------------------------------- queues
+class FifoQueue(nn.Module):
+    """A ring buffer of aligned rows: one (size, dim) buffer per field.
+
+    All fields share ``pointer`` (next row to overwrite) and ``count``
+    (rows filled so far); everything is a registered buffer, so the state
+    dict restores the queue exactly. ``enqueue`` gathers the rows of every
+    rank first (rank 0's rows first), so the queue is identical on all ranks.
+    """
+
+    def __init__(self, size: int, fields: Mapping[str, int]):
+        super().__init__()
+        if int(size) <= 0:
+            raise ValueError(f"FifoQueue size must be positive, got {size}")
+        self.size = int(size)
+        self.fields = tuple(fields)
+        for name, dim in fields.items():
+            self.register_buffer(name, torch.zeros(self.size, int(dim)))
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    def __len__(self) -> int:
+        return int(self.count)
+
+    @torch.no_grad()
+    def enqueue(self, gather: bool = True, **rows: torch.Tensor) -> None:
+        """Push (n, dim) rows per field (the same n for every field); oldest rows are overwritten."""
+        if set(rows) != set(self.fields):
+            raise ValueError(f"enqueue needs exactly the fields {self.fields}, got {sorted(rows)}")
+        rows = {name: (all_gather_variable(value.detach()) if gather else value.detach()) for name, value in rows.items()}
+        sizes = {value.shape[0] for value in rows.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"enqueue: fields have different numbers of rows {sizes}")
+        n = sizes.pop()
+        if n == 0:
+            return
+        if n > self.size:  # only the newest `size` rows can stay
+            rows = {name: value[-self.size :] for name, value in rows.items()}
+            n = self.size
+        positions = (torch.arange(n, device=self.pointer.device) + self.pointer) % self.size
+        for name, value in rows.items():
+            buffer = getattr(self, name)
+            buffer[positions] = value.reshape(n, -1).to(buffer.dtype)
+        self.pointer.copy_((self.pointer + n) % self.size)
+        self.count.copy_(torch.clamp(self.count + n, max=self.size))
+
+    def valid(self, name: str) -> torch.Tensor:
+        """The filled rows of a field (storage order; aligned across fields)."""
+        return getattr(self, name)[: int(self.count)]
+
+    def ordered(self, *names: str) -> Tuple[torch.Tensor, ...]:
+        """The filled rows of the fields, oldest first (the order they will be dequeued)."""
+        count = int(self.count)
+        if count < self.size:
+            order = torch.arange(count, device=self.pointer.device)
+        else:
+            order = (torch.arange(self.size, device=self.pointer.device) + self.pointer) % self.size
+        return tuple(getattr(self, name)[order] for name in names)
+
+
+class MomentumFilter(nn.Module):
+    """Adaptive momentum filter: drop pairs whose positive similarity is an outlier.
+
+    The history is a FifoQueue of recent positive-pair similarities (all
+    ranks). threshold = mean - k * std of the history; until ``min_count``
+    values have been seen the threshold is -inf (nothing is dropped).
+    """
+
+    def __init__(self, size: int = 2048, k: float = 1.5, min_count: int = 256):
+        super().__init__()
+        self.history = FifoQueue(size, {"similarity": 1})
+        self.k = float(k)
+        self.min_count = int(min_count)
+
+    def threshold(self) -> torch.Tensor:
+        values = self.history.valid("similarity").flatten()
+        if values.numel() < max(self.min_count, 2):
+            return torch.tensor(-math.inf, device=values.device)
+        return values.mean() - self.k * values.std(unbiased=False)
+
+    @torch.no_grad()
+    def keep_mask(self, similarity: torch.Tensor) -> torch.Tensor:
+        """similarity (B,) -> bool (B,): True for the pairs that stay in the loss."""
+        return similarity >= self.threshold().to(similarity.dtype)
+
+    @torch.no_grad()
+    def update(self, similarity: torch.Tensor, gather: bool = True) -> None:
+        self.history.enqueue(gather=gather, similarity=similarity.detach().reshape(-1, 1))
+
+
+# ------------------------------------------------------------------- losses
+def queue_logits(
+    query: torch.Tensor, batch_keys: torch.Tensor, queue_keys: Optional[torch.Tensor], scale: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Logits of each query against [momentum keys of the global batch ; queue].
+
+    query (B, D) online features of this rank; batch_keys (B, D) the momentum
+    features of the same pairs (gathered over ranks here, no grad);
+    queue_keys (Nq, D) or None. Returns logits (B, world*B + Nq) and labels
+    (B,) = the column of each query's own momentum key.
+    """
+    keys = all_gather_nograd(batch_keys.detach())
+    if queue_keys is not None and queue_keys.shape[0] > 0:
+        keys = torch.cat([keys, queue_keys.detach().to(keys.dtype)], dim=0)
+    logits = scale * query @ keys.t()
+    labels = torch.arange(query.shape[0], device=query.device) + get_rank() * query.shape[0]
+    return logits, labels
+
+
+def _zero_with_graph(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.sum() * 0.0
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, keep: Optional[torch.Tensor] = None, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Cross entropy averaged over the kept rows (all rows when keep is None); 0 if none is kept."""
+    if keep is None:
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    if not bool(keep.any()):
+        return _zero_with_graph(logits)
+    return F.cross_entropy(logits[keep], labels[keep], label_smoothing=label_smoothing)
+
+
+def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """0.5 * (KL(p_a || p_b) + KL(p_b || p_a)) per row, averaged over kept rows.
+
+    logits_a, logits_b (B, K) over the same K candidates (softmax taken here).
+    Symmetric in its arguments and exactly 0 when the distributions match.
+    """
+    if logits_a.shape != logits_b.shape:
+        raise ValueError(f"symmetric_kl needs equal shapes, got {tuple(logits_a.shape)} and {tuple(logits_b.shape)}")
+    log_p = F.log_softmax(logits_a.float(), dim=-1)
+    log_q = F.log_softmax(logits_b.float(), dim=-1)
+    per_row = 0.5 * ((log_p.exp() * (log_p - log_q)).sum(-1) + (log_q.exp() * (log_q - log_p)).sum(-1))
+    if keep is not None:
+        if not bool(keep.any()):
+            return _zero_with_graph(per_row)
+        per_row = per_row[keep]
+    return per_row.mean()
+
+
+def momentum_contrastive_losses(
+    image_embedding: torch.Tensor,
+    text_embedding: torch.Tensor,
+    image_momentum: torch.Tensor,
+    text_momentum: torch.Tensor,
+    scale: torch.Tensor,
+    queue: Optional[FifoQueue] = None,
+    keep: Optional[torch.Tensor] = None,
+) -> Dict[str, torch.Tensor]:
+    """The instance-level loss and the task-level KL of COTS.
+
+    image/text_embedding (B, D) online, unit norm (with grad);
+    image/text_momentum (B, D) momentum features of the same pairs;
+    queue: a FifoQueue with fields image/text (read only here; the caller
+    enqueues after the loss); keep (B,) bool from the momentum filter.
+    Returns {"itc": (i2t + t2i) / 2, "kl": symmetric KL of i2t vs t2i}.
+    """
+    text_queue = queue.valid("text") if queue is not None else None
+    image_queue = queue.valid("image") if queue is not None else None
+    logits_i2t, labels = queue_logits(image_embedding, text_momentum, text_queue, scale)
+    logits_t2i, _ = queue_logits(text_embedding, image_momentum, image_queue, scale)
+    itc = 0.5 * (masked_cross_entropy(logits_i2t, labels, keep) + masked_cross_entropy(logits_t2i, labels, keep))
+    return {"itc": itc, "kl": symmetric_kl(logits_i2t, logits_t2i, keep)}
+
+
+# ------------------------------------------------------------ token level
+class CrossModalMLMHead(nn.Module):
+    """Masked words from the text tokens plus the paired image's global feature.
+
+    forward(hidden (B, L, H), image_global (B, Di)) -> logits (B, L, vocab).
+    The image feature is concatenated to every token (no attention across
+    streams), then Linear-GELU-LayerNorm-Linear.
+    """
+
+    def __init__(self, hidden_size: int, image_dim: int, vocab_size: int):
+        super().__init__()
+        self.fuse = nn.Linear(hidden_size + image_dim, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, hidden: torch.Tensor, image_global: torch.Tensor) -> torch.Tensor:
+        image_per_token = image_global.unsqueeze(1).expand(-1, hidden.shape[1], -1)
+        fused = self.norm(F.gelu(self.fuse(torch.cat([hidden, image_per_token], dim=-1))))
+        return self.decoder(fused)
+
+
+class CrossModalMVMHead(nn.Module):
+    """VQ codes of masked patches from the (masked) image grid plus the paired text's global feature.
+
+    forward(grid (B, N, C), text_global (B, Dt)) -> logits (B, N, codebook_size).
+    """
+
+    def __init__(self, grid_channels: int, text_dim: int, codebook_size: int, hidden_size: int = 256):
+        super().__init__()
+        self.fuse = nn.Linear(grid_channels + text_dim, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.decoder = nn.Linear(hidden_size, codebook_size)
+
+    def forward(self, grid: torch.Tensor, text_global: torch.Tensor) -> torch.Tensor:
+        text_per_patch = text_global.unsqueeze(1).expand(-1, grid.shape[1], -1)
+        fused = self.norm(F.gelu(self.fuse(torch.cat([grid, text_per_patch], dim=-1))))
+        return self.decoder(fused)
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Cross entropy over (B, L, V) logits and (B, L) labels (IGNORE_INDEX = skip); keep (B,) drops rows."""
+    if keep is not None:
+        labels = labels.masked_fill(~keep.unsqueeze(1), IGNORE_INDEX)
+    if not bool((labels != IGNORE_INDEX).any()):
+        return _zero_with_graph(logits)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+# ---------------------------------------------------------------- masking
+def random_patch_mask(batch: int, num_patches: int, ratio: float, generator=None, device=None) -> torch.Tensor:
+    """(B, N) bool with round(ratio * N) (at least 1) random positions True per row."""
+    count = min(num_patches, max(1, int(round(ratio * num_patches))))
+    scores = torch.rand(batch, num_patches, generator=generator).to(device)
+    order = scores.argsort(dim=1)
+    mask = torch.zeros(batch, num_patches, dtype=torch.bool, device=device)
+    mask.scatter_(1, order[:, :count], True)
+    return mask
+
+
+def resize_patch_mask(patch_mask: torch.Tensor, source_hw: Sequence[int], target_hw: Sequence[int]) -> torch.Tensor:
+    """(B, hs*ws) bool on one grid -> (B, ht*wt) bool on another (nearest neighbour)."""
+    source_hw, target_hw = tuple(int(v) for v in source_hw), tuple(int(v) for v in target_hw)
+    if source_hw == target_hw:
+        return patch_mask.bool()
+    if patch_mask.shape[1] != source_hw[0] * source_hw[1]:
+        raise ValueError(f"patch_mask has {patch_mask.shape[1]} cells, grid {source_hw} needs {source_hw[0] * source_hw[1]}")
+    grid = patch_mask.float().reshape(-1, 1, *source_hw)
+    return F.interpolate(grid, size=target_hw, mode="nearest").flatten(1) > 0.5
+
+
+def mask_image_patches(images: torch.Tensor, patch_mask: torch.Tensor, grid_hw: Sequence[int]) -> torch.Tensor:
+    """Zero (the normalised mean colour) the pixels of the masked cells of an h x w grid.
+
+    images (B, 3, H, W), patch_mask (B, h*w) bool True = masked.
+    """
+    h, w = int(grid_hw[0]), int(grid_hw[1])
+    pixel_mask = F.interpolate(patch_mask.float().reshape(-1, 1, h, w), size=images.shape[-2:], mode="nearest")
+    return images * (1.0 - pixel_mask.to(images.dtype))
+
+
+def resize_grid_tokens(tokens: torch.Tensor, source_hw: Sequence[int], target_hw: Sequence[int]) -> torch.Tensor:
+    """(B, hs*ws, C) grid tokens -> (B, ht*wt, C) by bilinear resampling (align a CNN grid to the VQ grid)."""
+    source_hw, target_hw = tuple(int(v) for v in source_hw), tuple(int(v) for v in target_hw)
+    if source_hw == target_hw:
+        return tokens
+    grid = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *source_hw)
+    resized = F.interpolate(grid, size=target_hw, mode="bilinear", align_corners=False)
+    return resized.flatten(2).transpose(1, 2)
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    mask_token_id: int,
+    vocab_size: int,
+    special_ids: Iterable[int],
+    probability: float = 0.15,
+    generator=None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Token-level BERT masking (80% [MASK] / 10% random / 10% kept) for batches without
+    the dataset's whole-word ``masked_input_ids``. Returns (masked_ids, labels with -100)."""
+    device = input_ids.device
+    special = torch.zeros_like(input_ids, dtype=torch.bool)
+    for token_id in special_ids:
+        special |= input_ids == int(token_id)
+    candidates = attention_mask.bool() & ~special
+    draw = torch.rand(input_ids.shape, generator=generator).to(device)
+    chosen = candidates & (draw < probability)
+    # every row with a candidate predicts at least one token, so the loss is never empty by chance
+    no_pick = ~chosen.any(1) & candidates.any(1)
+    if bool(no_pick.any()):
+        first = (candidates.float() * (1.0 + draw)).argmax(1)
+        chosen[no_pick, first[no_pick]] = True
+    labels = input_ids.masked_fill(~chosen, IGNORE_INDEX)
+    action = torch.rand(input_ids.shape, generator=generator).to(device)
+    masked = input_ids.clone()
+    masked[chosen & (action < 0.8)] = int(mask_token_id)
+    randomise = chosen & (action >= 0.8) & (action < 0.9)
+    random_ids = torch.randint(int(vocab_size), input_ids.shape, generator=generator).to(device)
+    masked[randomise] = random_ids[randomise]
+    return masked, labels

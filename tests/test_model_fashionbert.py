@@ -1,0 +1,375 @@
+"""FashionBERT: patch grid, negatives, adaptive weights, every head through MMF's registry."""
+import os
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mmf_fashion.modules.fashionbert import (
+    FashionBert,
+    FashionBertOptions,
+    adaptive_loss_weights,
+    choose_negative_rows,
+    combine_losses,
+    masked_patch_loss,
+    query_title_inputs,
+    random_patch_mask,
+    sample_alignment_negatives,
+)
+from mmf_fashion.modules.fashionbert_patches import (
+    PatchFeatureCache,
+    fit_to_grid,
+    merge_patches,
+    precompute_patch_features,
+    split_into_patches,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_TEXT = {"name": "tiny", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 64}
+TINY = {"image_encoder": {"name": "resnet18"}, "grid_size": 4, "patch_size": 16, "num_labels": 5,
+        "text_encoder": TINY_TEXT}
+B, L = 6, 12
+
+
+# ------------------------------------------------------------------ patches
+def test_patches_tile_the_image_exactly():
+    images = torch.randn(2, 3, 64, 48)
+    patches = split_into_patches(images, 4)
+    assert patches.shape == (2, 16, 3, 16, 12)
+    assert torch.equal(merge_patches(patches, 4), images)
+    # row-major: patch 6 = grid row 1, column 2
+    assert torch.equal(patches[:, 6], images[:, :, 16:32, 24:36])
+
+
+def test_a_size_not_divisible_by_the_grid_is_resized_up_to_a_multiple():
+    images = torch.randn(1, 3, 65, 70)
+    fitted = fit_to_grid(images, 8)
+    assert fitted.shape[-2:] == (72, 72)
+    assert torch.equal(merge_patches(split_into_patches(fitted, 8), 8), fitted)
+    assert fit_to_grid(images, 4, patch_size=16).shape[-2:] == (64, 64)
+    assert fit_to_grid(fitted, 8) is fitted  # already a multiple: untouched
+    with pytest.raises(ValueError, match="not a multiple"):
+        split_into_patches(images, 8)
+
+
+def test_patch_encoder_sees_each_patch_alone():
+    net = FashionBert(FashionBertOptions(image_encoder="resnet18", grid_size=2, text_encoder=TINY_TEXT))
+    net.eval()
+    images = torch.randn(1, 3, 32, 32)
+    features = net.encode_patches(images)
+    changed = images.clone()
+    changed[:, :, :16, :16] += 1.0  # only patch 0 changes
+    new = net.encode_patches(changed)
+    assert not torch.allclose(features[:, 0], new[:, 0])
+    assert torch.allclose(features[:, 1:], new[:, 1:], atol=1e-6)
+
+
+def test_patch_cache_round_trip_and_signature(tmp_path):
+    path = str(tmp_path / "patches.pt")
+    options = dict(image_encoder="resnet18", grid_size=2, patch_size=16, text_encoder=TINY_TEXT,
+                   freeze_image_encoder=True, patch_cache_file=path)
+    net = FashionBert(FashionBertOptions(**options))
+    images, ids = torch.randn(3, 3, 32, 32), torch.tensor([7, 8, 9])
+    count = precompute_patch_features(net, [(ids, images)])
+    assert count == 3 and os.path.isfile(path)
+    direct = net.image_encoder(images)
+    reloaded = FashionBert(FashionBertOptions(**options))
+    reloaded.load_state_dict(net.state_dict())
+    assert len(reloaded.patch_cache) == 3
+    # cached rows come from the file, whatever pixels are passed now
+    assert torch.allclose(reloaded.encode_patches(torch.zeros_like(images), ids), direct, atol=1e-6)
+    with pytest.raises(ValueError, match="grid_size"):
+        PatchFeatureCache(path, {"encoder": "resnet18", "weights": None, "grid_size": 4, "patch_size": 16})
+    with pytest.raises(ValueError, match="frozen"):
+        FashionBertOptions(**{**options, "freeze_image_encoder": False})
+
+
+def test_eval_pair_scoring_runs_the_cnn_once_per_image():
+    net = FashionBert(FashionBertOptions(image_encoder="resnet18", grid_size=2, patch_size=16,
+                                         text_encoder=TINY_TEXT, heads=("alignment",), tasks=("alignment",)))
+    calls = []
+    net.image_encoder.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    net.eval()
+    images = torch.randn(3, 3, 32, 32)
+    pair_rows = torch.tensor([0, 1, 2, 0, 1, 2, 2])
+    ids = torch.randint(1000, 2000, (7, L))
+    with torch.no_grad():
+        direct = net.score_pairs(images[pair_rows], ids, torch.ones_like(ids))
+        calls.clear()
+        first = net.score_pairs(images[pair_rows[:4]], ids[:4], torch.ones_like(ids[:4]), image_ids=pair_rows[:4])
+        second = net.score_pairs(images[pair_rows[4:]], ids[4:], torch.ones_like(ids[4:]), image_ids=pair_rows[4:])
+    assert calls == [3]  # images 0, 1, 2 once; the second call reuses them all
+    assert torch.allclose(torch.cat([first, second]), direct, atol=1e-5)
+    net.train()
+    net.eval()  # a mode switch forgets the memo (the weights may have changed)
+    with torch.no_grad():
+        net.score_pairs(images[:1], ids[:1], torch.ones_like(ids[:1]), image_ids=torch.tensor([0]))
+    assert calls == [3, 1]
+
+
+# --------------------------------------------------------------- negatives
+def test_negatives_come_from_the_same_subcategory():
+    product = torch.tensor([0, 1, 2, 3, 4, 5, 6, 6])
+    subcategory = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3])
+    for seed in range(20):
+        partner = sample_alignment_negatives(product, subcategory, torch.Generator().manual_seed(seed))
+        for row in range(5):  # rows with another product of their subcategory
+            assert subcategory[partner[row]] == subcategory[row]
+            assert product[partner[row]] != product[row]
+        # row 5 is alone in subcategory 2: any other product; rows 6, 7 share product 6
+        for row in (5, 6, 7):
+            assert product[partner[row]] != product[row]
+    alone = sample_alignment_negatives(torch.tensor([3, 3]), torch.tensor([1, 1]))
+    assert alone.tolist() == [-1, -1]
+
+
+def test_negative_rows_leave_a_matched_row():
+    partner = torch.tensor([1, 0, 3, 2])
+    rows = choose_negative_rows(partner, 0.5, torch.Generator().manual_seed(0))
+    assert int(rows.sum()) == 2
+    assert int(choose_negative_rows(partner, 0.99).sum()) == 3
+    assert not choose_negative_rows(torch.tensor([-1, -1]), 0.5).any()
+
+
+def test_alignment_loss_pairs_texts_with_same_subcategory_images():
+    net = FashionBert(FashionBertOptions(image_encoder="resnet18", grid_size=2, patch_size=16,
+                                         text_encoder=TINY_TEXT, heads=("alignment",), tasks=("alignment",)))
+    product, subcategory = torch.arange(B), torch.tensor([0, 0, 1, 1, 2, 2])
+    features = torch.randn(B, 4, net.image_encoder.out_channels)
+    ids = torch.randint(1000, 2000, (B, L))
+    result = net.alignment_loss(features, ids, torch.ones_like(ids), product, subcategory,
+                                generator=torch.Generator().manual_seed(1))
+    swapped = result["labels"] == 0
+    assert int(swapped.sum()) == 3
+    rows = result["image_rows"]
+    assert torch.equal(subcategory[rows], subcategory)
+    assert torch.equal(rows != torch.arange(B), swapped)
+
+
+# ---------------------------------------------------------- losses, weights
+def test_adaptive_weights_equal_the_closed_form_and_sum_to_one():
+    losses = torch.tensor([2.5, 0.3, 0.9])
+    g = torch.exp(losses) / torch.exp(losses).sum()
+    g = g * g
+    inverse = 1.0 / (3.0 - g)
+    expected = inverse / inverse.sum()
+    weights = adaptive_loss_weights(losses, alpha=1.0)
+    assert torch.allclose(weights, expected, atol=1e-6)
+    assert torch.isclose(weights.sum(), torch.tensor(1.0))
+    assert weights.argmax() == 0  # the largest loss gets the largest weight
+    alpha_two = adaptive_loss_weights(losses, alpha=2.0)
+    assert torch.allclose(alpha_two, (1 / (6.0 - g)) / (1 / (6.0 - g)).sum(), atol=1e-6)
+    assert adaptive_loss_weights(torch.tensor([4.0])).tolist() == [1.0]
+
+
+def test_combined_loss_detaches_weights_or_uses_fixed_ones():
+    a = torch.tensor(2.0, requires_grad=True)
+    b = torch.tensor(0.5, requires_grad=True)
+    total, weights = combine_losses({"mlm": a, "mpm": b}, adaptive=True, detach=True)
+    total.backward()
+    # detached: d total / d L_i is exactly w_i
+    assert torch.isclose(a.grad, weights["mlm"]) and torch.isclose(b.grad, weights["mpm"])
+    assert torch.isclose(total, weights["mlm"] * 2.0 + weights["mpm"] * 0.5)
+    total, weights = combine_losses({"mlm": a, "mpm": b}, adaptive=False, fixed_weights={"mlm": 0.25})
+    assert weights["mlm"] == 0.25 and weights["mpm"] == 1.0
+    assert torch.isclose(total, torch.tensor(0.25 * 2.0 + 0.5))
+
+
+def test_masked_patch_losses():
+    target = torch.randn(5, 16)
+    assert masked_patch_loss(target.clone(), target, "kl").abs() < 1e-6
+    assert masked_patch_loss(target.clone(), target, "mse").abs() < 1e-6
+    assert masked_patch_loss(torch.zeros(5, 16), target, "kl") > 0
+    prediction = torch.randn(5, 16, requires_grad=True)
+    target = torch.randn(5, 16, requires_grad=True)
+    masked_patch_loss(prediction, target, "kl").backward()
+    assert target.grad is None  # the target is detached
+    mask = random_patch_mask(4, 64, 0.1, torch.Generator().manual_seed(0))
+    assert mask.sum(1).tolist() == [6, 6, 6, 6]
+    assert random_patch_mask(2, 4, 0.1).sum(1).tolist() == [1, 1]
+
+
+def test_query_title_segments_join_two_texts():
+    query = torch.tensor([[101, 5, 6, 102, 0]])
+    title = torch.tensor([[101, 7, 8, 9, 102]])
+    ids, mask, types, labels = query_title_inputs(query, (query > 0).long(), title, torch.ones_like(title),
+                                                  torch.tensor([[-100, 7, -100, -100, -100]]))
+    assert ids.tolist() == [[101, 5, 6, 102, 0, 7, 8, 9, 102]]
+    assert mask.tolist() == [[1, 1, 1, 1, 0, 1, 1, 1, 1]]
+    assert types.tolist() == [[0, 0, 0, 0, 0, 1, 1, 1, 1]]
+    assert labels.tolist() == [[-100] * 5 + [7, -100, -100, -100]]
+
+
+# ------------------------------------------------------ through MMF's registry
+def _config(**overrides):
+    base = OmegaConf.load(os.path.join(REPO, "mmf_fashion/models/configs/fashionbert.yaml"))
+    return OmegaConf.merge(base.model_config.fashionbert, TINY, overrides)
+
+
+def _build(mmf_registry, **overrides):
+    model = mmf_registry.get_model_class("fashionbert")(_config(**overrides))
+    model.build()
+    return model
+
+
+def _sample_list(with_query=False):
+    from mmf.common.sample import SampleList
+
+    torch.manual_seed(0)
+    ids = torch.randint(1000, 2000, (B, L))
+    ids[:, 0], ids[:, -1] = 101, 102
+    mask = torch.ones(B, L, dtype=torch.long)
+    mask[0, 8:] = 0
+    labels = torch.full((B, L), -100)
+    labels[:, 3] = ids[:, 3]
+    masked = ids.clone()
+    masked[:, 3] = 103
+    batch = {
+        "image": torch.randn(B, 3, 64, 64), "input_ids": ids, "attention_mask": mask,
+        "token_type_ids": torch.zeros_like(ids), "masked_input_ids": masked, "mlm_labels": labels,
+        "product_id": torch.arange(B) + 10, "image_id": torch.arange(B) + 100,
+        "subcategory_id": torch.tensor([0, 0, 1, 1, 2, 2]), "targets": torch.tensor([0, 1, 2, 3, 4, 0]),
+        "dataset_type": "train", "dataset_name": "fashiongen",
+    }
+    if with_query:
+        batch["query_input_ids"] = ids[:, :6].clone()
+        batch["query_attention_mask"] = torch.ones(B, 6, dtype=torch.long)
+    return SampleList(batch)
+
+
+def _check_gradients(model, unused=()):
+    missing, bad = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad or name.startswith(tuple(unused)):
+            continue
+        if parameter.grad is None:
+            missing.append(name)
+        elif not torch.isfinite(parameter.grad).all():
+            bad.append(name)
+    assert not missing, f"no gradient: {missing}"
+    assert not bad, f"non-finite gradient: {bad}"
+
+
+@pytest.mark.parametrize("head, extra, expected_losses", [
+    ("pretraining", {}, {"mlm", "mpm", "alignment"}),
+    ("pretraining", {"pretraining": {"mpm_loss": "mse"}, "loss_weighting": {"adaptive": False}},
+     {"mlm", "mpm", "alignment"}),
+    ("pretraining", {"segments": "query_title_image"}, {"mlm", "mpm", "alignment"}),
+    ("pretraining", {"pretraining": {"tasks": ["mlm", "mpm"]}}, {"mlm", "mpm"}),
+    ("alignment", {}, {"alignment"}),
+    ("classification", {}, {"classification"}),
+])
+def test_every_head_trains_with_finite_gradients(mmf_registry, head, extra, expected_losses):
+    model = _build(mmf_registry, head=head, **extra)
+    model.train()
+    output = model(_sample_list(with_query=extra.get("segments") == "query_title_image"))
+    assert {key.split("/")[-1] for key in output["losses"]} == expected_losses
+    assert all(key.startswith("train/fashiongen/") for key in output["losses"])
+    total = sum(output["losses"].values())
+    assert torch.isfinite(total)
+    total.backward()
+    # without the alignment task nothing reads the pooled [CLS]
+    _check_gradients(model, unused=() if "alignment" in expected_losses or head != "pretraining"
+                     else ("text_encoder.pooler.",))
+    if head == "pretraining":
+        weights = output["loss_weights"]
+        if _config(**extra).loss_weighting.adaptive:
+            assert torch.isclose(sum(weights.values()), torch.tensor(1.0))
+        else:
+            assert all(float(weight) == 1.0 for weight in weights.values())
+        for task, loss in output["unweighted_losses"].items():
+            assert torch.isclose(output["losses"][f"train/fashiongen/{task}"], weights[task] * loss)
+    if "alignment" in expected_losses or head == "classification":
+        assert output["scores"].shape == (B, 5 if head == "classification" else 2)
+    else:
+        assert not hasattr(model, "alignment_head") and "scores" not in output
+
+
+def test_match_scores_is_the_alignment_margin_and_keeps_the_mode(mmf_registry):
+    model = _build(mmf_registry, head="alignment")
+    model.eval()
+    batch = _sample_list()
+    pairs = {key: batch[key] for key in ("image", "input_ids", "attention_mask", "token_type_ids")}
+    scores = model.match_scores(pairs)
+    logits = model.alignment_logits(model.encode_patches(batch["image"]), batch["input_ids"],
+                                    batch["attention_mask"])
+    assert scores.shape == (B,)
+    assert torch.allclose(scores, logits[:, 1] - logits[:, 0], atol=1e-5)
+    assert torch.allclose(model.match_scores(batch["image"], batch["input_ids"], batch["attention_mask"]),
+                          scores, atol=1e-5)
+    assert not model.training
+    model.train()
+    model.match_scores(pairs)
+    assert model.training
+
+
+def test_hundred_negative_metric_scores_pairs_with_the_model(mmf_registry):
+    model = _build(mmf_registry, head="alignment")
+    model.eval()
+    batch = _sample_list()
+    report = {key: batch[key] for key in ("image", "input_ids", "attention_mask", "token_type_ids",
+                                          "product_id", "subcategory_id")}
+    report["subcategory_id"] = torch.zeros(B, dtype=torch.long)
+    metric = mmf_registry.get_metric_class("r@k_kaleido")(
+        num_queries=B, num_negatives=3, seeds=[0], ks=[1, 4], scoring="model")
+    values = metric.calculate(report, report, model=model)
+    assert values["i2t_r@4"] == 100.0 and values["t2i_r@4"] == 100.0  # 1 positive + 3 negatives
+    assert 0.0 <= values["i2t_r@1"] <= 100.0
+
+
+@pytest.mark.parametrize("config_file, head, new_weights", [
+    ("itr.yaml", "alignment", ()),
+    ("scr.yaml", "classification", ("classification_head.",)),
+])
+def test_pretrained_weights_map_into_the_downstream_heads(mmf_registry, config_file, head, new_weights):
+    from mmf_fashion.trainers.checkpointing import apply_state_mapping
+
+    pretrained = _build(mmf_registry, head="pretraining")
+    downstream = _build(mmf_registry, head=head)
+    config = OmegaConf.load(os.path.join(REPO, "projects/fashionbert/configs", config_file))
+    assert config.checkpoint.resume_pretrained
+    assert config.checkpoint.resume_file.endswith("fashionbert_pretrain/fashionbert_final.pth")
+    mapped = apply_state_mapping(pretrained.state_dict(), dict(config.checkpoint.pretrained_state_mapping))
+    own = downstream.state_dict()
+    # every downstream weight comes from pretraining, except the new head's
+    assert set(mapped) == {key for key in own if not key.startswith(new_weights)}
+    downstream.load_state_dict(mapped, strict=False)
+    assert torch.equal(downstream.image_projection.projection.weight, pretrained.image_projection.projection.weight)
+    if head == "alignment":
+        assert torch.equal(downstream.alignment_head.weight, pretrained.alignment_head.weight)
+
+
+def test_shortlist_towers_give_two_stream_embeddings_in_eval(mmf_registry, tmp_path):
+    towers = {"image_encoder": "mobilenet_v3_small", "text_encoder": TINY_TEXT, "embed_dim": 16}
+    align = mmf_registry.get_model_class("align")(OmegaConf.create(
+        {"head": "contrastive", "image_encoder": "mobilenet_v3_small", "text_encoder": TINY_TEXT,
+         "embed_dim": 16}))
+    align.build()
+    path = str(tmp_path / "align_final.pth")
+    torch.save(align.state_dict(), path)
+    model = _build(mmf_registry, head="alignment", shortlist={"enabled": True, "checkpoint": path, **towers})
+    assert not any(p.requires_grad for p in model.shortlist.parameters())
+    model.eval()
+    align.eval()
+    batch = _sample_list()
+    output = model(batch)
+    assert torch.allclose(output["image_embedding"], align.encode_image(batch["image"]), atol=1e-5)
+    assert torch.allclose(output["text_embedding"], align.encode_text(batch["input_ids"], batch["attention_mask"],
+                                                                      batch["token_type_ids"]), atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        _build(mmf_registry, head="alignment", shortlist={"enabled": True, "checkpoint": str(tmp_path / "x.pth"),
+                                                           **towers})
+
+
+def test_bad_config_and_missing_keys_are_named(mmf_registry):
+    with pytest.raises(ValueError, match="head must be one of"):
+        _build(mmf_registry, head="itm")
+    model = _build(mmf_registry, head="pretraining")
+    batch = _sample_list()
+    del batch["mlm_labels"]
+    with pytest.raises(KeyError, match="mlm_labels"):
+        model(batch)
+    model = _build(mmf_registry, head="classification", segments="query_title_image")
+    with pytest.raises(KeyError, match="query_input_ids"):
+        model(_sample_list())
