@@ -13,6 +13,7 @@ setup: $(STAMP)
 
 $(STAMP): setup.py requirements/platform.txt requirements/base.txt requirements/test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q 'setuptools>=70' wheel
 	$(PIP) install -q -r requirements/platform.txt
 	# rc10 pins torch==1.5.0 & co: install it without its dependencies
 	$(PIP) install -q --no-deps mmf==1.0.0rc10
