@@ -176,6 +176,38 @@ def test_queue_logits_put_the_own_momentum_key_first_then_the_queue():
     torch.testing.assert_close(logits[:, 3:], 2.0 * query @ queue_keys.t())
 
 
+def test_token_head_loss_is_computed_at_the_masked_positions_of_kept_rows_only():
+    torch.manual_seed(0)
+    head = cots_ops.CrossModalTokenHead(token_dim=6, other_dim=4, num_classes=11, hidden_size=8)
+    tokens, other = torch.randn(3, 5, 6), torch.randn(3, 4)
+    labels = torch.full((3, 5), -100)
+    labels[0, 1], labels[1, 3], labels[2, 0] = 4, 7, 2
+    keep = torch.tensor([True, True, False])
+    full_logits = head(tokens, other.unsqueeze(1).expand(-1, 5, -1))  # every position, then select
+    expected = F.cross_entropy(full_logits[[0, 1], [1, 3]], torch.tensor([4, 7]))
+    loss = cots_ops.masked_token_loss(head, tokens, other, labels, keep)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    # the image feature matters: another paired feature changes the prediction
+    assert float(cots_ops.masked_token_loss(head, tokens, other + 1.0, labels, keep)) != pytest.approx(float(loss))
+    none = cots_ops.masked_token_loss(head, tokens.requires_grad_(), other, labels, torch.zeros(3, dtype=torch.bool))
+    assert float(none) == 0.0 and none.requires_grad
+
+
+def test_keys_of_the_same_product_are_not_negatives():
+    torch.manual_seed(0)
+    query = F.normalize(torch.randn(2, 4), dim=-1)
+    keys = F.normalize(torch.randn(2, 4), dim=-1)
+    queue_keys = F.normalize(torch.randn(3, 4), dim=-1)
+    ids, queue_ids = torch.tensor([7, 9]), torch.tensor([9, 7, 5])
+    logits, labels = cots_ops.queue_logits(query, keys, queue_keys, torch.tensor(2.0), ids, queue_ids)
+    plain, _ = cots_ops.queue_logits(query, keys, queue_keys, torch.tensor(2.0))
+    masked = logits == cots_ops.MASKED_LOGIT
+    # row 0 (product 7): its older queue entry (column 2 + 1) is masked; its own key (column 0) is not
+    assert masked.tolist() == [[False, False, False, True, False], [False, False, True, False, False]]
+    torch.testing.assert_close(logits[~masked], plain[~masked])
+    assert torch.isfinite(cots_ops.symmetric_kl(logits, logits.flip(0)))
+
+
 # ----------------------------------------------------------------- helpers
 def test_view_averaging_and_masking_helpers():
     views = F.normalize(torch.randn(2, 3, 4), dim=-1)
@@ -205,7 +237,10 @@ def test_token_masking_fallback_masks_only_real_tokens():
 # --------------------------------------------------------------- MMF model
 def test_forward_backward_every_task_gives_finite_gradients(mmf_registry):
     model = build_cots(mmf_registry)
-    output = model(make_batch(mlm=True, patch_mask=True))
+    batch = make_batch(mlm=True, patch_mask=True)
+    batch.add_field("product_id", torch.tensor([1, 2, 3, 1]))  # two views of product 1
+    output = model(batch)
+    output = model(batch)  # second step: the queue now holds this batch's products
     assert set(output["losses"]) == {f"train/fashiongen/{task}" for task in ("itc", "kl", "cmlm", "cmvm")}
     sum(output["losses"].values()).backward()
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -286,7 +321,8 @@ def test_state_dict_round_trip_restores_queues_and_momentum_towers(mmf_registry,
     original = model.state_dict()
     for name, value in restored.state_dict().items():
         assert torch.equal(value, original[name]), name
-    for key in ("queue.image", "queue.text", "queue.pointer", "queue.count", "momentum_filter.history.similarity",
+    for key in ("queue.image", "queue.text", "queue.ids", "queue.pointer", "queue.count",
+                "momentum_filter.history.similarity",
                 "momentum_encoders.image_encoder.trunk.0.0.weight"):
         assert key in original
     # and the restored model continues exactly like the original would

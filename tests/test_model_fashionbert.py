@@ -27,9 +27,19 @@ from mmf_fashion.modules.fashionbert_patches import (
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_TEXT = {"name": "tiny", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
              "intermediate_size": 64}
-TINY = {"image_encoder": {"name": "resnet18"}, "grid_size": 4, "patch_size": 16, "num_labels": 5,
+TINY = {"image_encoder": {"name": "resnet18"}, "grid_size": 2, "patch_size": 16, "num_labels": 5,
         "text_encoder": TINY_TEXT}
 B, L = 6, 12
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny convolutions gain nothing from a second thread, and on shared cores
+    two threads were measured 10x slower than one; restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 # ------------------------------------------------------------------ patches
@@ -226,7 +236,7 @@ def _sample_list(with_query=False):
     masked = ids.clone()
     masked[:, 3] = 103
     batch = {
-        "image": torch.randn(B, 3, 64, 64), "input_ids": ids, "attention_mask": mask,
+        "image": torch.randn(B, 3, 32, 32), "input_ids": ids, "attention_mask": mask,
         "token_type_ids": torch.zeros_like(ids), "masked_input_ids": masked, "mlm_labels": labels,
         "product_id": torch.arange(B) + 10, "image_id": torch.arange(B) + 100,
         "subcategory_id": torch.tensor([0, 0, 1, 1, 2, 2]), "targets": torch.tensor([0, 1, 2, 3, 4, 0]),

@@ -27,9 +27,13 @@ What one training step does (the maths lives in mmf_fashion.modules.cots):
 6. every pair's momentum features (filtered or not) are gathered from all
    ranks and pushed into the queues; every similarity into the filter.
 Filtered pairs leave all four losses. A loss weight of 0 skips that task.
+With ``product_id`` in the batch (``mask_same_product``), keys of the same
+product other than the pair itself (its older queue entries: a queue
+longer than an epoch always holds them) are not used as negatives.
 
 Input keys (sample list, B = batch): ``image`` (B, 3, H, W); ``input_ids``,
 ``attention_mask`` (B, L), optional ``token_type_ids``; optional
+``product_id`` (B,) (see mask_same_product); optional
 ``image_2`` (B, 3, H, W); cmlm: ``masked_input_ids``, ``mlm_labels`` (B, L)
 (made here by token-level masking when the dataset does not send them);
 cmvm: ``patch_mask`` (B, N) bool (random cells at ``cmvm.mask_ratio``
@@ -38,7 +42,7 @@ Outputs: ``losses`` (only in training the queue-based ones; in eval an
 in-batch ``itc``), ``image_embedding`` and ``text_embedding`` (B, D).
 
 State that survives a resume (all parameters or registered buffers):
-``momentum_encoders.*``, ``queue.{image,text,pointer,count}``,
+``momentum_encoders.*``, ``queue.{image,text,ids,pointer,count}``,
 ``momentum_filter.history.{similarity,pointer,count}``.
 """
 from __future__ import annotations
@@ -120,7 +124,9 @@ class COTS(TwoStreamMixin, BaseModel):
             max_value=float(config.get("max_scale", 100.0)),
         )
         queue_size = int(config.get("queue_size", 4096))
-        self.queue = cots_ops.FifoQueue(queue_size, {"image": self.embed_dim, "text": self.embed_dim}) if queue_size > 0 else None
+        self.mask_same_product = bool(config.get("mask_same_product", True))
+        queue_fields = {"image": self.embed_dim, "text": self.embed_dim, "ids": (1, torch.long)}
+        self.queue = cots_ops.FifoQueue(queue_size, queue_fields) if queue_size > 0 else None
         filter_config = config.get("filter", None) or {}
         self.filter_start_update = int(filter_config.get("start_update", 0))
         self.momentum_filter = (
@@ -143,14 +149,14 @@ class COTS(TwoStreamMixin, BaseModel):
         cmlm = config.get("cmlm", None) or {}
         self.mlm_probability = float(cmlm.get("probability", 0.15))
         if self.loss_weights["cmlm"] > 0:
-            self.cmlm_head = cots_ops.CrossModalMLMHead(
+            self.cmlm_head = cots_ops.CrossModalTokenHead(
                 self.text_hidden_size, self.embed_dim, int(self.text_encoder.config.vocab_size)
             )
         cmvm = config.get("cmvm", None) or {}
         self.patch_mask_ratio = float(cmvm.get("mask_ratio", 0.4))
         if self.loss_weights["cmvm"] > 0:
             self.image_tokenizer = build_image_tokenizer(cmvm)
-            self.cmvm_head = cots_ops.CrossModalMVMHead(
+            self.cmvm_head = cots_ops.CrossModalTokenHead(
                 self.image_channels, self.embed_dim, int(self.image_tokenizer.codebook_size),
                 hidden_size=int(cmvm.get("hidden_size", 256)),
             )
@@ -198,11 +204,13 @@ class COTS(TwoStreamMixin, BaseModel):
         positive_similarity = (image_momentum * text_momentum).sum(-1)
         keep = self._keep_mask(positive_similarity)
 
+        product_ids = sample_list.get("product_id", None)
         losses = {}
         if self.loss_weights["itc"] > 0 or self.loss_weights["kl"] > 0:
             instance = cots_ops.momentum_contrastive_losses(
                 image["embedding"], text["embedding"], image_momentum, text_momentum,
                 self.logit_scale(), queue=self.queue, keep=keep,
+                ids=product_ids if self.mask_same_product else None,
             )
             for task in ("itc", "kl"):
                 if self.loss_weights[task] > 0:
@@ -214,7 +222,9 @@ class COTS(TwoStreamMixin, BaseModel):
 
         # every pair enters the queues and the filter's history, kept or not
         if self.queue is not None:
-            self.queue.enqueue(image=image_momentum, text=text_momentum)
+            # -1: a batch without product ids; real ids are >= 0, so it never matches
+            ids = product_ids if product_ids is not None else torch.full_like(positive_similarity, -1, dtype=torch.long)
+            self.queue.enqueue(image=image_momentum, text=text_momentum, ids=ids.reshape(-1, 1).long())
         if self.momentum_filter is not None:
             self.momentum_filter.update(positive_similarity)
         output = {
@@ -264,8 +274,7 @@ class COTS(TwoStreamMixin, BaseModel):
             input_ids=masked_ids, attention_mask=sample_list["attention_mask"],
             token_type_ids=sample_list.get("token_type_ids", None),
         ).last_hidden_state
-        logits = self.cmlm_head(hidden, image_global)
-        return cots_ops.token_cross_entropy(logits, labels.long(), keep)
+        return cots_ops.masked_token_loss(self.cmlm_head, hidden, image_global, labels.long(), keep)
 
     def _cmvm_loss(self, sample_list, text_global: torch.Tensor, keep) -> torch.Tensor:
         images = sample_list["image"]
@@ -282,9 +291,8 @@ class COTS(TwoStreamMixin, BaseModel):
         masked_images = cots_ops.mask_image_patches(images, patch_mask, code_hw)
         features = self.image_features(masked_images)
         grid = cots_ops.resize_grid_tokens(features["grid"], features["grid_size"], code_hw)
-        logits = self.cmvm_head(grid, text_global)
         labels = codes.masked_fill(~patch_mask, cots_ops.IGNORE_INDEX)
-        return cots_ops.token_cross_entropy(logits, labels, keep)
+        return cots_ops.masked_token_loss(self.cmvm_head, grid, text_global, labels, keep)
 
 
 def _square_grid(cells: int):

@@ -17,8 +17,8 @@ Cheatsheet::
 The three levels of the paper:
 - instance: InfoNCE of the online features against the momentum features of
   the batch (all ranks) followed by the queue of older momentum features;
-- token: ``CrossModalMLMHead`` (masked words from text tokens + the paired
-  image's global feature) and ``CrossModalMVMHead`` (VQ codes of masked
+- token: ``CrossModalTokenHead`` + ``masked_token_loss`` for CMLM (masked
+  words from text tokens + the paired image's global feature) and CMVM (VQ codes of masked
   patches from the unmasked image + the paired text's global feature); the
   streams never attend to each other;
 - task: ``symmetric_kl`` between the i2t and t2i distributions over the
@@ -31,7 +31,7 @@ loss; every pair still enters the queues.
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -75,14 +75,15 @@ class FifoQueue(nn.Module):
     rank first (rank 0's rows first), so the queue is identical on all ranks.
     """
 
-    def __init__(self, size: int, fields: Mapping[str, int]):
+    def __init__(self, size: int, fields: Mapping[str, Union[int, Tuple[int, torch.dtype]]]):
         super().__init__()
         if int(size) <= 0:
             raise ValueError(f"FifoQueue size must be positive, got {size}")
         self.size = int(size)
         self.fields = tuple(fields)
-        for name, dim in fields.items():
-            self.register_buffer(name, torch.zeros(self.size, int(dim)))
+        for name, spec in fields.items():  # dim, or (dim, dtype) e.g. ids kept exactly as int64
+            dim, dtype = spec if isinstance(spec, tuple) else (spec, torch.float32)
+            self.register_buffer(name, torch.zeros(self.size, int(dim), dtype=dtype))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
 
@@ -156,8 +157,16 @@ class MomentumFilter(nn.Module):
 
 
 # ------------------------------------------------------------------- losses
+MASKED_LOGIT = -1.0e4  # finite: the KL of two equally masked rows stays 0, not nan
+
+
 def queue_logits(
-    query: torch.Tensor, batch_keys: torch.Tensor, queue_keys: Optional[torch.Tensor], scale: torch.Tensor
+    query: torch.Tensor,
+    batch_keys: torch.Tensor,
+    queue_keys: Optional[torch.Tensor],
+    scale: torch.Tensor,
+    query_ids: Optional[torch.Tensor] = None,
+    queue_ids: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Logits of each query against [momentum keys of the global batch ; queue].
 
@@ -165,12 +174,26 @@ def queue_logits(
     features of the same pairs (gathered over ranks here, no grad);
     queue_keys (Nq, D) or None. Returns logits (B, world*B + Nq) and labels
     (B,) = the column of each query's own momentum key.
+    query_ids (B,) / queue_ids (Nq,): product ids; a key of the SAME product
+    other than the query's own (another view, or the product's older entry
+    in the queue, which a queue larger than an epoch always holds) is no
+    negative: its logit is set to MASKED_LOGIT.
     """
     keys = all_gather_nograd(batch_keys.detach())
+    num_batch_keys = keys.shape[0]
     if queue_keys is not None and queue_keys.shape[0] > 0:
         keys = torch.cat([keys, queue_keys.detach().to(keys.dtype)], dim=0)
     logits = scale * query @ keys.t()
     labels = torch.arange(query.shape[0], device=query.device) + get_rank() * query.shape[0]
+    if query_ids is not None:
+        key_ids = all_gather_nograd(query_ids.reshape(-1).long())
+        if keys.shape[0] > num_batch_keys:
+            if queue_ids is None or queue_ids.shape[0] != keys.shape[0] - num_batch_keys:
+                raise ValueError("queue_logits: queue_ids must give one id per queue entry")
+            key_ids = torch.cat([key_ids, queue_ids.reshape(-1).long()])
+        same_product = key_ids.unsqueeze(0) == query_ids.reshape(-1, 1).long()
+        same_product[torch.arange(query.shape[0], device=query.device), labels] = False
+        logits = logits.masked_fill(same_product, MASKED_LOGIT)
     return logits, labels
 
 
@@ -215,69 +238,73 @@ def momentum_contrastive_losses(
     scale: torch.Tensor,
     queue: Optional[FifoQueue] = None,
     keep: Optional[torch.Tensor] = None,
+    ids: Optional[torch.Tensor] = None,
 ) -> Dict[str, torch.Tensor]:
     """The instance-level loss and the task-level KL of COTS.
 
     image/text_embedding (B, D) online, unit norm (with grad);
     image/text_momentum (B, D) momentum features of the same pairs;
-    queue: a FifoQueue with fields image/text (read only here; the caller
-    enqueues after the loss); keep (B,) bool from the momentum filter.
-    Returns {"itc": (i2t + t2i) / 2, "kl": symmetric KL of i2t vs t2i}.
+    queue: a FifoQueue with fields image/text (and ids when ``ids`` is
+    given; read only here: the caller enqueues after the loss); keep (B,)
+    bool from the momentum filter; ids (B,) product ids (same-product keys
+    are not negatives). Returns {"itc": (i2t + t2i) / 2, "kl": symmetric KL
+    of the i2t and t2i distributions over the same candidates}.
     """
     text_queue = queue.valid("text") if queue is not None else None
     image_queue = queue.valid("image") if queue is not None else None
-    logits_i2t, labels = queue_logits(image_embedding, text_momentum, text_queue, scale)
-    logits_t2i, _ = queue_logits(text_embedding, image_momentum, image_queue, scale)
+    queue_ids = queue.valid("ids") if (queue is not None and ids is not None and "ids" in queue.fields) else None
+    if queue_ids is None and ids is not None and text_queue is not None and text_queue.shape[0] > 0:
+        raise ValueError("momentum_contrastive_losses: ids given but the queue keeps no 'ids' field")
+    logits_i2t, labels = queue_logits(image_embedding, text_momentum, text_queue, scale, ids, queue_ids)
+    logits_t2i, _ = queue_logits(text_embedding, image_momentum, image_queue, scale, ids, queue_ids)
     itc = 0.5 * (masked_cross_entropy(logits_i2t, labels, keep) + masked_cross_entropy(logits_t2i, labels, keep))
     return {"itc": itc, "kl": symmetric_kl(logits_i2t, logits_t2i, keep)}
 
 
 # ------------------------------------------------------------ token level
-class CrossModalMLMHead(nn.Module):
-    """Masked words from the text tokens plus the paired image's global feature.
+class CrossModalTokenHead(nn.Module):
+    """Predict a token's class from its own feature plus the OTHER modality's global feature.
 
-    forward(hidden (B, L, H), image_global (B, Di)) -> logits (B, L, vocab).
-    The image feature is concatenated to every token (no attention across
-    streams), then Linear-GELU-LayerNorm-Linear.
+    forward(tokens (..., T), other_global (..., G)) -> logits (..., num_classes):
+    the two are concatenated (no attention across streams), then
+    Linear-GELU-LayerNorm-Linear. CMLM: tokens = text hidden states, other =
+    the paired image's embedding, classes = the vocabulary. CMVM: tokens =
+    image grid cells of the masked image, other = the paired text's
+    embedding, classes = the VQ codebook.
     """
 
-    def __init__(self, hidden_size: int, image_dim: int, vocab_size: int):
+    def __init__(self, token_dim: int, other_dim: int, num_classes: int, hidden_size: Optional[int] = None):
         super().__init__()
-        self.fuse = nn.Linear(hidden_size + image_dim, hidden_size)
+        hidden_size = int(hidden_size or token_dim)
+        self.fuse = nn.Linear(token_dim + other_dim, hidden_size)
         self.norm = nn.LayerNorm(hidden_size)
-        self.decoder = nn.Linear(hidden_size, vocab_size)
+        self.decoder = nn.Linear(hidden_size, num_classes)
 
-    def forward(self, hidden: torch.Tensor, image_global: torch.Tensor) -> torch.Tensor:
-        image_per_token = image_global.unsqueeze(1).expand(-1, hidden.shape[1], -1)
-        fused = self.norm(F.gelu(self.fuse(torch.cat([hidden, image_per_token], dim=-1))))
-        return self.decoder(fused)
+    def forward(self, tokens: torch.Tensor, other_global: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(F.gelu(self.fuse(torch.cat([tokens, other_global], dim=-1)))))
 
 
-class CrossModalMVMHead(nn.Module):
-    """VQ codes of masked patches from the (masked) image grid plus the paired text's global feature.
+def masked_token_loss(
+    head: CrossModalTokenHead,
+    tokens: torch.Tensor,
+    other_global: torch.Tensor,
+    labels: torch.Tensor,
+    keep: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Cross entropy of ``head`` at the positions to predict only.
 
-    forward(grid (B, N, C), text_global (B, Dt)) -> logits (B, N, codebook_size).
+    tokens (B, N, T); other_global (B, G); labels (B, N) with IGNORE_INDEX
+    where nothing is predicted; keep (B,) bool drops whole rows (filtered
+    pairs). The head runs on the P selected positions, not on all B * N
+    (the vocabulary decoder is the costly part). 0 (with a graph) when P = 0.
     """
-
-    def __init__(self, grid_channels: int, text_dim: int, codebook_size: int, hidden_size: int = 256):
-        super().__init__()
-        self.fuse = nn.Linear(grid_channels + text_dim, hidden_size)
-        self.norm = nn.LayerNorm(hidden_size)
-        self.decoder = nn.Linear(hidden_size, codebook_size)
-
-    def forward(self, grid: torch.Tensor, text_global: torch.Tensor) -> torch.Tensor:
-        text_per_patch = text_global.unsqueeze(1).expand(-1, grid.shape[1], -1)
-        fused = self.norm(F.gelu(self.fuse(torch.cat([grid, text_per_patch], dim=-1))))
-        return self.decoder(fused)
-
-
-def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Cross entropy over (B, L, V) logits and (B, L) labels (IGNORE_INDEX = skip); keep (B,) drops rows."""
     if keep is not None:
         labels = labels.masked_fill(~keep.unsqueeze(1), IGNORE_INDEX)
-    if not bool((labels != IGNORE_INDEX).any()):
-        return _zero_with_graph(logits)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    rows, columns = (labels != IGNORE_INDEX).nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return _zero_with_graph(tokens) + _zero_with_graph(other_global)
+    logits = head(tokens[rows, columns], other_global[rows])
+    return F.cross_entropy(logits, labels[rows, columns])
 
 
 # ---------------------------------------------------------------- masking

@@ -28,7 +28,10 @@ Decisions (MODELS.md, FashionBERT section):
   row (at least one) have their feature set to zero; a linear head predicts
   the original feature; loss KL(softmax(target) || softmax(pred)) per masked
   patch ("kl", default) or the mean squared error ("mse"). The target is
-  detached: it must not be pulled towards the prediction.
+  detached: it must not be pulled towards the prediction. With a trainable,
+  randomly initialised patch CNN the targets themselves can drift towards
+  uniform features that make the KL trivial (seen in the CPU demo: 0.3 ->
+  0.005 in 100 updates); a pretrained and/or frozen CNN avoids that.
 - Alignment: a 2-way head on BERT's pooled [CLS] (label 1 = matched). A
   fraction `negative_fraction` of the rows get the image of another product
   of the same subcategory in the batch; when a row's subcategory has no other
