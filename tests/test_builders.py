@@ -93,6 +93,27 @@ def test_fashiongen_json_and_h5_give_the_same_products_and_labels(synthetic_worl
     assert mmf_registry.get("fashiongen_num_final_outputs") == len(manifest["subcategories"])
 
 
+def test_fashiongen_publishes_its_label_names(fresh_world, mmf_registry):
+    """The vocabularies (index = label id) go into the registry on load, whatever
+    the format; a config list wins; with ids only (JSON, no manifest) none is left."""
+    manifest = json.loads((fresh_world / "synth_manifest.json").read_text())
+    subcategories = [s["name"] for s in sorted(manifest["subcategories"], key=lambda s: s["id"])]
+    for fmt in ("json", "h5"):
+        dataset = build_fashion_dataset("fashiongen", fresh_world, "val", format=fmt)
+        assert dataset.label_names() == {"category_names": manifest["categories"], "subcategory_names": subcategories}
+        assert mmf_registry.get("fashiongen_subcategory_names") == subcategories
+        assert mmf_registry.get("fashiongen_category_names") == manifest["categories"]
+        assert len(subcategories) == mmf_registry.get("fashiongen_num_subcategories")
+    named = [f"class {i}" for i in range(len(subcategories))]
+    build_fashion_dataset("fashiongen", fresh_world, "val", subcategory_names=named)
+    assert mmf_registry.get("fashiongen_subcategory_names") == named
+    (fresh_world / "synth_manifest.json").unlink()
+    dataset = build_fashion_dataset("fashiongen", fresh_world, "val", format="json")
+    assert dataset.label_names() == {}
+    assert mmf_registry.get("fashiongen_subcategory_names", no_warning=True) is None
+    assert mmf_registry.get("fashiongen_num_subcategories") >= 1  # the count still comes from the ids
+
+
 def test_fashiongen_units_views_and_ids(synthetic_world):
     info = json.loads((synthetic_world / "fashiongen/val_info.json").read_text())
     per_image = build_fashion_dataset("fashiongen", synthetic_world, "val", unit="image", second_view=True)

@@ -341,5 +341,8 @@ def test_info_lists_every_contract_name(capsys):
     lines = stdout.splitlines()
     for kind, names in CONTRACT.items():
         for name in names:
-            assert any(line.split()[:1] == [name] for line in lines), f"{kind[:-1]} '{name}' not listed by info"
+            listed = [line for line in lines if line.split()[:1] == [name]]
+            assert listed, f"{kind[:-1]} '{name}' not listed by info"
+            # one line each: the name and what it is (a class or function docstring's first line)
+            assert len(listed[0].split()) > 1, f"{kind[:-1]} '{name}' is listed without a description"
     assert any(line.split()[:1] == ["fashion_trainer"] for line in lines)

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures_data import build_fashion_dataset, synthetic_world  # noqa: F401
 from omegaconf import OmegaConf
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "mmf_fashion", "models", "configs", "align.yaml")
@@ -144,17 +145,15 @@ def test_class_names_sources(mmf_registry, tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.json"):
         resolve_class_names({"class_names_file": "missing.json"}, no_data)
 
-    # the synthetic world's manifest under env.data_dir, ordered by id (relative file names work too)
-    manifest = {"subcategories": [{"id": 1, "name": "SNEAKERS"}, {"id": 0, "name": "MAXI DRESS"}]}
-    (tmp_path / "synth_manifest.json").write_text(json.dumps(manifest))
+    # relative file names are tried under env.data_dir first
     with_data = OmegaConf.create({"env": {"data_dir": str(tmp_path)}, "dataset_config": {}})
-    assert resolve_class_names({}, with_data) == ["MAXI DRESS", "SNEAKERS"]
     assert resolve_class_names({"class_names_file": "names.json"}, with_data) == ["a", "b"]
-    configured = OmegaConf.create({"env": {"data_dir": str(tmp_path)},
-                                   "dataset_config": {"fashiongen": {"subcategory_names": ["p", "q"]}}})
-    assert resolve_class_names({}, configured) == ["p", "q"]
+    # the dataset's vocabulary, as its builder registers it; explicit names and files win over it
     mmf_registry.register("testset_subcategory_names", ["x", "y", "z"])
     assert resolve_class_names({"dataset": "testset"}, with_data, mmf_registry) == ["x", "y", "z"]
+    assert resolve_class_names({"dataset": "testset", "class_names": ["u"]}, with_data, mmf_registry) == ["u"]
+    mmf_registry.register("testset_category_names", ["top", "shoe"])
+    assert resolve_class_names({"dataset": "testset", "label_field": "category"}, with_data, mmf_registry) == ["top", "shoe"]
     assert resolve_class_names({"class_names_source": "synthetic"}, no_data) == [s.name for s in SUBCATEGORIES]
     with pytest.raises(ValueError, match="no class names"):
         resolve_class_names({"dataset": "nothing_here"}, no_data, mmf_registry)
@@ -187,3 +186,102 @@ def test_text_pooling_cls_and_mean():
     torch.testing.assert_close(mean["embedding"], mean_padded["embedding"])
     with pytest.raises(ValueError, match="pooling"):
         text_features(encoder, projection, input_ids, mask, pooling="max")
+
+
+# ------------------------------------------------- zero-shot SCR on a dataset
+def _brute_force_predictions(model, images, class_names, templates):
+    """Every prompt embedded on its own, averaged per class, then the cosine argmax per image."""
+    class_vectors = []
+    for name in class_names:
+        prompts = [template.format(name.lower()) for template in templates]
+        embedded = torch.cat([model.embed_texts([prompt], max_length=16) for prompt in prompts])
+        class_vectors.append(F.normalize(embedded.mean(0), dim=0))
+    classes = torch.stack(class_vectors)
+    image_embeddings = model.embed_images(images)
+    cosines = image_embeddings @ classes.t()
+    return cosines.argmax(1), cosines
+
+
+def test_zeroshot_reads_the_dataset_vocabulary_and_matches_brute_force(mmf_registry, synthetic_world):
+    """No class names in the model config: the fashiongen builder publishes its
+    subcategory names on load; MMF's accuracy over the model's scores equals a
+    brute-force cosine argmax over the prompt embeddings."""
+    from mmf.common.batch_collator import BatchCollator
+
+    templates = ["a photo of a {}", "a {}"]
+    dataset = build_fashion_dataset("fashiongen", synthetic_world, "val")
+    manifest = json.loads((synthetic_world / "synth_manifest.json").read_text())
+    names = [entry["name"] for entry in sorted(manifest["subcategories"], key=lambda entry: entry["id"])]
+    assert mmf_registry.get("fashiongen_subcategory_names") == names
+
+    model = build_align(mmf_registry, head="zeroshot", zeroshot={"templates": templates}).eval()
+    assert model.class_names() == [name.lower() for name in names]
+    accuracy = mmf_registry.get_metric_class("accuracy")()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16, collate_fn=BatchCollator("fashiongen", "val"))
+    model_predictions, brute_predictions, targets, margins = [], [], [], []
+    correct_by_metric = 0.0
+    with torch.no_grad():
+        for batch in loader:
+            output = model(batch)
+            assert output["scores"].shape == (len(batch["targets"]), len(names))
+            correct_by_metric += float(accuracy.calculate(batch, output)) * len(batch["targets"])
+            model_predictions.append(output["scores"].argmax(1))
+            predicted, cosines = _brute_force_predictions(model, batch["image"], names, templates)
+            brute_predictions.append(predicted)
+            top2 = cosines.topk(2, dim=1).values
+            margins.append(top2[:, 0] - top2[:, 1])
+            targets.append(batch["targets"])
+    model_predictions, brute_predictions = torch.cat(model_predictions), torch.cat(brute_predictions)
+    targets, margins = torch.cat(targets), torch.cat(margins)
+    assert len(targets) == len(dataset)
+    clear = margins > 1e-5  # a float-rounding tie may go either way
+    assert bool(clear.float().mean() > 0.9)
+    assert torch.equal(model_predictions[clear], brute_predictions[clear])
+    brute_accuracy = float((brute_predictions == targets).float().mean())
+    assert correct_by_metric / len(targets) == pytest.approx(brute_accuracy, abs=float((~clear).float().mean()) + 1e-6)
+
+
+@pytest.mark.slow
+def test_zeroshot_scr_config_under_mmf_run_val_matches_brute_force(synthetic_world, tmp_path):
+    """projects/align/configs/zeroshot_scr.yaml through `mmf_run run_type=val`, from a
+    2-update pretraining checkpoint: the class names come from the dataset and the
+    reported accuracy is the brute-force cosine argmax over the prompt embeddings."""
+    import subprocess
+    import sys
+
+    from mmf_fashion.runtime import build_model_from_config, build_split_dataset, load_config, split_loader
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    mmf_run = [sys.executable, "-c", "from mmf_cli.run import run; run()"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    common = [f"env.data_dir={synthetic_world}", "training.num_workers=0", "training.batch_size=8"]
+    pretrain = tmp_path / "pretrain"
+    for command in (
+        ["config=projects/align/configs/pretrain.yaml", "run_type=train", f"env.save_dir={pretrain}",
+         "training.max_updates=2", "training.checkpoint_interval=2", "training.evaluation_interval=2"],
+        ["config=projects/align/configs/zeroshot_scr.yaml", "run_type=val", f"env.save_dir={tmp_path / 'scr'}",
+         f"checkpoint.resume_file={pretrain / 'align_final.pth'}"],
+    ):
+        result = subprocess.run(mmf_run + command + ["model=align", "dataset=fashiongen"] + common, cwd=repo,
+                                env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    metrics = json.loads((tmp_path / "scr" / "metrics.json").read_text())
+    reported = metrics["val/fashiongen/accuracy/value"]
+
+    config = load_config(os.path.join(repo, "projects/align/configs/zeroshot_scr.yaml"), "align", "fashiongen",
+                         [f"env.data_dir={synthetic_world}"])
+    model = build_model_from_config(config, checkpoint=str(pretrain / "align_final.pth"))
+    dataset = build_split_dataset(config, "fashiongen", "val")
+    manifest = json.loads((synthetic_world / "synth_manifest.json").read_text())
+    names = [entry["name"] for entry in sorted(manifest["subcategories"], key=lambda entry: entry["id"])]
+    templates = list(config.model_config.align.zeroshot.templates)
+    correct, total, ties = 0, 0, 0
+    with torch.no_grad():
+        for batch in split_loader(dataset, batch_size=16):
+            predicted, cosines = _brute_force_predictions(model, batch["image"], names, templates)
+            top2 = cosines.topk(2, dim=1).values
+            ties += int((top2[:, 0] - top2[:, 1] <= 1e-5).sum())
+            correct += int((predicted == batch["targets"]).sum())
+            total += len(batch["targets"])
+    assert total == len(dataset)
+    assert reported == pytest.approx(correct / total, abs=ties / total + 1e-6)

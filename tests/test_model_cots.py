@@ -330,6 +330,49 @@ def test_state_dict_round_trip_restores_queues_and_momentum_towers(mmf_registry,
     torch.testing.assert_close(model.embed_images(make_batch()["image"]), restored.embed_images(make_batch()["image"]))
 
 
+def test_switches_written_on_the_command_line_are_read_as_booleans(mmf_registry):
+    """`mmf_run ... model_config.cots.filter.enabled=false` reaches the model as the string
+    'false' (MMF decodes Python literals only); it must switch the filter off."""
+    from mmf_fashion.modules.two_stream import config_flag
+
+    model = build_cots(mmf_registry, filter={"enabled": "false"}, mask_same_product="False",
+                       learnable_temperature="no", loss_weights={"cmlm": 0.0, "cmvm": 0.0})
+    assert model.momentum_filter is None and model.mask_same_product is False
+    assert not model.logit_scale.log_scale.requires_grad
+    assert build_cots(mmf_registry, filter={"enabled": "true"}).momentum_filter is not None
+    assert [config_flag(v) for v in (True, "TRUE", "on", 1, "1", False, "false", "Off", 0, None)] == [True] * 5 + [False] * 5
+    with pytest.raises(ValueError, match="filter.enabled"):
+        build_cots(mmf_registry, filter={"enabled": "maybe"})
+
+
+def test_online_towers_loaded_alone_become_the_momentum_towers(mmf_registry):
+    """A warm start from a two-tower checkpoint without momentum copies (ALIGN's
+    layout, through pretrained_state_mapping) must not leave random momentum towers."""
+    from mmf_fashion.modules.two_stream import TOWER_NAMES
+    from mmf_fashion.trainers import checkpointing as ckpt
+
+    source = build_cots(mmf_registry)
+    torch.manual_seed(7)
+    for parameter in source.parameters():
+        parameter.data.normal_()
+    towers_only = {key: value for key, value in source.state_dict().items() if key.split(".")[0] in TOWER_NAMES}
+    model = build_cots(mmf_registry)
+    mapping = {name: name for name in TOWER_NAMES}
+    missing, _ = ckpt.load_model_state(model, ckpt.apply_state_mapping(towers_only, mapping), strict=False, source="x")
+    assert any(key.startswith("momentum_encoders.") for key in missing)
+    for name in TOWER_NAMES:
+        online = getattr(model, name).state_dict()
+        for key, value in model.momentum_encoders[name].state_dict().items():
+            assert torch.equal(value, online[key]), f"{name}.{key}"
+        torch.testing.assert_close(online, getattr(source, name).state_dict())
+    # a checkpoint that has the momentum towers keeps them
+    full = source.state_dict()
+    with torch.no_grad():
+        full["momentum_encoders.text_projection.weight"] = torch.zeros_like(full["momentum_encoders.text_projection.weight"])
+    model.load_state_dict(full)
+    assert torch.equal(model.momentum_encoders["text_projection"].weight, torch.zeros_like(model.text_projection.weight))
+
+
 def test_queue_size_zero_means_in_batch_negatives_only(mmf_registry):
     model = build_cots(mmf_registry, queue_size=0, loss_weights={"cmlm": 0.0, "cmvm": 0.0}, filter={"enabled": False})
     assert model.queue is None and model.momentum_filter is None

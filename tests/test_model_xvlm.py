@@ -3,7 +3,7 @@ every head through MMF's registry, and the grounding metric."""
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torchvision.ops import box_convert, generalized_box_iou
+from torchvision.ops import box_convert, generalized_box_iou, generalized_box_iou_loss
 
 from mmf_fashion.modules import xvlm_ops as X
 from mmf_fashion.modules.encoders import masked_mean
@@ -28,6 +28,7 @@ B, L, R, LB = 4, 10, 3, 6
     ((16, 16, 16, 16), (1, 2, 1, 2), [5]),                # on patch borders: no spill into the next patch
     ((60, 60, 4, 4), (3, 4, 3, 4), [15]),                 # bottom-right corner
     ((64, 0, 0, 8), (3, 4, 0, 1), [3]),                   # zero width at the edge: clamped, still one patch
+    ((32, 8, 0, 0), (2, 3, 0, 1), [2]),                   # no area on a patch border: x_max = x_min + 1
     ((0, 0, 64, 64), (0, 4, 0, 4), list(range(16))),      # whole image
 ])
 def test_box_to_patch_rule_on_hand_worked_boxes(box, expected_ranges, expected_patches):
@@ -139,6 +140,26 @@ def test_box_losses_equal_torchvision_giou_and_hand_values():
     assert l1.item() == pytest.approx((0.5 + 0.5 + 0 + 0) / 2, abs=1e-6)  # summed over coords, mean over boxes
     with pytest.raises(ValueError, match="box losses"):
         X.box_regression_losses(pred, target[:1])
+
+
+def test_giou_loss_equals_torchvision_generalized_box_iou_loss_on_random_boxes():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.rand(64, 2, generator=generator)
+    sizes = torch.rand(64, 2, generator=generator) * 0.6 + 0.01
+    pred = torch.cat((centres, sizes), dim=1)
+    target = torch.cat((torch.rand(64, 2, generator=generator), torch.rand(64, 2, generator=generator) * 0.6 + 0.01),
+                       dim=1)
+    target[:8] = pred[:8]                       # some identical, some overlapping, most apart
+
+    def corners(boxes):                         # (cx, cy, w, h) -> (x0, y0, x1, y1), written out by hand
+        cx, cy, w, h = boxes.unbind(-1)
+        return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
+
+    l1, giou = X.box_regression_losses(pred, target)
+    reference = generalized_box_iou_loss(corners(pred), corners(target), reduction="none")
+    assert giou.item() == pytest.approx(reference.mean().item(), rel=1e-5)
+    assert l1.item() == pytest.approx((pred - target).abs().sum(1).mean().item(), rel=1e-5)
+    assert reference[:8].abs().max().item() < 1e-4 and reference.max().item() > 1.0   # both regimes are exercised
 
 
 def test_itc_soft_targets_share_positives_by_id():
@@ -422,3 +443,129 @@ def test_torchvision_vit_gives_cls_and_patch_tokens():
     assert tokens.shape == (1, 1 + 4, 768)
     with pytest.raises(ValueError, match="type"):
         build_vit({"type": "swin"})
+
+
+# ------------------------------------------------------- grounding metric: padding
+def test_grounding_metric_counts_valid_regions_whatever_the_padding(mmf_registry):
+    metric = mmf_registry.get_metric_class("grounding_accuracy")(threshold=0.5)
+    # sample 0: 2 regions (hit, miss); sample 1: 1 region (hit); sample 2: none
+    target = torch.tensor([[[0.5, 0.5, 0.4, 0.4], [0.2, 0.2, 0.2, 0.2]],
+                           [[0.7, 0.3, 0.2, 0.2], [0.0, 0.0, 0.0, 0.0]],
+                           [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
+    valid = torch.tensor([[True, True], [True, False], [False, False]])
+    predicted = target.clone()
+    predicted[0, 1] = torch.tensor([0.8, 0.8, 0.2, 0.2])
+    expected = {"accuracy": pytest.approx(200.0 / 3), "num_boxes": 3.0}
+    report = {"boxes": target, "box_valid": valid}
+    assert metric.calculate(report, {"predicted_boxes": predicted}) == expected
+
+    def pad(tensor, slots, value):
+        extra = tensor.new_full((tensor.shape[0], slots - tensor.shape[1]) + tuple(tensor.shape[2:]), value)
+        return torch.cat((tensor, extra), dim=1)
+
+    # padded to 5 slots with junk boxes where box_valid is False: the same answer
+    wide = {"boxes": pad(target, 5, 0.5), "box_valid": pad(valid, 5, False)}
+    assert metric.calculate(wide, {"predicted_boxes": pad(predicted, 5, 0.5)}) == expected
+    # the prediction padded to another width than the annotation
+    assert metric.calculate(wide, {"predicted_boxes": predicted}) == expected
+    assert metric.calculate(report, {"predicted_boxes": pad(predicted, 4, 0.0)}) == expected
+    # invalid slots are never counted, even when the prediction there is right
+    report_all = {"boxes": target, "box_valid": torch.ones(3, 2, dtype=torch.bool)}
+    assert metric.calculate(report_all, {"predicted_boxes": predicted})["num_boxes"] == 6.0
+    # a valid region without a predicted slot is an error, not a silent miss
+    with pytest.raises(ValueError, match="slot 1"):
+        metric.calculate(report, {"predicted_boxes": predicted[:, :1]})
+    with pytest.raises(KeyError, match="box_valid"):
+        metric.calculate({"boxes": target}, {"predicted_boxes": predicted})
+    # flat (K, 4) rows
+    flat = metric.calculate({"boxes": target[valid]}, {"predicted_boxes": predicted[valid]})
+    assert flat == expected
+    assert metric.calculate({"boxes": target[:0, 0], "box_valid": valid[:0, 0]},
+                            {"predicted_boxes": predicted[:0, 0]}) == {"accuracy": 0.0, "num_boxes": 0.0}
+
+
+def test_pretraining_eval_reports_boxes_for_batches_without_regions(mmf_registry):
+    model = _build(mmf_registry, head="pretraining").eval()
+    sample_list = _sample_list("val")
+    sample_list["box_valid"] = torch.zeros(B, R, dtype=torch.bool)
+    with torch.no_grad():
+        output = model(sample_list)
+    assert output["predicted_boxes"].shape == (B, R, 4) and not output["predicted_boxes"].any()
+    silent = _build(mmf_registry, head="pretraining", eval_losses=False).eval()
+    with torch.no_grad():
+        full = silent(_sample_list("val"))
+    assert full["losses"] == {} and full["predicted_boxes"].shape == (B, R, 4)
+    assert (full["predicted_boxes"][_sample_list()["box_valid"]] > 0).all()
+
+
+# -------------------------------------------- region-aware crop (box_transform)
+def _make_processor(name, **params):
+    from mmf.datasets.processors.processors import Processor
+
+    return Processor(OmegaConf.create({"type": name, "params": params}))
+
+
+def _two_box_image():
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.zeros((48, 64, 3), dtype=np.uint8)   # H 48, W 64
+    pixels[6:20, 4:24, 0] = 255                     # red box (x 4, y 6, w 20, h 14)
+    pixels[26:44, 40:60, 1] = 255                   # green box (x 40, y 26, w 20, h 18)
+    return Image.fromarray(pixels), [[4, 6, 20, 14], [40, 26, 20, 18]]
+
+
+def _channel_extent(image_tensor, channel):
+    bright = image_tensor[channel] > 0.5            # ImageNet-normalised: 255 -> > 2, 0 -> < -1.5
+    rows, cols = bright.any(1).nonzero().flatten(), bright.any(0).nonzero().flatten()
+    size = image_tensor.shape[-1]
+    x0, x1, y0, y1 = cols.min().item(), cols.max().item() + 1, rows.min().item(), rows.max().item() + 1
+    return torch.tensor([(x0 + x1) / 2 / size, (y0 + y1) / 2 / size, (x1 - x0) / size, (y1 - y0) / size])
+
+
+def test_keep_box_crop_keeps_the_picked_region_whole_and_follows_the_pixels(mmf_registry):
+    image_processor = _make_processor("fashion_image_transform", size=32, horizontal_flip=0.5)
+    box_processor = _make_processor("box_transform", max_regions=5, min_visible=0.5, keep_box_crop=True)
+    image, boxes = _two_box_image()
+    anchors, widths, flips = set(), set(), 0
+    for seed in range(40):
+        torch.manual_seed(seed)
+        out = box_processor({"image": image, "boxes": boxes, "phrases": ["red patch", "green patch"],
+                             "is_train": True, "image_processor": image_processor})
+        assert out["image"].shape == (3, 32, 32)
+        first = out["box_phrases"][0]
+        channel = 0 if first == "red patch" else 1
+        anchors.add(first)
+        assert out["box_valid"][0]
+        box = out["boxes"][0]
+        # whole: the box's own pixels are all in the crop and the box matches them
+        assert torch.allclose(box, _channel_extent(out["image"], channel), atol=1.5 / 32), (seed, box)
+        assert (box[:2] - box[2:] / 2 >= -1e-6).all() and (box[:2] + box[2:] / 2 <= 1 + 1e-6).all()
+        widths.add(round(box[2].item(), 3))
+        flips += int(_channel_extent(out["image"], 0)[0] > _channel_extent(out["image"], 1)[0]
+                     if out["box_valid"].sum() == 2 else 0)
+        # the other region is kept only when at least half of it is in the crop, and then follows its pixels
+        if out["box_valid"][1]:
+            other = 1 - channel
+            assert torch.allclose(out["boxes"][1], _channel_extent(out["image"], other), atol=1.5 / 32)
+    assert anchors == {"red patch", "green patch"}
+    assert len(widths) > 5                          # the crop is random
+    assert flips > 0                                # some crops were flipped (red ends up right of green)
+
+
+def test_keep_box_crop_never_flips_left_or_right_phrases_and_leaves_evaluation_alone(mmf_registry):
+    image_processor = _make_processor("fashion_image_transform", size=32, horizontal_flip=1.0)
+    box_processor = _make_processor("box_transform", keep_box_crop=True)
+    image, boxes = _two_box_image()
+    for seed in range(10):
+        torch.manual_seed(seed)
+        out = box_processor({"image": image, "boxes": boxes, "phrases": ["left patch", "green patch"],
+                             "is_train": True, "image_processor": image_processor})
+        assert not out["flip_allowed"]
+        if out["box_valid"].sum() == 2:
+            assert _channel_extent(out["image"], 0)[0] < _channel_extent(out["image"], 1)[0]
+    evaluation = box_processor({"image": image, "boxes": boxes, "phrases": ["a", "b"], "is_train": False,
+                                "image_processor": image_processor})
+    reference = image_processor({"image": image, "is_train": False})["image"]
+    assert torch.equal(evaluation["image"], reference)
+    assert evaluation["box_phrases"][:2] == ["a", "b"]

@@ -29,14 +29,15 @@ the dataset's ``targets``):
    {"<id>": name} mapping, a list of {"id", "name"} objects, or an object
    with one of the keys ``subcategory_names`` / ``subcategories`` /
    ``class_names`` (relative paths are tried under ``env.data_dir`` first);
-3. the registry key ``<dataset>_<label_field>_names``, when a builder
-   registers it (``fashiongen_subcategory_names``);
-4. ``dataset_config.<dataset>.<label_field>_names`` (what the fashiongen
-   builder itself reads first);
-5. ``<env.data_dir>/synth_manifest.json`` ("subcategories": [{"id",
-   "name"}]): the synthetic world, the same names the builder uses;
-6. ``zeroshot.class_names_source: synthetic``: the generator's vocabulary
-   (``mmf_fashion.data.synth.vocab.SUBCATEGORIES``) without a data dir.
+3. the dataset's own label vocabulary: the registry key
+   ``<dataset>_<label_field>_names`` that the builder registers after
+   loading a split (``fashiongen_subcategory_names``: the fashiongen
+   builder's names from dataset_config.fashiongen.subcategory_names, the
+   synthetic world's manifest or the HDF5 ``input_subcategory`` column,
+   ``FashionGenDataset.label_names``). Under ``mmf_run`` the datasets are
+   loaded before the first forward, so this is the usual source;
+4. ``zeroshot.class_names_source: synthetic``: the generator's vocabulary
+   (``mmf_fashion.data.synth.vocab.SUBCATEGORIES``), for use without data.
 Names are lower-cased for the prompts (``zeroshot.lowercase``, default true).
 
 Input keys (sample list): ``image`` (B, 3, H, W); ``input_ids``,
@@ -55,13 +56,12 @@ from mmf.common.registry import registry
 from mmf.models.base_model import BaseModel
 
 from mmf_fashion.modules.losses import LogitScale, contrastive_loss
-from mmf_fashion.modules.two_stream import TwoStreamMixin, average_view_embeddings
+from mmf_fashion.modules.two_stream import TwoStreamMixin, average_view_embeddings, config_flag
 
 CONTRASTIVE = "contrastive"
 ZEROSHOT = "zeroshot"
 HEADS = (CONTRASTIVE, ZEROSHOT)
 CLASS_NAME_KEYS = ("subcategory_names", "subcategories", "class_names")
-SYNTH_MANIFEST = "synth_manifest.json"
 
 
 def _loss_key(sample_list, name: str) -> str:
@@ -124,38 +124,33 @@ def _data_dir(global_config) -> str:
 
 def resolve_class_names(zeroshot: Mapping, global_config=None, registry_=None) -> List[str]:
     """The class names of the zeroshot head, from the first source that has them
-    (see the module docstring for the order)."""
+    (see the module docstring for the order). ``registry_`` is MMF's registry
+    (where the dataset builder published its vocabulary)."""
     explicit = zeroshot.get("class_names", None)
     if explicit:
         return [str(name) for name in explicit]
-    data_dir = _data_dir(global_config)
     path = zeroshot.get("class_names_file", None)
     if path:
         path = str(path)
+        data_dir = _data_dir(global_config)
         if not os.path.isabs(path) and data_dir and os.path.exists(os.path.join(data_dir, path)):
             path = os.path.join(data_dir, path)
         return read_class_names_file(path)
     dataset = str(zeroshot.get("dataset", "fashiongen"))
     label_field = str(zeroshot.get("label_field", "subcategory"))
+    key = f"{dataset}_{label_field}_names"
     if registry_ is not None:
-        registered = registry_.get(f"{dataset}_{label_field}_names", no_warning=True)
+        registered = registry_.get(key, no_warning=True)
         if registered:
             return [str(name) for name in registered]
-    try:
-        configured = global_config.dataset_config[dataset].get(f"{label_field}_names", None)
-    except Exception:  # no such dataset in the config
-        configured = None
-    if configured:
-        return [str(name) for name in configured]
-    manifest = os.path.join(data_dir, SYNTH_MANIFEST) if data_dir else ""
-    if manifest and os.path.isfile(manifest) and label_field == "subcategory":
-        return read_class_names_file(manifest)
     if zeroshot.get("class_names_source", None) == "synthetic":
         return synthetic_class_names()
     raise ValueError(
-        "align zeroshot head: no class names. Set model_config.align.zeroshot.class_names (a list), "
-        f"zeroshot.class_names_file (JSON), dataset_config.{dataset}.{label_field}_names, let the builder "
-        f"register '{dataset}_{label_field}_names', or set zeroshot.class_names_source: synthetic."
+        f"align zeroshot head: no class names. The '{dataset}' dataset registers '{key}' when it is loaded "
+        f"and its {label_field} names are known (fashiongen: dataset_config.fashiongen.{label_field}_names, "
+        "the synthetic manifest or the HDF5 columns; JSON files carry ids only); otherwise set "
+        "model_config.align.zeroshot.class_names (a list), zeroshot.class_names_file (JSON) or "
+        "zeroshot.class_names_source: synthetic."
     )
 
 
@@ -185,12 +180,12 @@ class ALIGN(TwoStreamMixin, BaseModel):
         )
         self.logit_scale = LogitScale(
             init=1.0 / float(config.get("temperature", 0.07)),
-            learnable=bool(config.get("learnable_temperature", True)),
+            learnable=config_flag(config.get("learnable_temperature", True), "model_config.align.learnable_temperature"),
             max_value=float(config.get("max_scale", 100.0)),
         )
         self.label_smoothing = float(config.get("label_smoothing", 0.1))
-        self.gather_negatives = bool(config.get("gather_negatives", True))
-        self.average_views = bool(config.get("average_views", False))
+        self.gather_negatives = config_flag(config.get("gather_negatives", True), "model_config.align.gather_negatives")
+        self.average_views = config_flag(config.get("average_views", False), "model_config.align.average_views")
         zeroshot = config.get("zeroshot", None) or {}
         self.templates = list(zeroshot.get("templates", None) or ["a photo of a {}"])
         for template in self.templates:
@@ -204,7 +199,7 @@ class ALIGN(TwoStreamMixin, BaseModel):
     def class_names(self) -> List[str]:
         if self._class_names is None:
             names = resolve_class_names(self._zeroshot_config, registry.get("config", no_warning=True), registry)
-            if bool(self._zeroshot_config.get("lowercase", True)):
+            if config_flag(self._zeroshot_config.get("lowercase", True), "model_config.align.zeroshot.lowercase"):
                 names = [name.lower() for name in names]
             self._class_names = names
         return self._class_names

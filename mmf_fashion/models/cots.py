@@ -43,7 +43,9 @@ in-batch ``itc``), ``image_embedding`` and ``text_embedding`` (B, D).
 
 State that survives a resume (all parameters or registered buffers):
 ``momentum_encoders.*``, ``queue.{image,text,ids,pointer,count}``,
-``momentum_filter.history.{similarity,pointer,count}``.
+``momentum_filter.history.{similarity,pointer,count}``. Weights of the
+online towers loaded without their ``momentum_encoders.*`` (e.g. from an
+ALIGN checkpoint) also become the momentum towers (``load_state_dict``).
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ from mmf_fashion.modules.two_stream import (
     TOWER_NAMES,
     TwoStreamMixin,
     average_view_embeddings,
+    config_flag,
     frozen_copy,
     image_features,
     text_features,
@@ -120,11 +123,11 @@ class COTS(TwoStreamMixin, BaseModel):
             raise ValueError(f"model_config.cots.momentum must be in [0, 1], got {self.momentum}")
         self.logit_scale = LogitScale(
             init=1.0 / float(config.get("temperature", 0.07)),
-            learnable=bool(config.get("learnable_temperature", True)),
+            learnable=config_flag(config.get("learnable_temperature", True), "model_config.cots.learnable_temperature"),
             max_value=float(config.get("max_scale", 100.0)),
         )
         queue_size = int(config.get("queue_size", 4096))
-        self.mask_same_product = bool(config.get("mask_same_product", True))
+        self.mask_same_product = config_flag(config.get("mask_same_product", True), "model_config.cots.mask_same_product")
         queue_fields = {"image": self.embed_dim, "text": self.embed_dim, "ids": (1, torch.long)}
         self.queue = cots_ops.FifoQueue(queue_size, queue_fields) if queue_size > 0 else None
         filter_config = config.get("filter", None) or {}
@@ -135,7 +138,7 @@ class COTS(TwoStreamMixin, BaseModel):
                 k=float(filter_config.get("k", 1.5)),
                 min_count=int(filter_config.get("min_count", 256)),
             )
-            if bool(filter_config.get("enabled", True))
+            if config_flag(filter_config.get("enabled", True), "model_config.cots.filter.enabled")
             else None
         )
         weights = config.get("loss_weights", None) or {}
@@ -143,7 +146,7 @@ class COTS(TwoStreamMixin, BaseModel):
         if unknown:
             raise ValueError(f"model_config.cots.loss_weights: unknown tasks {unknown}; known: {TASKS}")
         self.loss_weights = {task: float(weights.get(task, 1.0)) for task in TASKS}
-        self.average_views = bool(config.get("average_views", False))
+        self.average_views = config_flag(config.get("average_views", False), "model_config.cots.average_views")
         self.max_text_length = int(config.get("max_text_length", 40))
 
         cmlm = config.get("cmlm", None) or {}
@@ -189,6 +192,20 @@ class COTS(TwoStreamMixin, BaseModel):
             [self.momentum_encoders[name] for name in TOWER_NAMES],
             self.momentum,
         )
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        """BaseModel's load, then: a tower whose weights came without its momentum
+        copy (an ALIGN or other two-tower checkpoint, pretrained_state_mapping of the
+        online towers only) gets the momentum copy reset to it, as ``build`` does;
+        otherwise the momentum keys would stay those of a randomly initialised tower."""
+        result = super().load_state_dict(state_dict, *args, **kwargs)
+        keys = list(state_dict.keys())
+        for name in TOWER_NAMES:
+            online_loaded = any(key.startswith(f"{name}.") for key in keys)
+            momentum_loaded = any(key.startswith(f"momentum_encoders.{name}.") for key in keys)
+            if online_loaded and not momentum_loaded:
+                cots_ops.ema_update([getattr(self, name)], [self.momentum_encoders[name]], 0.0)
+        return result
 
     # ------------------------------------------------------------ forward
     def forward(self, sample_list) -> Dict:

@@ -58,11 +58,11 @@ REGION_KEYS = ("boxes", "box_valid", "box_input_ids", "box_attention_mask")
 def _plain(config: Any) -> Dict[str, Any]:
     if config is None:
         return {}
-    if isinstance(config, Mapping) and not hasattr(config, "_metadata"):
-        return dict(config)
     from omegaconf import OmegaConf
 
-    return dict(OmegaConf.to_container(config, resolve=True))
+    if OmegaConf.is_config(config):
+        return dict(OmegaConf.to_container(config, resolve=True))
+    return dict(config)
 
 
 @registry.register_model("xvlm")
@@ -136,10 +136,21 @@ class XVLM(XVLMMixin, BaseModel):
         pairs = self.build_pairs(image_tokens, input_ids, attention_mask, sample_list.get("product_id", None),
                                  **regions)
         output: Dict[str, Any] = {"losses": {}}
-        if not self.training:
+        evaluating = not self.training
+        # in evaluation every batch with region keys reports predicted_boxes (zeros where there is no
+        # valid region), so the evaluation report can concatenate them batch after batch
+        report_boxes = evaluating and "box" in self.tasks and regions["boxes"] is not None
+        if evaluating:
             output["image_embedding"] = pairs.concept_feat[: pairs.num_whole]
             output["text_embedding"] = pairs.text_feat[: pairs.num_whole]
             if not self.eval_losses:
+                if report_boxes:
+                    predicted = None
+                    if pairs.num_pairs > pairs.num_whole:
+                        start = pairs.num_whole
+                        predicted = self.predict_region_boxes(image_tokens, pairs.image_index[start:],
+                                                              pairs.text_hidden[start:], pairs.text_mask[start:])
+                    output["predicted_boxes"] = self._place_boxes(regions["boxes"], pairs, predicted)
                 return output
         losses: Dict[str, Optional[torch.Tensor]] = {}
         if "itc" in self.tasks:
@@ -156,29 +167,31 @@ class XVLM(XVLMMixin, BaseModel):
             losses["mlm"] = self.mlm_loss(pairs, image_tokens, masked, labels)
         if "box" in self.tasks:
             losses["box_l1"], losses["box_giou"], predicted = self.box_loss(pairs, image_tokens)
-            if predicted is not None and not self.training:
-                boxes = regions["boxes"]
-                placed = boxes.new_zeros(boxes.shape)
-                placed[pairs.region_slot[:, 0], pairs.region_slot[:, 1]] = predicted.detach().to(boxes.dtype)
-                output["predicted_boxes"] = placed
+            if report_boxes:
+                output["predicted_boxes"] = self._place_boxes(regions["boxes"], pairs, predicted)
         output["losses"] = self._weighted(sample_list, losses)
         return output
 
     def _forward_grounding(self, sample_list) -> Dict[str, Any]:
         regions = self._regions(sample_list, required=True)
         image_tokens = self.encode_image(sample_list["image"])
-        l1 = giou = predicted = None
+        l1 = giou = predicted = pairs = None
         if bool(regions["box_valid"].bool().any()):
             pairs = self.build_pairs(image_tokens, **regions)
             l1, giou, predicted = self.box_loss(pairs, image_tokens)
         output: Dict[str, Any] = {"losses": self._weighted(sample_list, {"box_l1": l1, "box_giou": giou})}
         if not self.training:
-            boxes = regions["boxes"]
-            placed = boxes.new_zeros(boxes.shape)
-            if predicted is not None:
-                placed[pairs.region_slot[:, 0], pairs.region_slot[:, 1]] = predicted.detach().to(boxes.dtype)
-            output["predicted_boxes"] = placed
+            output["predicted_boxes"] = self._place_boxes(regions["boxes"], pairs, predicted)
         return output
+
+    @staticmethod
+    def _place_boxes(boxes: torch.Tensor, pairs, predicted: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, R, 4) like the batch's boxes: each region row's prediction in its (sample, slot), zeros elsewhere."""
+        placed = boxes.new_zeros(boxes.shape)
+        if predicted is not None:
+            slot = pairs.region_slot
+            placed[slot[:, 0], slot[:, 1]] = predicted.detach().to(boxes.dtype)
+        return placed
 
     def _weighted(self, sample_list, losses: Mapping[str, Optional[torch.Tensor]]) -> Dict[str, torch.Tensor]:
         return {self._key(sample_list, name): self.loss_weights[name] * loss

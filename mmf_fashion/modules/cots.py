@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmf_fashion.modules.distributed import all_gather_nograd, all_gather_variable, get_rank
+from mmf_fashion.modules.distributed import all_gather_nograd, all_gather_variable, get_rank, get_world_size
 
 IGNORE_INDEX = -100
 
@@ -201,19 +201,38 @@ def _zero_with_graph(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.sum() * 0.0
 
 
+def kept_mean(per_row: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean of per-row losses over the kept rows of the GLOBAL batch, as this rank's share.
+
+    DDP averages the ranks' gradients, so each rank returns world * (sum over
+    its kept rows) / (kept rows on all ranks): the average over the ranks is
+    the mean over every kept row, as in one process with the global batch (a
+    mean over the rank's own kept rows would weigh the rows of a rank that
+    kept fewer more). One process: the mean over the kept rows. 0 (with a
+    graph) when no row is kept anywhere. keep=None: every row, every rank
+    holds as many rows. Every rank must call it (a collective when keep is given).
+    """
+    if keep is None:
+        return per_row.mean()
+    kept_everywhere = int(all_gather_nograd(keep.sum().reshape(1)).sum())
+    if kept_everywhere == 0:
+        return _zero_with_graph(per_row)
+    return per_row[keep].sum() * (get_world_size() / kept_everywhere)
+
+
 def masked_cross_entropy(
     logits: torch.Tensor, labels: torch.Tensor, keep: Optional[torch.Tensor] = None, label_smoothing: float = 0.0
 ) -> torch.Tensor:
-    """Cross entropy averaged over the kept rows (all rows when keep is None); 0 if none is kept."""
+    """Cross entropy averaged over the kept rows (all rows when keep is None; of all
+    ranks, see kept_mean); 0 if none is kept."""
     if keep is None:
         return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-    if not bool(keep.any()):
-        return _zero_with_graph(logits)
-    return F.cross_entropy(logits[keep], labels[keep], label_smoothing=label_smoothing)
+    per_row = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+    return kept_mean(per_row, keep)
 
 
 def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """0.5 * (KL(p_a || p_b) + KL(p_b || p_a)) per row, averaged over kept rows.
+    """0.5 * (KL(p_a || p_b) + KL(p_b || p_a)) per row, averaged over kept rows (of all ranks, see kept_mean).
 
     logits_a, logits_b (B, K) over the same K candidates (softmax taken here).
     Symmetric in its arguments and exactly 0 when the distributions match.
@@ -223,11 +242,7 @@ def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, keep: Optional[
     log_p = F.log_softmax(logits_a.float(), dim=-1)
     log_q = F.log_softmax(logits_b.float(), dim=-1)
     per_row = 0.5 * ((log_p.exp() * (log_p - log_q)).sum(-1) + (log_q.exp() * (log_q - log_p)).sum(-1))
-    if keep is not None:
-        if not bool(keep.any()):
-            return _zero_with_graph(per_row)
-        per_row = per_row[keep]
-    return per_row.mean()
+    return kept_mean(per_row, keep)
 
 
 def momentum_contrastive_losses(

@@ -40,6 +40,16 @@ class LogitScale(nn.Module):
         return self.log_scale.exp().clamp(self.min_value, self.max_value)
 
 
+def _gathers(gather: bool) -> bool:
+    """Gather negatives from other ranks only when a gradient is being built (training).
+
+    Evaluation runs under no_grad on shards that are not padded, so ranks may
+    hold batches of different sizes, or a different number of batches: a
+    collective in the forward would then crash or hang (as ALIGN and COTS,
+    the evaluation loss is in-batch per rank)."""
+    return bool(gather) and torch.is_grad_enabled()
+
+
 def _global_labels(batch: int, device) -> torch.Tensor:
     return torch.arange(batch, device=device) + get_rank() * batch
 
@@ -56,7 +66,9 @@ def contrastive_loss(
     Inputs are expected L2-normalised. With gather=True the negatives are the
     embeddings of every rank; each rank's loss covers its own queries, so the
     DDP-averaged gradient equals the single-process gradient of the global batch.
+    Without grad (evaluation) the negatives are the rank's own batch: see _gathers.
     """
+    gather = _gathers(gather)
     all_text = gather_with_grad(text_embedding) if gather else text_embedding
     all_image = gather_with_grad(image_embedding) if gather else image_embedding
     labels = _global_labels(image_embedding.shape[0], image_embedding.device) if gather else torch.arange(
@@ -73,6 +85,7 @@ def batch_classification_loss(
     query_embedding: torch.Tensor, target_embedding: torch.Tensor, scale: torch.Tensor, gather: bool = True
 ) -> torch.Tensor:
     """One-way InfoNCE: each query must pick its own target among the batch's targets (TGIR, OCIR)."""
+    gather = _gathers(gather)
     all_target = gather_with_grad(target_embedding) if gather else target_embedding
     labels = _global_labels(query_embedding.shape[0], query_embedding.device) if gather else torch.arange(
         query_embedding.shape[0], device=query_embedding.device

@@ -41,6 +41,33 @@ from mmf_fashion.modules.encoders import build_image_encoder, build_text_encoder
 TOWER_NAMES = ("image_encoder", "image_projection", "text_encoder", "text_projection")
 
 
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0", "none", "null", "")
+
+
+def config_flag(value: Any, name: str = "flag") -> bool:
+    """A boolean option as written in YAML or on the command line.
+
+    MMF keeps ``key=false`` from the command line as the STRING 'false'
+    (only Python literals such as ``False`` are decoded), and ``bool('false')``
+    is True; this reads true/false/yes/no/on/off/1/0 (any case) and raises on
+    anything else.
+    """
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return False
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 def l2_normalize(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(features, dim=-1, eps=1e-6)
 

@@ -109,7 +109,8 @@ class TorchvisionViTTokens(nn.Module):
         self.hidden_size = int(model.hidden_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        patches = self.vit._process_input(images)
+        # the patch embedding (a p x p convolution with stride p), row-major like the box-to-patch rule
+        patches = self.vit.conv_proj(images).flatten(2).transpose(1, 2)
         cls = self.vit.class_token.expand(patches.shape[0], -1, -1)
         return self.vit.encoder(torch.cat((cls, patches), dim=1))
 
@@ -164,8 +165,8 @@ class CrossEncoder(nn.Module):
             layer_norm_eps=float(text_config.layer_norm_eps),
             hidden_dropout_prob=drop,
             attention_probs_dropout_prob=drop,
+            attn_implementation="sdpa",
         )
-        config._attn_implementation = "sdpa"
         self.layers = nn.ModuleList(CrossLayer(config) for _ in range(num_layers))
 
     def forward(self, text_hidden, text_mask, image_tokens, image_mask):

@@ -25,9 +25,12 @@ In a dataset::
 train_crop: random_resized_crop (RandomResizedCrop) | resize_random_crop
 (Resize to size * resize_ratio, then RandomCrop) | none (eval pipeline).
 Evaluation is always Resize(size) + CenterCrop(size). Flips are skipped for a
-sample whose region phrases say left or right.
+sample whose region phrases say left or right. box_transform's keep_box_crop
+(X-VLM) replaces the training crop by a random crop that keeps one region whole.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from mmf.common.registry import registry
@@ -97,26 +100,37 @@ class FashionImageTransform(BaseProcessor):
 @registry.register_processor("box_transform")
 class BoxTransform(BaseProcessor):
     """params: max_regions (5), min_visible (0.5): share of a box's area that must
-    stay inside the crop for the box to be kept."""
+    stay inside the crop for the box to be kept; keep_box_crop (false): in
+    training, crop around one region picked at random instead of the image
+    processor's crop (X-VLM): each crop edge is drawn uniformly between the
+    image border and that box's edge, so the box stays whole; the crop is
+    resized to size x size and flipped with the image processor's flip
+    probability (unless a phrase says left or right); the picked region
+    comes first."""
 
     def __init__(self, config=None, *args, **kwargs):
         config = config or {}
         self.max_regions = int(config.get("max_regions", 5))
         self.min_visible = float(config.get("min_visible", 0.5))
+        self.keep_box_crop = bool(config.get("keep_box_crop", False))
 
     def __call__(self, item, *args, **kwargs):
         image = item["image"]
         phrases = list(item.get("phrases", []))
+        raw_boxes = [list(box) for box in item.get("boxes", [])]
         image_size = _image_size(image)
         allow_flip = not mentions_left_or_right(phrases)
-        out = item["image_processor"](
-            {
-                "image": image,
-                "boxes": pixel_boxes(item.get("boxes", []), image_size),
-                "is_train": bool(item.get("is_train", False)),
-                "allow_flip": allow_flip,
-            }
-        )
+        is_train = bool(item.get("is_train", False))
+        if self.keep_box_crop and is_train and raw_boxes:
+            anchor = int(torch.randint(len(raw_boxes), (1,)))
+            order = [anchor] + [i for i in range(len(raw_boxes)) if i != anchor]
+            raw_boxes, phrases = [raw_boxes[i] for i in order], [phrases[i] for i in order]
+            out = _crop_keeping_box(item["image_processor"], image, pixel_boxes(raw_boxes, image_size), allow_flip)
+        else:
+            out = item["image_processor"](
+                {"image": image, "boxes": pixel_boxes(raw_boxes, image_size), "is_train": is_train,
+                 "allow_flip": allow_flip}
+            )
         boxes, valid, kept = finish_boxes(out["boxes"], self.max_regions, self.min_visible)
         kept_phrases = [phrases[i] for i in kept] + [""] * (self.max_regions - len(kept))
         return {
@@ -126,6 +140,30 @@ class BoxTransform(BaseProcessor):
             "box_phrases": kept_phrases,
             "flip_allowed": allow_flip,
         }
+
+
+def _crop_keeping_box(image_processor, image, boxes, allow_flip: bool):
+    """X-VLM's region crop around boxes[0] (pixel (x, y, w, h)), resized to the processor's square size."""
+    image = v2.functional.to_image(image)
+    height, width = image.shape[-2:]
+    x, y, w, h = boxes.as_subclass(torch.Tensor)[0].tolist()
+
+    def edges(start, extent, limit):
+        low_max = min(max(0, math.floor(start)), limit - 1)
+        high_min = max(low_max + 1, min(limit, math.ceil(start + extent)))
+        low = int(torch.randint(0, low_max + 1, (1,)))
+        high = int(torch.randint(high_min, limit + 1, (1,)))
+        return low, high
+
+    left, right = edges(x, w, width)
+    top, bottom = edges(y, h, height)
+    size = [image_processor.size, image_processor.size]
+    image = v2.functional.resized_crop(image, top, left, bottom - top, right - left, size, antialias=True)
+    boxes = v2.functional.resized_crop(boxes, top, left, bottom - top, right - left, size)
+    if allow_flip and float(torch.rand(())) < image_processor.flip_probability:
+        image, boxes = v2.functional.horizontal_flip(image), v2.functional.horizontal_flip(boxes)
+    # the evaluation pipeline's resize and centre crop leave a size x size image as it is: only dtype and norm act
+    return {"image": image_processor.pipeline(False)(image).as_subclass(torch.Tensor), "boxes": boxes}
 
 
 def _image_size(image):

@@ -408,9 +408,22 @@ class FashionTrainer(BaseTrainer):
         registry.register("num_updates", self.num_updates)
         self._logistics_after_update(losses)
 
+    def _mean_over_ranks(self, losses: Dict[str, float]) -> Dict[str, float]:
+        """The logged training losses are those of the global batch: the mean of
+        every rank's loss (rank 0's alone is the loss of its shard only). Every
+        rank logs at the same updates with the same loss names, so this is safe."""
+        if not self.distributed or not losses:
+            return losses
+        names = sorted(losses)
+        values = torch.tensor([losses[name] for name in names], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(values)
+        world = dist_utils.get_world_size()
+        return {name: value / world for name, value in zip(names, values.tolist())}
+
     def _logistics_after_update(self, losses):
         interval = int(self.training_config.log_interval)
         if self.num_updates % interval == 0 or self.num_updates == self.max_updates:
+            losses = self._mean_over_ranks(losses)
             elapsed = time.time() - self._timer
             done = self.num_updates - self._start_update
             rate = done / max(elapsed, 1e-9)
@@ -479,8 +492,7 @@ class FashionTrainer(BaseTrainer):
             self.evaluate_split("test")
         for split in ("train", "val", "test"):
             for loader in self.loaders[split]:
-                report = getattr(getattr(loader.dataset, "bad_samples", None), "summary", None)
-                if report is not None:
-                    text = report()
-                    if text:
-                        self.writer.write(f"{split}/{loader.dataset.dataset_name}: {text}", "warning")
+                # only splits that skipped something (summary() is never empty)
+                counter = getattr(loader.dataset, "bad_samples", None)
+                if counter is not None and counter.total:
+                    self.writer.write(f"{split}/{loader.dataset.dataset_name}: {counter.summary()}", "warning")

@@ -18,6 +18,8 @@ from mmf_fashion.datasets.builders.fashionall.dataset import FashionAllDataset
 
 @registry.register_builder("fashionall")
 class FashionAllBuilder(FashionDatasetBuilder):
+    """Pretraining union of product sources (FashionGen, Polyvore items) as one dataset."""
+
     dataset_class = FashionAllDataset
     required_hint = (
         "one folder per listed source: fashiongen/ (HDF5 or *_info.json + images/) and "

@@ -265,6 +265,20 @@ class FashionGenDataset(ProductSampleMixin, FashionDataset):
             counts["num_attributes"] = len(self.attribute_vocabulary)
         return counts
 
+    def label_names(self) -> Dict[str, List[str]]:
+        """The label vocabularies whose names are known, index = label id
+        (``targets`` = subcategory id): {"category_names": [...],
+        "subcategory_names": [...]}. Names come from dataset_config
+        (category_names / subcategory_names), the synthetic world's manifest
+        or the HDF5 columns; JSON files carry ids only, so a level without
+        any of those is left out."""
+        names = {}
+        for level in ("category", "subcategory"):
+            vocab = self.vocabs.get(level)
+            if vocab is not None and vocab.names:
+                names[f"{level}_names"] = list(vocab.names)
+        return names
+
     def subcategory_of_products(self) -> Dict[int, int]:
         """product_id -> subcategory index (for the 100-negative protocol)."""
         return {p.product_id: p.subcategory_id for p in self.products}

@@ -21,6 +21,8 @@ from mmf_fashion.datasets.builders.fashioniq.dataset import FashionIQDataset
 
 @registry.register_builder("fashioniq")
 class FashionIQBuilder(FashionDatasetBuilder):
+    """FashionIQ triplets (reference image + two captions -> target) for TGIR, with the per-category gallery."""
+
     dataset_class = FashionIQDataset
     required_hint = (
         "fashioniq/captions/cap.{dress,shirt,toptee}.{train,val,test}.json, "

@@ -19,6 +19,8 @@ from mmf_fashion.datasets.builders.polyvore_ocir.dataset import PolyvoreOCIRData
 
 @registry.register_builder("polyvore_ocir")
 class PolyvoreOCIRBuilder(FashionDatasetBuilder):
+    """Polyvore Outfits fill-in-the-blank queries for OCIR, with the per-category gallery."""
+
     dataset_class = PolyvoreOCIRDataset
     required_hint = (
         "polyvore_outfits/polyvore_item_metadata.json, polyvore_outfits/images/<item_id>.jpg and "

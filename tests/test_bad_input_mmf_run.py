@@ -1,0 +1,169 @@
+"""Bad input through `mmf_run`, end to end: a tiny synthetic world is corrupted
+one way per case (a missing image, a truncated image, a record missing a field,
+a record with an ill-typed field, an absolute path, a `..` path out of the data
+directory), then
+
+- on_bad_sample: error (the default): the run fails, and its output names the
+  file, the record and the field;
+- on_bad_sample: skip: the run trains and evaluates, and its log reports how
+  many samples were skipped, of which kind, and where;
+- allow_paths_outside_root: the absolute and `..` paths are accepted.
+
+Every case corrupts the validation split (every validation image is served once
+per evaluation). Error runs stop while loading the data or in the evaluation of
+run_type=val; skip runs train one update of the tiny ALIGN model, then evaluate.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "tests", "configs", "tiny_align.yaml")
+MMF_RUN = [sys.executable, "-c", "from mmf_cli.run import run; run()"]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    from mmf_fashion.data.synth import make_fixture
+
+    return make_fixture(str(tmp_path_factory.mktemp("pristine")), products=40, image_size=32, seed=0)
+
+
+@pytest.fixture
+def world(pristine, tmp_path):
+    """A fresh copy of the FashionGen part of the world, to corrupt."""
+    copy = tmp_path / "data"
+    shutil.copytree(os.path.join(pristine, "fashiongen"), copy / "fashiongen")
+    shutil.copy(os.path.join(pristine, "synth_manifest.json"), copy / "synth_manifest.json")
+    return copy
+
+
+def val_info(world):
+    return world / "fashiongen" / "val_info.json"
+
+
+def edit_entry(world, index, change):
+    path = val_info(world)
+    entries = json.loads(path.read_text())
+    change(entries[index])
+    path.write_text(json.dumps(entries))
+
+
+# --- the corruptions: each returns what the report must name ---------------------------
+# (record index in val_info.json, field, kind, a phrase of the message)
+
+
+def missing_image(world):
+    entry = json.loads(val_info(world).read_text())[0]
+    image = world / "fashiongen" / entry["images"][0]
+    image.unlink()
+    return 0, "images[0]", "missing_image", f"image file {image} does not exist"
+
+
+def truncated_image(world):
+    entry = json.loads(val_info(world).read_text())[0]
+    image = world / "fashiongen" / entry["images"][0]
+    content = image.read_bytes()
+    image.write_bytes(content[: len(content) // 2])
+    return 0, "images[0]", "corrupt_image", f"image file {image} cannot be decoded"
+
+
+def missing_field(world):
+    edit_entry(world, 1, lambda entry: entry.pop("subcategory_id"))
+    return 1, "subcategory_id", "missing_field", "field 'subcategory_id' is missing"
+
+
+def ill_typed_field(world):
+    edit_entry(world, 2, lambda entry: entry.update(id="twelve"))
+    return 2, "id", "bad_value", "expected an integer, got 'twelve'"
+
+
+def absolute_path(world):
+    entries = json.loads(val_info(world).read_text())
+    inside = str(world / "fashiongen" / entries[3]["images"][0])  # an existing image, named absolutely
+    edit_entry(world, 3, lambda entry: entry["images"].__setitem__(0, inside))
+    return 3, "images[0]", "unsafe_path", f"absolute path '{inside}' refused"
+
+
+def dotdot_path(world):
+    entries = json.loads(val_info(world).read_text())
+    shutil.copy(world / "fashiongen" / entries[4]["images"][0], world.parent / "outside.jpg")
+    edit_entry(world, 4, lambda entry: entry["images"].__setitem__(0, "../../outside.jpg"))
+    return 4, "images[0]", "unsafe_path", "path '../../outside.jpg' leaves the data directory"
+
+
+CASES = [missing_image, truncated_image, missing_field, ill_typed_field, absolute_path, dotdot_path]
+
+
+def record_name(world, index):
+    entry = json.loads(val_info(world).read_text())[index]
+    return f"entry {index} (id {entry['id']})"
+
+
+def mmf_run(save_dir, data_dir, *overrides):
+    command = MMF_RUN + [f"config={CONFIG}", "model=align", "dataset=fashiongen",
+                         f"env.save_dir={save_dir}", f"env.data_dir={data_dir}", *overrides]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return result.returncode, result.stdout + result.stderr
+
+
+def log_text(save_dir):
+    folder = os.path.join(save_dir, "logs")
+    return "".join(open(os.path.join(folder, name)).read() for name in sorted(os.listdir(folder)))
+
+
+@pytest.mark.parametrize("corrupt", CASES, ids=[c.__name__ for c in CASES])
+def test_bad_input_fails_the_run_naming_file_record_and_field(world, tmp_path, corrupt):
+    index, field, kind, problem = corrupt(world)
+    record = record_name(world, index)
+    code, output = mmf_run(tmp_path / "save", world, "run_type=val")
+    assert code != 0, output[-3000:]
+    # BadSampleError's message: "<file>: record <record>: field '<field>': <problem> [<kind>]"
+    expected = f"{val_info(world)}: record {record}: field '{field}': {problem}"
+    assert expected in output, output[-3000:]
+    assert f"[{kind}]" in output
+    assert not os.path.exists(tmp_path / "save" / "metrics.json")
+
+
+@pytest.mark.parametrize("corrupt", CASES, ids=[c.__name__ for c in CASES])
+def test_bad_input_is_skipped_counted_and_reported(world, tmp_path, corrupt):
+    index, field, kind, problem = corrupt(world)
+    record = record_name(world, index)
+    save = tmp_path / "save"
+    code, output = mmf_run(save, world, "run_type=train_val", "dataset_config.fashiongen.on_bad_sample=skip",
+                           "training.max_updates=1", "training.evaluation_interval=100",
+                           "training.checkpoint_interval=100")
+    assert code == 0, output[-3000:]
+    metrics = json.loads((save / "metrics.json").read_text())
+    assert metrics["num_updates"] == 1 and "val/fashiongen/r@k_general/avg" in metrics
+    log = log_text(save)
+    # the end-of-training report of the validation split: the count, the kind, an example
+    report = f"val/fashiongen: bad samples in fashiongen/val (on_bad_sample: skip): 1 skipped in all (1 {kind})"
+    assert report in log, log[-3000:]
+    assert f"e.g. {val_info(world)}: record {record}: field '{field}': {problem}" in log
+    if kind in ("missing_image", "corrupt_image"):  # found when served, not when the index is read
+        assert f"dropped while loading: none" in log.split(report)[1].split("\n")[0]
+    else:
+        assert f"dropped while loading: 1 {kind}" in log.split(report)[1].split("\n")[0]
+    # the clean splits are not reported
+    assert "train/fashiongen: bad samples" not in log
+    assert "bad samples in fashiongen/train" not in log and "bad samples in fashiongen/test" not in log
+
+
+def test_paths_outside_the_data_directory_are_accepted_when_allowed(world, tmp_path):
+    absolute_path(world)
+    dotdot_path(world)
+    code, output = mmf_run(tmp_path / "refused", world, "run_type=val")
+    assert code != 0 and "[unsafe_path]" in output, output[-3000:]
+    save = tmp_path / "allowed"
+    code, output = mmf_run(save, world, "run_type=val", "dataset_config.fashiongen.allow_paths_outside_root=True")
+    assert code == 0, output[-3000:]
+    metrics = json.loads((save / "metrics.json").read_text())
+    assert "val/fashiongen/r@k_general/avg" in metrics
+    assert "bad samples" not in log_text(save)
