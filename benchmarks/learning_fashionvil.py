@@ -1,7 +1,7 @@
 """Does FashionViL learn, and does pretraining help? (issue 5, part 7)
 
     .venv/bin/python -m benchmarks.learning_fashionvil [--jobs 2] [--threads 1] \
-        [--variants full,no_mvc,no_pac] [--tasks itr,tgir,scr,ocir] \
+        [--variants full,no_mvc,no_pac] [--tasks itr,tgir,scr,ocir] [--ablation-tasks itr,scr] \
         [--save-dir save/learning] [--out benchmarks/results/learning_fashionvil.md]
 
 Every run is a plain `mmf_run` of the project configs (the same commands as
@@ -10,14 +10,15 @@ Every run is a plain `mmf_run` of the project configs (the same commands as
 2. pretraining, once per variant: ``full`` (all six tasks, the demo's
    ratios), ``no_mvc`` and ``no_pac`` (the paper's ablations: that task's
    ratio set to 0, the others renormalised by the task sampler);
-3. each downstream task fine-tuned from every pretrained variant and from
-   scratch (``checkpoint.resume_file=null``: same model, same schedule,
+3. each downstream task fine-tuned from the ``full`` pretraining and from
+   scratch, and the --ablation-tasks from the ablated variants too (``checkpoint.resume_file=null``: same model, same schedule,
    random initialisation);
 4. each downstream task evaluated with no training at all (``untrained``,
    run_type=val): the empirical chance level of that metric.
 Runs go --jobs at a time, each with --threads torch threads. One seed (the
 configs' training.seed); the differences below a few points are within the
-noise of validation sets of this size, which the table says.
+noise of validation sets of this size, which the table says. A run whose
+metrics.json already exists under --save-dir is reused (delete it to redo).
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ VARIANTS = {
 HEADLINE = {
     "pretrain": ["r@k_general/i2t_r@1", "r@k_general/t2i_r@1", "r@k_general/avg"],
     "itr": ["r@k_general/i2t_r@1", "r@k_general/i2t_r@10", "r@k_general/t2i_r@1", "r@k_general/t2i_r@10", "r@k_general/avg"],
-    "tgir": ["r@k_fashioniq/mean_r@10", "r@k_fashioniq/mean_r@50"],
+    "tgir": ["r@k_fashioniq/r@10", "r@k_fashioniq/r@50"],
     "scr": ["accuracy/value", "macro_f1/value"],
     "ocir": ["r@k_ocir/r@10", "r@k_ocir/r@30", "r@k_ocir/r@50"],
 }
@@ -56,6 +57,12 @@ def run(name: str, step: str, save_root: str, data_dir: str, overrides: List[str
     """One mmf_run in a subprocess; returns its metrics.json and wall time (raises with the log tail on failure)."""
     config, model, dataset = CONFIGS[step]
     save_dir = os.path.join(save_root, name)
+    command = " ".join(["mmf_run", f"config={config}", f"model={model}", f"dataset={dataset}", *overrides])
+    done = os.path.join(save_dir, "metrics.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            print(f"[learning] {name}: reused {done}", flush=True)
+            return {"name": name, "seconds": float("nan"), "metrics": json.load(f), "command": command}
     args = [f"env.save_dir={save_dir}", f"env.data_dir={os.path.abspath(data_dir)}", *overrides]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     os.makedirs(save_root, exist_ok=True)
@@ -70,7 +77,7 @@ def run(name: str, step: str, save_root: str, data_dir: str, overrides: List[str
     with open(os.path.join(save_dir, "metrics.json")) as f:
         metrics = json.load(f)
     print(f"[learning] {name}: {elapsed:.0f}s", flush=True)
-    return {"name": name, "seconds": elapsed, "metrics": metrics, "command": " ".join(["mmf_run", f"config={config}", f"model={model}", f"dataset={dataset}", *overrides])}
+    return {"name": name, "seconds": elapsed, "metrics": metrics, "command": command}
 
 
 def headline(step: str, metrics: Dict) -> Dict[str, float]:
@@ -82,9 +89,18 @@ def headline(step: str, metrics: Dict) -> Dict[str, float]:
     return found
 
 
-def parallel(jobs: int, calls: List[Tuple]) -> List[Dict]:
+def read_back(name: str, step: str, save_root: str, data_dir: str, overrides: List[str], threads: int) -> Dict:
+    """--report-only: the finished run's metrics, or a 'missing' marker; trains nothing."""
+    path = os.path.join(save_root, name, "metrics.json")
+    if not os.path.exists(path):
+        return {"name": name, "missing": True}
+    with open(path) as f:
+        return {"name": name, "seconds": float("nan"), "metrics": json.load(f), "command": f"(see {save_root}/{name}.log)"}
+
+
+def parallel(jobs: int, calls: List[Tuple], runner=run) -> List[Dict]:
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(lambda call: run(*call), calls))
+        return list(pool.map(lambda call: runner(*call), calls))
 
 
 def format_report(args, results: Dict[str, Dict], tasks: List[str], variants: List[str], load: Optional[Tuple], total: float) -> str:
@@ -92,7 +108,7 @@ def format_report(args, results: Dict[str, Dict], tasks: List[str], variants: Li
         "## FashionViL: learning evidence on the synthetic world",
         "",
         f"Command: `.venv/bin/python -m benchmarks.learning_fashionvil --jobs {args.jobs} --threads {args.threads} "
-        f"--variants {','.join(variants)} --tasks {','.join(tasks)}` ({total / 60:.0f} min wall, "
+        f"--variants {','.join(variants)} --tasks {','.join(tasks)} --ablation-tasks {args.ablation_tasks}` ({total / 60:.0f} min wall, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, {platform.machine()}, load average at start {load}).",
         f"Data: `{args.data_dir}` (synthetic world, {args.products} products, {args.image_size} px). One seed; the "
         "project configs' sizes and schedules (the `make demo` sizes). `untrained` = the model evaluated with "
@@ -131,13 +147,16 @@ def main(argv=None) -> int:
     parser.add_argument("--tokenizer", default="save/demo/tokenizer/fashion_vqvae_final.pth")
     parser.add_argument("--variants", default="full,no_mvc,no_pac")
     parser.add_argument("--tasks", default="itr,tgir,scr,ocir")
+    parser.add_argument("--ablation-tasks", default="itr,scr", help="tasks fine-tuned from the ablated variants")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/learning_fashionvil.md")
+    parser.add_argument("--report-only", action="store_true", help="write the table from the runs already in --save-dir, run nothing")
     args = parser.parse_args(argv)
     os.chdir(REPO)
     variants = [v for v in args.variants.split(",") if v]
     tasks = [t for t in args.tasks.split(",") if t]
+    ablation_tasks = [t for t in args.ablation_tasks.split(",") if t]
     unknown = sorted(set(variants) - set(VARIANTS)) + sorted(set(tasks) - set(HEADLINE) - {"pretrain"})
     if unknown:
         parser.error(f"unknown variants/tasks {unknown}")
@@ -145,9 +164,10 @@ def main(argv=None) -> int:
     start = time.time()
     ensure_data(args.data_dir, args.products, args.image_size, seed=0)
     results: Dict[str, Dict] = {}
+    runner = read_back if args.report_only else run
 
     tokenizer = args.tokenizer
-    if not os.path.exists(tokenizer):
+    if not os.path.exists(tokenizer) and not args.report_only:
         results["tokenizer"] = run("tokenizer", "tokenizer", args.save_dir, args.data_dir, ["run_type=train"], args.threads * args.jobs)
         tokenizer = os.path.join(args.save_dir, "tokenizer", "fashion_vqvae_final.pth")
 
@@ -161,14 +181,14 @@ def main(argv=None) -> int:
         finetune_calls.append((f"{task}_untrained", task, args.save_dir, args.data_dir, ["run_type=val", "checkpoint.resume_file=null"], args.threads))
         finetune_calls.append((f"{task}_scratch", task, args.save_dir, args.data_dir, ["run_type=train_val", "checkpoint.resume_file=null"], args.threads))
     # runs that do not need a pretrained checkpoint share the first wave with the pretraining runs
-    first_wave = parallel(args.jobs, pretrain_calls + finetune_calls)
-    results.update({r["name"]: r for r in first_wave})
+    first_wave = parallel(args.jobs, pretrain_calls + finetune_calls, runner)
+    results.update({r["name"]: r for r in first_wave if not r.get("missing")})
     second_wave = [
         (f"{task}_{v}", task, args.save_dir, args.data_dir,
          ["run_type=train_val", f"checkpoint.resume_file={os.path.abspath(os.path.join(args.save_dir, f'pretrain_{v}', 'fashionvil_final.pth'))}"], args.threads)
-        for v in variants for task in tasks
+        for v in variants for task in tasks if v == "full" or task in ablation_tasks
     ]
-    results.update({r["name"]: r for r in parallel(args.jobs, second_wave)})
+    results.update({r["name"]: r for r in parallel(args.jobs, second_wave, runner) if not r.get("missing")})
 
     report = format_report(args, results, tasks, variants, load, time.time() - start)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
