@@ -40,6 +40,8 @@ def pristine(tmp_path_factory):
 def world(pristine, tmp_path):
     """A fresh copy of the FashionGen part of the world, to corrupt."""
     copy = tmp_path / "data"
+    views = [len(entry["images"]) for entry in json.loads(open(os.path.join(pristine, "fashiongen", "val_info.json")).read())]
+    assert len(views) == 6 and views[1] >= 3 and views[4] >= 4, views  # what the corruptions below expect
     shutil.copytree(os.path.join(pristine, "fashiongen"), copy / "fashiongen")
     shutil.copy(os.path.join(pristine, "synth_manifest.json"), copy / "synth_manifest.json")
     return copy
@@ -57,27 +59,30 @@ def edit_entry(world, index, change):
 
 
 # --- the corruptions: each returns what the report must name ---------------------------
-# (record index in val_info.json, field, kind, a phrase of the message)
+# (record index in val_info.json, field, kind, a phrase of the message). Each case has its
+# own record, so that all can be applied at once: the bad images are views in the middle
+# of products with several views, because under skip a bad sample serves the next record,
+# and a bad record right after another one would be tried (and counted) twice.
 
 
 def missing_image(world):
-    entry = json.loads(val_info(world).read_text())[0]
-    image = world / "fashiongen" / entry["images"][0]
+    entry = json.loads(val_info(world).read_text())[1]
+    image = world / "fashiongen" / entry["images"][1]
     image.unlink()
-    return 0, "images[0]", "missing_image", f"image file {image} does not exist"
+    return 1, "images[1]", "missing_image", f"image file {image} does not exist"
 
 
 def truncated_image(world):
-    entry = json.loads(val_info(world).read_text())[5]
-    image = world / "fashiongen" / entry["images"][0]
+    entry = json.loads(val_info(world).read_text())[4]
+    image = world / "fashiongen" / entry["images"][2]
     content = image.read_bytes()
     image.write_bytes(content[: len(content) // 2])
-    return 5, "images[0]", "corrupt_image", f"image file {image} cannot be decoded"
+    return 4, "images[2]", "corrupt_image", f"image file {image} cannot be decoded"
 
 
 def missing_field(world):
-    edit_entry(world, 1, lambda entry: entry.pop("subcategory_id"))
-    return 1, "subcategory_id", "missing_field", "field 'subcategory_id' is missing"
+    edit_entry(world, 0, lambda entry: entry.pop("subcategory_id"))
+    return 0, "subcategory_id", "missing_field", "field 'subcategory_id' is missing"
 
 
 def ill_typed_field(world):
@@ -94,9 +99,9 @@ def absolute_path(world):
 
 def dotdot_path(world):
     entries = json.loads(val_info(world).read_text())
-    shutil.copy(world / "fashiongen" / entries[4]["images"][0], world.parent / "outside.jpg")
-    edit_entry(world, 4, lambda entry: entry["images"].__setitem__(0, "../../outside.jpg"))
-    return 4, "images[0]", "unsafe_path", "path '../../outside.jpg' leaves the data directory"
+    shutil.copy(world / "fashiongen" / entries[5]["images"][0], world.parent / "outside.jpg")
+    edit_entry(world, 5, lambda entry: entry["images"].__setitem__(0, "../../outside.jpg"))
+    return 5, "images[0]", "unsafe_path", "path '../../outside.jpg' leaves the data directory"
 
 
 CASES = [missing_image, truncated_image, missing_field, ill_typed_field, absolute_path, dotdot_path]
