@@ -43,6 +43,7 @@ from omegaconf import OmegaConf
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from benchmarks.common import fmt_seconds as fmt  # noqa: E402
 from mmf_fashion.modules.encoders import build_image_encoder, build_text_encoder  # noqa: E402
 from mmf_fashion.modules.fashionbert import FashionBert, FashionBertOptions  # noqa: E402
 
@@ -167,16 +168,6 @@ def measure_single(setting: Setting, galleries: List[int], cached: bool, args) -
         per_pair = seconds / size
         results[size] = (seconds, False)
     return results
-
-
-def fmt(seconds: float) -> str:
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.0f} us"
-    if seconds < 1:
-        return f"{seconds * 1e3:.1f} ms"
-    if seconds < 120:
-        return f"{seconds:.2f} s"
-    return f"{seconds / 60:.1f} min"
 
 
 def run_setting(name: str, setting: Setting, galleries: List[int], args, probe_pairs: int = 0,

@@ -53,16 +53,22 @@ HEADLINE = {
 }
 
 
+def command_text(step: str, overrides: List[str]) -> str:
+    config, model, dataset = CONFIGS[step]
+    text = " ".join(["mmf_run", f"config={config}", f"model={model}", f"dataset={dataset}", *overrides])
+    return text.replace(REPO + os.sep, "")  # paths as typed from the repository root
+
+
 def run(name: str, step: str, save_root: str, data_dir: str, overrides: List[str], threads: int) -> Dict:
     """One mmf_run in a subprocess; returns its metrics.json and wall time (raises with the log tail on failure)."""
     config, model, dataset = CONFIGS[step]
     save_dir = os.path.join(save_root, name)
-    command = " ".join(["mmf_run", f"config={config}", f"model={model}", f"dataset={dataset}", *overrides])
+    command = command_text(step, overrides)
     done = os.path.join(save_dir, "metrics.json")
     if os.path.exists(done):
         with open(done) as f:
             print(f"[learning] {name}: reused {done}", flush=True)
-            return {"name": name, "seconds": float("nan"), "metrics": json.load(f), "command": command}
+            return {"name": name, "seconds": recorded_seconds(save_dir), "metrics": json.load(f), "command": command}
     args = [f"env.save_dir={save_dir}", f"env.data_dir={os.path.abspath(data_dir)}", *overrides]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     os.makedirs(save_root, exist_ok=True)
@@ -76,8 +82,26 @@ def run(name: str, step: str, save_root: str, data_dir: str, overrides: List[str
             raise RuntimeError(f"{name} failed (exit {code}); log {log_path}:\n{f.read()[-2500:]}")
     with open(os.path.join(save_dir, "metrics.json")) as f:
         metrics = json.load(f)
+    with open(os.path.join(save_dir, WALL_TIME_FILE), "w") as f:
+        f.write(f"{elapsed:.1f}\n")
     print(f"[learning] {name}: {elapsed:.0f}s", flush=True)
     return {"name": name, "seconds": elapsed, "metrics": metrics, "command": command}
+
+
+WALL_TIME_FILE = "wall_seconds.txt"  # written next to metrics.json, so a reused run keeps its time
+
+
+def recorded_seconds(save_dir: str) -> float:
+    """The wall time a finished run recorded (NaN for runs made before the file existed)."""
+    try:
+        with open(os.path.join(save_dir, WALL_TIME_FILE)) as f:
+            return float(f.read().strip())
+    except (OSError, ValueError):
+        return float("nan")
+
+
+def seconds_text(seconds: float) -> str:
+    return "not recorded" if seconds != seconds else f"{seconds:.0f}"
 
 
 def headline(step: str, metrics: Dict) -> Dict[str, float]:
@@ -95,7 +119,8 @@ def read_back(name: str, step: str, save_root: str, data_dir: str, overrides: Li
     if not os.path.exists(path):
         return {"name": name, "missing": True}
     with open(path) as f:
-        return {"name": name, "seconds": float("nan"), "metrics": json.load(f), "command": f"(see {save_root}/{name}.log)"}
+        return {"name": name, "seconds": recorded_seconds(os.path.join(save_root, name)), "metrics": json.load(f),
+                "command": command_text(step, overrides)}
 
 
 def parallel(jobs: int, calls: List[Tuple], runner=run) -> List[Dict]:
@@ -103,12 +128,32 @@ def parallel(jobs: int, calls: List[Tuple], runner=run) -> List[Dict]:
         return list(pool.map(lambda call: runner(*call), calls))
 
 
+def wall_text(args, results: Dict[str, Dict], total: float) -> str:
+    if not args.report_only:
+        return f"{total / 60:.0f} min wall"
+    recorded = [r["seconds"] for r in results.values() if r["seconds"] == r["seconds"]]
+    return (f"tables rewritten with --report-only from the finished runs; the {len(recorded)} runs with a recorded "
+            f"time took {sum(recorded) / 60:.0f} min of run time, {args.jobs} at a time")
+
+
+READING_HEADING = "### Reading"  # a hand-written section under this heading survives a rewrite of the tables
+
+
+def kept_reading(path: str) -> str:
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        text = f.read()
+    at = text.find(READING_HEADING)
+    return "" if at < 0 else "\n" + text[at:].rstrip() + "\n"
+
+
 def format_report(args, results: Dict[str, Dict], tasks: List[str], variants: List[str], load: Optional[Tuple], total: float) -> str:
     lines = [
         "## FashionViL: learning evidence on the synthetic world",
         "",
         f"Command: `.venv/bin/python -m benchmarks.learning_fashionvil --jobs {args.jobs} --threads {args.threads} "
-        f"--variants {','.join(variants)} --tasks {','.join(tasks)} --ablation-tasks {args.ablation_tasks}` ({total / 60:.0f} min wall, "
+        f"--variants {','.join(variants)} --tasks {','.join(tasks)} --ablation-tasks {args.ablation_tasks}` ({wall_text(args, results, total)}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, {platform.machine()}, load average at start {load}).",
         f"Data: `{args.data_dir}` (synthetic world, {args.products} products, {args.image_size} px). One seed; the "
         "project configs' sizes and schedules (the `make demo` sizes). `untrained` = the model evaluated with "
@@ -124,7 +169,7 @@ def format_report(args, results: Dict[str, Dict], tasks: List[str], variants: Li
         result = results.get(f"pretrain_{variant}")
         if result:
             values = headline("pretrain", result["metrics"])
-            lines.append(f"| {variant} | " + " | ".join(f"{values.get(k, float('nan')):.2f}" for k in HEADLINE["pretrain"]) + f" | {result['seconds']:.0f} |")
+            lines.append(f"| {variant} | " + " | ".join(f"{values.get(k, float('nan')):.2f}" for k in HEADLINE["pretrain"]) + f" | {seconds_text(result['seconds'])} |")
     columns = ["untrained", "scratch", *variants]
     lines += ["", "### Downstream tasks", "", "| task | metric | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
     for task in tasks:
@@ -134,7 +179,7 @@ def format_report(args, results: Dict[str, Dict], tasks: List[str], variants: Li
             lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
     lines += ["", "Commands (each also with `env.save_dir=... env.data_dir=...`):", ""]
     for name, result in sorted(results.items()):
-        lines.append(f"- `{name}`: `{result['command']}` ({result['seconds']:.0f} s)")
+        lines.append(f"- `{name}`: `{result['command']}` ({seconds_text(result['seconds'])} s)")
     return "\n".join(lines) + "\n"
 
 
@@ -190,7 +235,7 @@ def main(argv=None) -> int:
     ]
     results.update({r["name"]: r for r in parallel(args.jobs, second_wave, runner) if not r.get("missing")})
 
-    report = format_report(args, results, tasks, variants, load, time.time() - start)
+    report = format_report(args, results, tasks, variants, load, time.time() - start) + kept_reading(args.out)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         f.write(report)
