@@ -17,8 +17,8 @@ gpu. paper sizes on CUDA (ResNet-50 + BERT-base, 224 px, bf16): samples/s and MF
 Each benchmark writes <out-dir>/results/<name>.md (its section, with the
 machine line) and <name>.json (its summary rows); RESULTS.md is a summary
 table over every section present followed by the sections, then
-results/learning_fashionvil.md and results/cots_filter.md verbatim when they
-exist (written by other scripts). See benchmarks/README.md.
+results/learning_fashionvil.md, results/cots_filter.md and
+results/xvlm_grounding.md verbatim when they exist (written by other scripts). See benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ SECTION_OF = {"a": "training_overhead", "b": "align_vs_transformers", "c": "load
               "e": "query_cost", "gpu": "gpu_paper_sizes"}
 OTHERS = [("learning_fashionvil.md", "Learning: does FashionViL learn, does pretraining help",
            "benchmarks/learning_fashionvil.py"),
-          ("cots_filter.md", "COTS filter", "benchmarks/bench_cots_filter.py")]
+          ("cots_filter.md", "COTS filter", "benchmarks/bench_cots_filter.py"),
+          ("xvlm_grounding.md", "X-VLM grounding", "benchmarks/bench_xvlm_grounding.py")]
 
 
 def parse_only(text: str) -> List[str]:

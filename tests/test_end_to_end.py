@@ -90,3 +90,21 @@ def test_torchrun_two_cpu_processes_train_on_different_shards(tmp_path, data_dir
     for batch0, batch1 in zip(seen[0], seen[1]):
         assert not batch0 & batch1
     assert json.loads(open(os.path.join(save, "metrics.json")).read())["num_updates"] == 4
+
+
+def test_resume_file_null_on_the_command_line_trains_from_scratch_and_a_missing_file_is_named(tmp_path, data_dir):
+    # a project config that starts from a pretrained checkpoint; `checkpoint.resume_file=null`
+    # (the string MMF's command line hands over) must mean "no checkpoint", as it does in YAML
+    pretrained = tmp_path / "nowhere" / "align_final.pth"
+    overrides = ("run_type=val", f"checkpoint.resume_file={pretrained}", "checkpoint.resume_pretrained=True")
+    command = MMF_RUN + [f"config={CONFIG}", "model=align", "dataset=fashiongen", f"env.save_dir={tmp_path / 'a'}",
+                         f"env.data_dir={data_dir}", *overrides]
+    result = subprocess.run(command, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode != 0
+    assert f"checkpoint.resume_file={pretrained}: no such file" in result.stdout + result.stderr
+    save = tmp_path / "b"
+    mmf_run(str(save), data_dir, *overrides, "checkpoint.resume_file=null")
+    logs = "".join((save / "logs" / name).read_text() for name in os.listdir(save / "logs"))
+    assert "Pretrained weights from" not in logs
+    assert "val/fashiongen/r@k_general/avg" in json.loads((save / "metrics.json").read_text())
