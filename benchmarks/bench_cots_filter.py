@@ -332,7 +332,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "cots_filter.md"))
     parser.add_argument("--override", nargs="*", default=[], help="extra k=v for every run")
     parser.add_argument("--cots-override", nargs="*", default=[], help="extra k=v for the COTS runs")
-    parser.add_argument("--notes", default=None, help="a markdown file appended to the report (the reading)")
+    parser.add_argument("--notes", default=os.path.join(REPO, "benchmarks", "results", "cots_filter_reading.md"),
+                        help="a markdown file appended to the report (the reading)")
     parser.add_argument("--rerun", action="store_true", help="train again even where metrics.json exists")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
