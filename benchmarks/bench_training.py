@@ -221,7 +221,7 @@ def run(out_dir: str = RESULTS_DIR, quick: bool = False, only: str = "abc", batc
     method = (f"Timing: {rounds} rounds; each round runs {calls} step(s) of each contender in turn "
               f"({', '.join(functions)}; the order turns by one every round), after 2 warm-up steps each; the "
               "ratio is the median of the per-round ratios (IQR = their interquartile range: half the rounds fall "
-              "inside it), the times are the medians of each side. Wall time of the timed rounds: {timing_seconds:.0f} s.")
+              f"inside it), the times are the medians of each side. Wall time of the timed rounds: {timing_seconds:.0f} s.")
 
     def per_round_table(names):
         header = ["round"] + [f"{name} step" for name in names] + [f"{names[0]} / {names[1]}"]
@@ -275,7 +275,10 @@ def run(out_dir: str = RESULTS_DIR, quick: bool = False, only: str = "abc", batc
             "so its projection_dim is 320), ours is torchvision's EfficientNet-B0 (with the 1280-channel head "
             "conv) + a linear projection to 128 and mean pooling of the text tokens; both get the same images "
             "and token ids from the batch above. Both step with AdamW at the same hyper-parameters; ours goes "
-            "through the whole fashion_trainer step (so it carries the overhead of a), transformers' is a bare step.",
+            "through the whole fashion_trainer step (so it carries the overhead of a), transformers' is a bare step. "
+            f"Memory format: ours as the project config sets it (training.channels_last: "
+            f"{str(bool(trainer.training_config.get('channels_last', False))).lower()}), transformers' in its "
+            "default (contiguous) format.",
             "", method, "",
             table(["model", "parameters", "median time per step", "train samples/s"], rows, "lrrr"), "",
             f"**Samples/s ours / transformers: {row.ratio_text}** (target {target}: "

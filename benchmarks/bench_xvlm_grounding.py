@@ -1,15 +1,16 @@
 """Does X-VLM's box head ground phrases? (issue 7) Grounding accuracy (IoU >= 0.5)
 on the synthetic region annotations, against box baselines that ignore the image.
 
-    .venv/bin/python -m benchmarks.bench_xvlm_grounding [--updates 400] [--save-dir save/xvlm_bench] \
-        [--out benchmarks/results/xvlm_grounding.md]
+    .venv/bin/python -m benchmarks.bench_xvlm_grounding [--pretrain-updates 400] \
+        [--grounding-updates 400 1500] [--save-dir save/xvlm_bench] [--out benchmarks/results/xvlm_grounding.md]
 
 Runs (plain `mmf_run` of the project configs, one after the other, 1 torch
 thread each; a run whose metrics.json exists under --save-dir is reused):
 1. pretraining (projects/xvlm/configs/pretrain.yaml: ITC, ITM, MLM and the box
-   head at image and region granularity) for --updates updates;
+   head at image and region granularity) for --pretrain-updates updates;
 2. grounding fine-tuning (projects/xvlm/configs/grounding.yaml) from that
-   checkpoint, and the same from random weights, --updates updates each.
+   checkpoint, and the same from random weights, for each of the
+   --grounding-updates schedules.
 The baselines (projects/xvlm/grounding_baselines.py) score fixed or
 text-only boxes with the same metric: the bar a model must clear to show that
 it looks at the image.
@@ -85,7 +86,8 @@ def grounding_figures(metrics: Dict) -> Dict[str, float]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="data/synthetic")
-    parser.add_argument("--updates", type=int, default=400)
+    parser.add_argument("--pretrain-updates", type=int, default=400)
+    parser.add_argument("--grounding-updates", type=int, nargs="+", default=[400, 1500])
     parser.add_argument("--save-dir", default="save/xvlm_bench")
     parser.add_argument("--out", default="benchmarks/results/xvlm_grounding.md")
     args = parser.parse_args(argv)
@@ -93,20 +95,22 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     start = time.time()
 
-    pretrain = run("pretrain", PRETRAIN, schedule(args.updates), args.save_dir, args.data_dir)
+    pretrain = run("pretrain", PRETRAIN, schedule(args.pretrain_updates), args.save_dir, args.data_dir)
     checkpoint = os.path.abspath(os.path.join(args.save_dir, "pretrain", "xvlm_final.pth"))
-    tuned = run("grounding", GROUNDING, [f"checkpoint.resume_file={checkpoint}", *schedule(args.updates)],
-                args.save_dir, args.data_dir)
-    scratch = run("grounding_scratch", GROUNDING, ["checkpoint.resume_file=null", *schedule(args.updates)],
-                  args.save_dir, args.data_dir)
+    models = [(f"X-VLM pretrained only ({args.pretrain_updates} updates, no grounding fine-tuning)", pretrain)]
+    for updates in args.grounding_updates:
+        scratch = run(f"grounding_scratch_{updates}", GROUNDING, ["checkpoint.resume_file=null", *schedule(updates)],
+                      args.save_dir, args.data_dir)
+        tuned = run(f"grounding_{updates}", GROUNDING, [f"checkpoint.resume_file={checkpoint}", *schedule(updates)],
+                    args.save_dir, args.data_dir)
+        models += [(f"X-VLM grounding from random weights, {updates} updates", scratch),
+                   (f"X-VLM grounding from the pretraining, {updates} updates", tuned)]
     base = load_baselines()(args.data_dir, "val")
 
     rows = []
     for name, values in base.items():
         rows.append((f"baseline: {name}", values["accuracy"], values["num_boxes"], "-"))
-    for name, result in (("X-VLM pretrained only (no grounding fine-tuning)", pretrain),
-                         ("X-VLM grounding from random weights", scratch),
-                         ("X-VLM grounding from the pretraining", tuned)):
+    for name, result in models:
         figures = grounding_figures(result["metrics"])
         accuracy = figures.get("accuracy", float("nan"))
         boxes = figures.get("num_boxes", float("nan"))
@@ -116,7 +120,8 @@ def main(argv=None) -> int:
     lines = [
         "## X-VLM grounding on the synthetic region annotations",
         "",
-        f"Command: `.venv/bin/python -m benchmarks.bench_xvlm_grounding --updates {args.updates}` "
+        f"Command: `.venv/bin/python -m benchmarks.bench_xvlm_grounding --pretrain-updates {args.pretrain_updates} "
+        f"--grounding-updates {' '.join(map(str, args.grounding_updates))}` "
         f"({(time.time() - start) / 60:.0f} min wall, reused runs included at 0; {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, {platform.machine()}, load average at start {tuple(round(x, 2) for x in load)}).",
         "",
@@ -129,7 +134,7 @@ def main(argv=None) -> int:
     ]
     lines += [f"| {name} | {accuracy:.2f} | {boxes:.0f} | {seconds} |" for name, accuracy, boxes, seconds in rows]
     lines += ["", "Commands (each also with `run_type=train_val env.save_dir=... env.data_dir=...`):", ""]
-    lines += [f"- `{result['command']}`" for result in (pretrain, tuned, scratch)]
+    lines += [f"- `{result['command']}`" for _, result in models]
     lines.append("")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     previous = open(args.out).read() if os.path.exists(args.out) else ""

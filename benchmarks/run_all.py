@@ -134,7 +134,11 @@ def assemble(out_dir: str, reassembled: bool = False) -> str:
     earlier = [s for s in sections if s["name"] not in this_run]
     quick = bool(run.get("quick"))
     quick_sections = [s["name"] for s in sections if s.get("quick")]
-    lines = ["# Performance results", ""]
+    lines = ["# Results", ""]
+    present = [(file, title) for file, title, _ in OTHERS if os.path.exists(os.path.join(results_dir, file))]
+    if present:
+        lines += ["Performance (the table below and sections a-e, GPU), then the learning evidence: "
+                  + "; ".join(f"{title} (results/{file})" for file, title in present) + ".", ""]
     if run:
         lines += [
             f"Written by `{run['command']}` on {run['date']}{' (quick run: shorter measurements)' if quick else ''}; "
