@@ -153,7 +153,9 @@ def format_report(args, results: Dict[str, Dict], tasks: List[str], variants: Li
         "## FashionViL: learning evidence on the synthetic world",
         "",
         f"Command: `.venv/bin/python -m benchmarks.learning_fashionvil --jobs {args.jobs} --threads {args.threads} "
-        f"--variants {','.join(variants)} --tasks {','.join(tasks)} --ablation-tasks {args.ablation_tasks}` ({wall_text(args, results, total)}, "
+        f"--variants {','.join(variants)} --tasks {','.join(tasks)} --ablation-tasks {args.ablation_tasks}"
+        f"{'' if args.seed is None else f' --seed {args.seed}'}{'' if args.save_dir == 'save/learning' else f' --save-dir {args.save_dir}'}"
+        f"{'' if args.out == 'benchmarks/results/learning_fashionvil.md' else f' --out {args.out}'}` ({wall_text(args, results, total)}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, {platform.machine()}, load average at start {load}).",
         f"Data: `{args.data_dir}` (synthetic world, {args.products} products, {args.image_size} px). One seed; the "
         "project configs' sizes and schedules (the `make demo` sizes). `untrained` = the model evaluated with "
@@ -193,6 +195,8 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default="full,no_mvc,no_pac")
     parser.add_argument("--tasks", default="itr,tgir,scr,ocir")
     parser.add_argument("--ablation-tasks", default="itr,scr", help="tasks fine-tuned from the ablated variants")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="training.seed of every run (default: the configs' own seed); use another --save-dir per seed")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/learning_fashionvil.md")
@@ -202,6 +206,7 @@ def main(argv=None) -> int:
     variants = [v for v in args.variants.split(",") if v]
     tasks = [t for t in args.tasks.split(",") if t]
     ablation_tasks = [t for t in args.ablation_tasks.split(",") if t]
+    seeded = [] if args.seed is None else [f"training.seed={args.seed}"]
     unknown = sorted(set(variants) - set(VARIANTS)) + sorted(set(tasks) - set(HEADLINE) - {"pretrain"})
     if unknown:
         parser.error(f"unknown variants/tasks {unknown}")
@@ -218,19 +223,21 @@ def main(argv=None) -> int:
 
     pretrain_calls = [
         (f"pretrain_{v}", "pretrain", args.save_dir, args.data_dir,
-         ["run_type=train_val", f"model_config.fashionvil.tokenizer_checkpoint={os.path.abspath(tokenizer)}", *VARIANTS[v]], args.threads)
+         ["run_type=train_val", f"model_config.fashionvil.tokenizer_checkpoint={os.path.abspath(tokenizer)}", *VARIANTS[v],
+          *seeded], args.threads)
         for v in variants
     ]
     finetune_calls = []
     for task in tasks:
-        finetune_calls.append((f"{task}_untrained", task, args.save_dir, args.data_dir, ["run_type=val", "checkpoint.resume_file=null"], args.threads))
-        finetune_calls.append((f"{task}_scratch", task, args.save_dir, args.data_dir, ["run_type=train_val", "checkpoint.resume_file=null"], args.threads))
+        finetune_calls.append((f"{task}_untrained", task, args.save_dir, args.data_dir, ["run_type=val", "checkpoint.resume_file=null", *seeded], args.threads))
+        finetune_calls.append((f"{task}_scratch", task, args.save_dir, args.data_dir, ["run_type=train_val", "checkpoint.resume_file=null", *seeded], args.threads))
     # runs that do not need a pretrained checkpoint share the first wave with the pretraining runs
     first_wave = parallel(args.jobs, pretrain_calls + finetune_calls, runner)
     results.update({r["name"]: r for r in first_wave if not r.get("missing")})
     second_wave = [
         (f"{task}_{v}", task, args.save_dir, args.data_dir,
-         ["run_type=train_val", f"checkpoint.resume_file={os.path.abspath(os.path.join(args.save_dir, f'pretrain_{v}', 'fashionvil_final.pth'))}"], args.threads)
+         ["run_type=train_val", f"checkpoint.resume_file={os.path.abspath(os.path.join(args.save_dir, f'pretrain_{v}', 'fashionvil_final.pth'))}",
+          *seeded], args.threads)
         for v in variants for task in tasks if v == "full" or task in ablation_tasks
     ]
     results.update({r["name"]: r for r in parallel(args.jobs, second_wave, runner) if not r.get("missing")})

@@ -41,6 +41,8 @@ SECTION_OF = {"a": "training_overhead", "b": "align_vs_transformers", "c": "load
               "e": "query_cost", "gpu": "gpu_paper_sizes"}
 OTHERS = [("learning_fashionvil.md", "Learning: does FashionViL learn, does pretraining help",
            "benchmarks/learning_fashionvil.py"),
+          ("learning_fashionvil_seed2.md", "Learning: FashionViL, a second seed",
+           "benchmarks/learning_fashionvil.py --seed 2"),
           ("cots_filter.md", "COTS filter", "benchmarks/bench_cots_filter.py"),
           ("xvlm_grounding.md", "X-VLM grounding", "benchmarks/bench_xvlm_grounding.py")]
 
