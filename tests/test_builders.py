@@ -276,3 +276,33 @@ def test_hdf5_handle_is_lazy_per_process_and_pickles(tmp_path, mmf_registry):
     batch = collate(dataset, 3, num_workers=2)  # each worker opens its own handle
     assert batch["image"].shape == (3, 3, 32, 32)
     assert h5._handle is None  # ... and the main process never opened one
+
+
+def test_jpegs_are_decoded_at_the_scale_the_processor_needs_and_no_crop_is_upsampled(synthetic_world, tmp_path):
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    large = tmp_path / "large.jpg"  # a published FashionGen image is 256 px
+    Image.new("RGB", (256, 256), (200, 30, 30)).save(large, quality=90)
+
+    def decoded_size(dataset_type, **options):
+        dataset = build_fashion_dataset("fashiongen", synthetic_world, dataset_type, image_size=64, **options)
+        return dataset.load_image(str(large), file="large.jpg", record=0, field="images[0]").size
+
+    # training crops (random resized, scale >= 0.5, ratio <= 4/3) need a 105 px side: the 1/2 scale
+    assert decoded_size("train") == (128, 128)
+    assert decoded_size("val") == (64, 64)  # evaluation resizes the short side to 64: the 1/4 scale
+    assert decoded_size("train", reduced_jpeg_decode=False) == (256, 256)
+    assert decoded_size("train", regions=True) == (256, 256)  # boxes are in full-size pixels
+
+    # what min_source_side promises, checked against torchvision's own crop sampler
+    dataset = build_fashion_dataset("fashiongen", synthetic_world, "train", image_size=64)
+    side = dataset.image_processor.min_source_side(True)
+    processor = dataset.image_processor
+    image = torch.zeros(3, side, side)
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(0)
+    shortest = min(min(v2.RandomResizedCrop.get_params(image, list(processor.scale), list(processor.ratio))[2:])
+                   for _ in range(3000))
+    torch.set_rng_state(generator_state)
+    assert shortest >= 64

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 from mmf.common.registry import registry
@@ -94,7 +94,16 @@ class FashionDataset(BaseDataset):
         return self.data_path(value, file=f"dataset_config.{self.dataset_name}", record=key, field=key)
 
     def load_image(self, path: str, *, file: Any, record: Any, field: str):
-        return load_image(path, file=file, record=record, field=field)
+        return load_image(path, file=file, record=record, field=field, min_side=self.decode_min_side())
+
+    def decode_min_side(self) -> Optional[int]:
+        """The side JPEGs may be decoded down to (reduced_jpeg_decode, default on): what the
+        image processor needs without upsampling a crop; None = full decode. Off when the
+        samples carry region boxes, which are in the pixels of the full-size image."""
+        if not bool(self.option("reduced_jpeg_decode", True)) or bool(self.option("regions", False)):
+            return None
+        needed = getattr(getattr(self, "image_processor", None), "min_source_side", None)
+        return int(needed(self.is_train)) if callable(needed) else None
 
     def handle_bad(self, error: BadSampleError, at_load: bool = False) -> None:
         """Raise under on_bad_sample: error, count under skip."""

@@ -193,14 +193,19 @@ def read_json(path: str) -> Any:
 # images
 
 
-def load_image(path: str, *, file: Any, record: Any, field: str):
-    """A PIL RGB image; a missing or unreadable file becomes a BadSampleError."""
+def load_image(path: str, *, file: Any, record: Any, field: str, min_side: Optional[int] = None):
+    """A PIL RGB image; a missing or unreadable file becomes a BadSampleError.
+
+    min_side: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that
+    keeps both sides >= min_side (PIL's draft); other formats are unaffected."""
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.isfile(path):
         raise BadSampleError(file, record, field, f"image file {path} does not exist", "missing_image")
     try:
         with Image.open(path) as image:
+            if min_side:
+                image.draft("RGB", (int(min_side), int(min_side)))
             image.load()
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:

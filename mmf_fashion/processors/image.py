@@ -83,6 +83,21 @@ class FashionImageTransform(BaseProcessor):
         self.train_transform = v2.Compose([v2.ToImage()] + crop + flip + finish)
         self.train_transform_no_flip = v2.Compose([v2.ToImage()] + crop + finish)
 
+    def min_source_side(self, is_train: bool) -> int:
+        """The shortest image side this pipeline needs so that no crop is upsampled.
+
+        Evaluation resizes the short side to `size`; a random resized crop can be
+        as small as scale_min of the area at the widest ratio, so its short side
+        is sqrt(scale_min / ratio_max) of the image side; resize_random_crop
+        resizes to size * resize_ratio. Datasets use it to decode JPEGs at a
+        reduced DCT scale (PIL's draft), which costs a fraction of a full decode."""
+        if not is_train or self.train_crop == "none":
+            return self.size
+        if self.train_crop == "resize_random_crop":
+            return int(math.ceil(self.size * max(self.resize_ratio, 1.0)))
+        shortest_fraction = math.sqrt(self.scale[0] / max(self.ratio[1], 1.0 / self.ratio[0]))
+        return int(math.ceil(self.size / min(shortest_fraction, 1.0)))
+
     def pipeline(self, is_train: bool, allow_flip: bool = True) -> v2.Compose:
         if not is_train:
             return self.eval_transform

@@ -114,7 +114,7 @@ class FashionTrainer(BaseTrainer):
                     pin_memory=bool(self.training_config.pin_memory) and self.device.type == "cuda",
                     drop_last=train and len(dataset) // world >= self.batch_size,
                     seed=seed,
-                    persistent_workers=bool(self.training_config.get("persistent_workers", False)),
+                    persistent_workers=bool(self.training_config.get("persistent_workers", True)),
                 )
                 self.loaders[split].append(loader)
                 self.samplers[split].append(sampler)
