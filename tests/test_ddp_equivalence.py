@@ -15,7 +15,18 @@ token-level tasks (their random masks are drawn per rank).
 
 Each rank's weights: the trainer saves rank 0's only, so the processes run this
 file as their script (see the bottom): mmf_run, plus a dump of the rank's
-state_dict before and after training.
+state_dict before and after training, of what each evaluation ranks, and of
+the COTS filter's decisions.
+
+Portable on any CPU and thread count: the two runs sum the same numbers in
+another order (gradient all-reduce, gathered batches), so they agree to about
+1e-6, never bit for bit. Continuous quantities (losses, weights, embeddings)
+are compared with a tolerance. Discontinuous ones are not compared across the
+runs on their own: the recalls of each evaluation are checked against the
+embeddings that run ranked (computed once from one set), and those embeddings
+against the other run's within the tolerance; the filter's keep decisions are
+compared only after asserting that every similarity lies farther from its
+threshold than the runs can disagree (tests/margins.py).
 """
 import json
 import os
@@ -26,6 +37,8 @@ import sys
 
 import pytest
 import torch
+
+from margins import threshold_margin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THIS = os.path.abspath(__file__)
@@ -156,8 +169,26 @@ def state(save, when, rank=0):
 
 
 def kept_pairs(save, rank):
-    """The filter's keep mask of every update ('1' kept, '0' dropped), recorded by the rank."""
-    return open(os.path.join(save, f"keep_rank{rank}.txt")).read().split()
+    """The filter's decision of every update, recorded by the rank: keep ('1' kept,
+    '0' dropped), the pairs' similarities and the threshold they were compared with."""
+    return [json.loads(line) for line in open(os.path.join(save, f"keep_rank{rank}.jsonl"))]
+
+
+def ranked(save, index, rank=0):
+    """What the index-th evaluation of a rank ranked: the gathered inputs and the recalls."""
+    return torch.load(os.path.join(save, f"ranked{index}_rank{rank}.pth"), weights_only=True)
+
+
+def assert_same_evaluation_set(one, two):
+    """Both runs rank the same 13 images and texts (the two-process rows come
+    rank by rank: aligned by image id) with embeddings equal within tolerance."""
+    assert one["image_ids"].numel() == two["image_ids"].numel() == 13
+    order_one, order_two = one["image_ids"].argsort(), two["image_ids"].argsort()
+    assert torch.equal(one["image_ids"][order_one], two["image_ids"][order_two])
+    assert torch.equal(one["products"][order_one], two["products"][order_two])
+    for field in ("image", "text"):
+        torch.testing.assert_close(two[field][order_two], one[field][order_one], rtol=1e-4, atol=1e-4,
+                                   msg=lambda m: f"{field} embeddings: {m}")
 
 
 def assert_same_training(one, two, loss_names, reordered=()):
@@ -177,11 +208,20 @@ def assert_same_training(one, two, loss_names, reordered=()):
     # in-batch evaluation losses are not comparable: each rank scores its own half batch)
     evals_one, evals_two = evaluations(one), evaluations(two)
     assert [e["num_updates"] for e in evals_one] == [e["num_updates"] for e in evals_two] == [2, 4]
-    for e1, e2 in zip(evals_one, evals_two):
+    for index, (e1, e2) in enumerate(zip(evals_one, evals_two)):
         recall = sorted(k for k in e1 if "/r@k_general/" in k)
         assert len(recall) == 7 and recall == sorted(k for k in e2 if "/r@k_general/" in k)
-        for key in recall:
-            assert e2[key] == pytest.approx(e1[key], abs=1e-4), key
+        ranked_one = ranked(one, index)
+        ranked_two = [ranked(two, index, rank) for rank in range(WORLD)]
+        # every rank ranks the whole gathered set, and the same one
+        for field, value in ranked_two[0]["inputs"].items():
+            assert torch.equal(value, ranked_two[1]["inputs"][field]), field
+        assert_same_evaluation_set(ranked_one["inputs"], ranked_two[0]["inputs"])
+        # each run reports the recalls of the embeddings it ranked (ranks are not
+        # compared across the runs: a near-tie may flip on another CPU)
+        for e, dump in ((e1, ranked_one), (e2, ranked_two[0])):
+            for key, value in dump["recalls"].items():
+                assert e[f"val/fashiongen/r@k_general/{key}"] == pytest.approx(value, abs=1e-9), key
     assert json.loads(open(os.path.join(two, "metrics.json")).read()) == evals_two[-1]
 
     init, final_one = state(one, "init"), state(one, "final")
@@ -224,10 +264,18 @@ def test_cots_two_processes_equal_one_and_queues_agree(tmp_path, data_dir):
     keep_one = kept_pairs(one, 0)
     keep_two = [kept_pairs(two, rank) for rank in range(WORLD)]
     assert len(keep_one) == len(keep_two[0]) == len(keep_two[1]) == 4
-    for update, mask in enumerate(keep_one):
-        assert keep_two[0][update] + keep_two[1][update] == mask[0::2] + mask[1::2], update
-    assert any(mask.count("0") for mask in keep_one), keep_one
-    assert any(a.count("0") != b.count("0") for a, b in zip(*keep_two)), keep_two
+    for update, decision in enumerate(keep_one):
+        # the decisions can be compared only because no similarity lies within the
+        # runs' disagreement of its threshold (else: change the fixture's seed)
+        assert threshold_margin(decision["similarity"], decision["threshold"]) > 1e-4, (update, decision)
+        halves = [keep_two[rank][update] for rank in range(WORLD)]
+        assert halves[0]["threshold"] == pytest.approx(decision["threshold"], abs=1e-5), update
+        torch.testing.assert_close(torch.tensor(halves[0]["similarity"] + halves[1]["similarity"]),
+                                   torch.tensor(decision["similarity"][0::2] + decision["similarity"][1::2]),
+                                   rtol=1e-4, atol=1e-5)
+        assert halves[0]["keep"] + halves[1]["keep"] == decision["keep"][0::2] + decision["keep"][1::2], update
+    assert any(d["keep"].count("0") for d in keep_one), keep_one
+    assert any(a["keep"].count("0") != b["keep"].count("0") for a, b in zip(*keep_two)), keep_two
 
     # queues: filled from the gathered batch of both ranks, identical on both ranks
     for field in ("queue.image", "queue.text", "queue.ids", "queue.pointer", "queue.count"):
@@ -257,9 +305,11 @@ if __name__ == "__main__":
     # before and after training (<save_dir>/{init,final}_rank<r>.pth).
     from mmf_fashion.trainers.fashion_trainer import FashionTrainer
 
+    def current_rank():
+        return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
     def dump(trainer, when):
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        torch.save(trainer.model.state_dict(), os.path.join(trainer.save_dir, f"{when}_rank{rank}.pth"))
+        torch.save(trainer.model.state_dict(), os.path.join(trainer.save_dir, f"{when}_rank{current_rank()}.pth"))
 
     load, finalize = FashionTrainer.load, FashionTrainer._finalize
 
@@ -277,12 +327,27 @@ if __name__ == "__main__":
 
     def recorded_keep_mask(self, similarity):
         keep = keep_mask(self, similarity)
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        with open(os.path.join(os.environ["MMF_SAVE_DIR"], f"keep_rank{rank}.txt"), "a") as f:
-            f.write("".join("1" if k else "0" for k in keep.tolist()) + "\n")
+        record = {"keep": "".join("1" if k else "0" for k in keep.tolist()),
+                  "similarity": similarity.detach().double().tolist(),
+                  "threshold": float(self.momentum_filter.threshold())}
+        with open(os.path.join(os.environ["MMF_SAVE_DIR"], f"keep_rank{current_rank()}.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
         return keep
 
+    from mmf_fashion.metrics import ranking
+
+    general_recalls, evaluations_ranked = ranking.general_recalls, []
+
+    def recorded_general_recalls(image, text, products, image_ids=None, **kwargs):
+        recalls = general_recalls(image, text, products, image_ids=image_ids, **kwargs)
+        inputs = {"image": image, "text": text, "products": products, "image_ids": image_ids}
+        path = os.path.join(os.environ["MMF_SAVE_DIR"], f"ranked{len(evaluations_ranked)}_rank{current_rank()}.pth")
+        torch.save({"inputs": {k: v.detach().cpu() for k, v in inputs.items()}, "recalls": recalls}, path)
+        evaluations_ranked.append(path)
+        return recalls
+
     FashionTrainer.load, FashionTrainer._finalize, COTS._keep_mask = load_and_dump, finalize_and_dump, recorded_keep_mask
+    ranking.general_recalls = recorded_general_recalls
     from mmf_cli.run import run
 
     run()

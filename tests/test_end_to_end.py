@@ -58,6 +58,11 @@ def test_train_writes_checkpoints_and_metrics_then_resumes(tmp_path, data_dir):
 
 
 def test_kill_during_training_then_resume_equals_an_uninterrupted_run(tmp_path, data_dir):
+    """Bit-identical on purpose, and safe on any CPU: both runs are the same kind of
+    process (one rank, OMP_NUM_THREADS=1, same machine, same shapes) repeating the same
+    ops on the same data in the same order, so every kernel sums in the same order. The
+    resume restores weights, optimizer, scheduler, RNG and data position exactly, so any
+    difference at all is a resume bug, not float noise. Ranks or metrics are not compared."""
     straight = str(tmp_path / "straight")
     mmf_run(straight, data_dir, "training.max_updates=10", "training.evaluation_interval=100")
     interrupted = str(tmp_path / "interrupted")
