@@ -13,7 +13,9 @@ mmf_fashion.bridge.install()
 
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# at most 2 threads, unless the caller chose (OMP_NUM_THREADS=1 must really run on one)
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def pytest_configure(config):
