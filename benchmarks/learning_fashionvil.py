@@ -19,6 +19,9 @@ Runs go --jobs at a time, each with --threads torch threads. One seed (the
 configs' training.seed); the differences below a few points are within the
 noise of validation sets of this size, which the table says. A run whose
 metrics.json already exists under --save-dir is reused (delete it to redo).
+Every figure is a percent; SCR's accuracy and macro_f1 were fractions 0-1 in
+runs recorded before they were registered in percent, so delete such scr_*
+runs rather than mixing them into a table (--report-only included).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The MMF metric classes: resolved by name from MMF's registry, computed on an
 accumulated report, equal to the pure functions (themselves checked against
-brute force in test_metrics_ranking.py); MMF's macro_f1 against scikit-learn;
+brute force in test_metrics_ranking.py); accuracy and macro_f1 (MMF's,
+re-registered in percent) against scikit-learn x 100;
 gathering across two real gloo processes with shards of different sizes."""
 import os
 import warnings
@@ -306,22 +307,76 @@ def test_ocir_split_and_blanks_galleries(mmf_registry):
 
 
 # ------------------------------------------------------------------- SCR
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_mmf_macro_f1_equals_sklearn_macro_f1(mmf_registry, seed):
-    from sklearn.metrics import f1_score
-
+def classification_report(seed, n=300, classes=12):
     g = torch.Generator().manual_seed(seed)
-    scores = torch.randn(300, 12, generator=g)
-    targets = torch.randint(0, 12, (300,), generator=g)
-    targets[targets == 11] = 10  # a class never in the targets, maybe predicted
-    report = {"scores": scores, "targets": targets}
-    macro = mmf_registry.get_metric_class("macro_f1")()
-    value = float(macro.calculate(report, report))
-    expected = f1_score(targets.numpy(), scores.argmax(1).numpy(), average="macro")
-    assert value == pytest.approx(expected, abs=1e-6)
-    assert 0.0 <= value <= 1.0  # a fraction, not a percentage
+    scores = torch.randn(n, classes, generator=g)
+    targets = torch.randint(0, classes, (n,), generator=g)
+    targets[targets == classes - 1] = classes - 2  # a class never in the targets, maybe predicted
+    return {"scores": scores, "targets": targets}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_accuracy_and_macro_f1_are_sklearn_in_percent(mmf_registry, seed):
+    from sklearn.metrics import accuracy_score, f1_score
+
+    report = classification_report(seed)
+    predictions, targets = report["scores"].argmax(1).numpy(), report["targets"].numpy()
     accuracy = float(mmf_registry.get_metric_class("accuracy")().calculate(report, report))
-    assert accuracy == pytest.approx((scores.argmax(1) == targets).float().mean().item())
+    macro = float(mmf_registry.get_metric_class("macro_f1")().calculate(report, report))
+    assert accuracy == pytest.approx(100 * accuracy_score(targets, predictions), abs=1e-4)
+    assert macro == pytest.approx(100 * f1_score(targets, predictions, average="macro"), abs=1e-4)
+    assert 1.0 < macro < 100.0 and 1.0 < accuracy < 100.0  # percent: chance over 12 classes is about 8
+
+
+def _inputs_for(name, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if name.startswith("multilabel"):
+        return {"scores": torch.randn(80, 5, generator=g), "targets": torch.randint(0, 2, (80, 5), generator=g)}
+    if name in ("f1", "binary_f1"):
+        return {"scores": torch.randn(80, 2, generator=g), "targets": torch.randint(0, 2, (80,), generator=g)}
+    # every class among the targets: ROC AUC and AP are undefined for a class without positives
+    return {"scores": torch.randn(80, 5, generator=g), "targets": torch.arange(80) % 5}
+
+
+def test_every_fraction_metric_of_mmf_a_model_can_reach_is_percent(mmf_registry):
+    """Same names as MMF, our classes (subclasses of MMF's), exactly MMF's value x 100."""
+    from mmf_fashion.metrics.registered import PERCENT_OF_MMF
+
+    assert {"accuracy", "macro_f1", "micro_f1", "binary_f1", "roc_auc"} <= set(PERCENT_OF_MMF)
+    for name, mmf_class in PERCENT_OF_MMF.items():
+        ours = mmf_registry.get_metric_class(name)
+        assert ours.__module__ == "mmf_fashion.metrics.registered" and issubclass(ours, mmf_class), name
+        report = _inputs_for(name)
+        params = {"average": "samples"} if name == "multilabel_f1" else {}  # its sklearn default is binary
+        fraction = float(mmf_class(**params).calculate(report, report))
+        value = float(ours(**params).calculate(report, report))
+        assert 0.0 <= fraction <= 1.0, name
+        assert value == pytest.approx(100 * fraction, rel=1e-6), name
+
+
+def test_the_percent_metrics_stay_the_ones_configs_get(mmf_registry):
+    """After another setup_imports(), through our trainer's MetricSet and MMF's own
+    Metrics: `metrics: [accuracy, macro_f1]` resolves to the percent classes."""
+    from mmf.common.sample import SampleList
+    from mmf.modules.metrics import Metrics
+    from mmf.utils.env import setup_imports
+    from omegaconf import OmegaConf
+
+    from mmf_fashion.metrics.registered import PERCENT_OF_MMF
+    from mmf_fashion.trainers.evaluation import MetricSet
+
+    setup_imports()
+    report = classification_report(3)
+    expected = {
+        name: 100 * float(PERCENT_OF_MMF[name]().calculate(report, report)) for name in ("accuracy", "macro_f1")
+    }
+    names = OmegaConf.create(["accuracy", {"type": "macro_f1"}])
+    values = MetricSet(names).compute(report, "val", "fashiongen")
+    assert values == {f"val/fashiongen/{name}/value": pytest.approx(v, rel=1e-6) for name, v in expected.items()}
+    batch = SampleList({**report, "dataset_type": "val", "dataset_name": "fashiongen"})
+    mmf_values = Metrics(names)(batch, report)
+    assert {key: float(v) for key, v in mmf_values.items()} == \
+        {f"val/fashiongen/{name}": pytest.approx(v, rel=1e-6) for name, v in expected.items()}
 
 
 # -------------------------------------------------------------- distributed

@@ -1,5 +1,6 @@
 """MMF metrics of the fashion retrieval tasks: r@k_general, r@k_kaleido,
-r@k_fashioniq, r@k_ocir (SCR uses MMF's own `accuracy` and `macro_f1`).
+r@k_fashioniq, r@k_ocir; for SCR, MMF's `accuracy`, `macro_f1` and the other
+scores/targets classification metrics re-registered in percent.
 
 Cheatsheet (project YAML)::
 
@@ -77,9 +78,14 @@ r@k_ocir (outfit complementary item retrieval): reads query_embedding,
   per_category=false. Keys r@k (averaged over categories), avg,
   cat<id>_r@k with per_category.
 
-SCR: MMF rc10's `accuracy` and `macro_f1` return FRACTIONS 0-1 (not
-percent). macro_f1 is sklearn.metrics.f1_score(average="macro") on argmax
-predictions, over the labels present in targets or predictions.
+SCR (and any classification head: reads scores (B, C) logits and targets):
+`accuracy`, `macro_f1` and the rest of PERCENT_OF_MMF are MMF rc10's own
+classes, registered again under the same names so that they return PERCENT
+0-100 like every other metric here (MMF's return fractions 0-1). accuracy is
+the share of argmax predictions equal to the targets; macro_f1 is
+sklearn.metrics.f1_score(average="macro") on argmax predictions, over the
+labels present in targets or predictions; the others are MMF's computation
+times 100. They compute on the report they are given (no gathering).
 """
 from __future__ import annotations
 
@@ -92,6 +98,7 @@ import torch.distributed as dist
 
 from mmf.common.registry import registry
 from mmf.common.sample import SampleList
+from mmf.modules import metrics as mmf_metrics
 from mmf.modules.metrics import BaseMetric
 
 from mmf_fashion.metrics import ranking as R
@@ -438,3 +445,51 @@ class OCIRRecall(_GalleryMetric):
             query, blanks, categories, gallery_emb, gallery_ids, gallery_cats,
             ks=self.ks, chunk_size=self.chunk_size, per_category=self.per_category,
         )
+
+
+# ------------------------------------------------ classification, in percent
+# The contract wants every metric in percent. MMF's classification metrics
+# return fractions, so each one a scores/targets model can reach is registered
+# again under its own name as a subclass that multiplies by 100. Why here and
+# not as a bridge patch: percent is this project's convention, not an rc10
+# defect the bridge repairs (a newer MMF returns fractions too), and patching
+# F1.calculate would scale MacroF1 & co. through their parent. Our
+# registration wins because this module imports mmf.modules.metrics (where
+# MMF registers them) first and MMF's registry overwrites a name; MetricSet
+# and MMF's Metrics both look names up at build time, so `evaluation.metrics:
+# [accuracy, macro_f1]` gets these. MMF's VQA, caption, visual-dialog r@1/5/10
+# and mean_rr metrics stay out: nothing here produces their inputs (answers,
+# captions, 100 dialog candidates).
+PERCENT_OF_MMF = {
+    "accuracy": mmf_metrics.Accuracy,
+    "f1": mmf_metrics.F1,
+    "macro_f1": mmf_metrics.MacroF1,
+    "micro_f1": mmf_metrics.MicroF1,
+    "binary_f1": mmf_metrics.BinaryF1,
+    "multilabel_f1": mmf_metrics.MultiLabelF1,
+    "multilabel_micro_f1": mmf_metrics.MultiLabelMicroF1,
+    "multilabel_macro_f1": mmf_metrics.MultiLabelMacroF1,
+    "roc_auc": mmf_metrics.ROC_AUC,
+    "micro_roc_auc": mmf_metrics.MicroROC_AUC,
+    "macro_roc_auc": mmf_metrics.MacroROC_AUC,
+    "ap": mmf_metrics.AveragePrecision,
+    "micro_ap": mmf_metrics.MicroAP,
+    "macro_ap": mmf_metrics.MacroAP,
+}
+
+
+def _percent_metric(name: str, mmf_class: type) -> type:
+    def calculate(self, sample_list, model_output, *args, **kwargs):
+        return 100.0 * mmf_class.calculate(self, sample_list, model_output, *args, **kwargs)
+
+    # a subclass, so params, required_params and isinstance stay MMF's
+    return type(f"Percent{mmf_class.__name__}", (mmf_class,), {
+        "__module__": __name__,
+        "__doc__": f"MMF's {name} ({mmf_class.__name__}) in percent (0-100), not a fraction.",
+        "calculate": calculate,
+    })
+
+
+for _name, _mmf_class in PERCENT_OF_MMF.items():
+    registry.register_metric(_name)(_percent_metric(_name, _mmf_class))
+del _name, _mmf_class
