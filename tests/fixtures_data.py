@@ -13,7 +13,10 @@ Cheatsheet::
 
 write_h5(path, rows) writes a FashionGen HDF5 file by hand with the published
 keys (hand_built_rows() gives 3 rows of 2 products with latin-1 text);
-h5_overrides(path) points the fashiongen builder at it.
+h5_overrides(path) points the fashiongen builder at it;
+write_published_fashiongen(data_dir) writes them under the published names.
+keep_only_layout(world, "h5" | "json") removes the other FashionGen layout
+from a world that a test may modify (fresh_world).
 
 build_fashion_dataset merges the builder's defaults.yaml with data_dir,
 32-pixel images and any dotted overrides ("processors.image_processor.params.size"),
@@ -127,3 +130,27 @@ def hand_built_rows():
 
 def h5_overrides(path):
     return {"format": "h5", "files.h5": {"train": str(path.name), "val": str(path.name), "test": str(path.name)}}
+
+
+PUBLISHED_H5 = {"train": "fashiongen_256_256_train.h5", "val": "fashiongen_256_256_validation.h5"}
+JSON_INFO = ("train_info.json", "val_info.json", "test_info.json")
+
+
+def write_published_fashiongen(data_dir):
+    """<data_dir>/fashiongen/fashiongen_256_256_{train,validation}.h5 from
+    hand_built_rows(), nothing else: what a user of the published files has."""
+    folder = Path(data_dir) / "fashiongen"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, pixels = hand_built_rows()
+    for name in PUBLISHED_H5.values():
+        write_h5(folder / name, rows)
+    return folder, rows, pixels
+
+
+def keep_only_layout(world, layout):
+    """Delete the FashionGen files of the other layout (h5 keeps the HDF5, json the *_info.json)."""
+    folder = Path(world) / "fashiongen"
+    doomed = JSON_INFO if layout == "h5" else tuple(PUBLISHED_H5.values())
+    for name in doomed:
+        (folder / name).unlink()
+    return folder

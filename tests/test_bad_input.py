@@ -280,6 +280,9 @@ def test_fashioniq_missing_image_names_the_caption_record(fresh_world):
         dataset[0]
     assert_names(error.value, captions_path, f"entry 0 ({pair['candidate']} -> {pair['target']})", "target", "missing_image")
     skipping = build_fashion_dataset("fashioniq", fresh_world, "val", on_bad_sample="skip")
+    with pytest.raises(BadSampleError) as gallery_error:  # the gallery names the file that listed the asin
+        dataset.gallery_dataset()[dataset.gallery_asins.index(pair["target"])]
+    assert pair["target"] in str(gallery_error.value) and ".val.json" in gallery_error.value.file
     gallery = skipping.gallery_dataset()
     batch = collate(gallery, len(gallery))  # a bad gallery image keeps its place, as zeros
     assert batch["image"].shape[0] == len(gallery)
@@ -319,3 +322,52 @@ def test_readers_and_the_data_checker_name_the_same_records(fresh_world):
     examples = dataset.bad_samples.examples()
     for record, field in checked:
         assert any(f"record {record}: field '{field}'" in example for example in examples), (record, field, examples)
+
+
+def test_fashioniq_missing_image_says_how_many_are_missing_and_how_to_skip(fresh_world, monkeypatch):
+    """The real FashionIQ has images that can no longer be downloaded."""
+    captions_path = fresh_world / "fashioniq/captions/cap.shirt.train.json"
+    pairs = json.loads(captions_path.read_text())
+    image_dir = fresh_world / "fashioniq/images"
+    gone = {pairs[1]["candidate"], pairs[2]["target"]}
+    for asin in gone:
+        (image_dir / f"{asin}.png").unlink()
+    dataset = build_fashion_dataset("fashioniq", fresh_world, "train")
+    split_asins = set(dataset.gallery_asins)
+    index = next(i for i, item in enumerate(dataset.items) if item[4] == str(captions_path) and item[5].startswith("entry 1 "))
+    with pytest.raises(BadSampleError) as error:
+        dataset[index]
+    message = str(error.value)
+    assert_names(error.value, captions_path, f"entry 1 ({pairs[1]['candidate']} -> {pairs[1]['target']})", "candidate", "missing_image")
+    assert str(image_dir / f"{pairs[1]['candidate']}.png") in message  # the file looked for
+    assert f"{len(gone)} of the {len(split_asins)} images of the train split are missing" in message
+    assert "dataset_config.fashioniq.on_bad_sample=skip" in message
+    # counted once per dataset instance: a later error reuses the count
+    checks = []
+    real_isfile = os.path.isfile
+    monkeypatch.setattr(os.path, "isfile", lambda path: checks.append(path) or real_isfile(path))
+    with pytest.raises(BadSampleError, match=f"{len(gone)} of the {len(split_asins)} images"):
+        dataset[index]
+    assert len(checks) == len(dataset.image_extensions)  # only the record's own candidates
+    monkeypatch.undo()
+    # under skip: every record that needs a missing image is skipped, counted and reported
+    skipping = build_fashion_dataset("fashioniq", fresh_world, "train", on_bad_sample="skip")
+    writer = RecordingWriter()
+    monkeypatch.setattr(skipping, "writer", writer)
+    served = [skipping[i] for i in range(len(skipping))]
+    assert len(served) == len(skipping)
+    needing = [item for item in skipping.items if {skipping.gallery_asins[item[0]], skipping.gallery_asins[item[1]]} & gone]
+    assert skipping.bad_samples.counts() == {"missing_image": len(needing)}
+    assert any("missing_image" in m and "cap.shirt.train.json" in m for _, m in writer.messages)
+
+
+def test_neighbouring_bad_records_are_counted_once_per_epoch(fresh_world, monkeypatch):
+    """A bad record is first tried as the stand-in for its bad neighbour, then at its own index."""
+    info = json.loads(val_info(fresh_world).read_text())
+    for entry in info[:2]:
+        (fresh_world / "fashiongen" / entry["images"][0]).unlink()
+    dataset = build_fashion_dataset("fashiongen", fresh_world, "val", unit="product", on_bad_sample="skip")
+    run_epoch(dataset, monkeypatch)
+    assert dataset.bad_samples.counts() == {"missing_image": 2}
+    run_epoch(dataset, monkeypatch)  # a new epoch counts them again
+    assert dataset.bad_samples.counts() == {"missing_image": 4}

@@ -8,13 +8,16 @@ import pickle
 import pytest
 import torch
 from fixtures_data import (  # noqa: F401
+    PUBLISHED_H5,
     build_fashion_dataset,
     collate,
     fresh_world,
     h5_overrides,
     hand_built_rows,
+    keep_only_layout,
     synthetic_world,
     write_h5,
+    write_published_fashiongen,
 )
 
 B = 4
@@ -306,3 +309,106 @@ def test_jpegs_are_decoded_at_the_scale_the_processor_needs_and_no_crop_is_upsam
                    for _ in range(3000))
     torch.set_rng_state(generator_state)
     assert shortest >= 64
+
+
+# --- format: auto (the layout that is there, no flag needed) ----------------------------
+
+
+@pytest.fixture
+def logged(monkeypatch):
+    """What the datasets log (MMF's writer or the module logger), as (level, message)."""
+    from mmf_fashion.datasets.base import FashionDataset
+
+    messages = []
+    monkeypatch.setattr(FashionDataset, "log", lambda self, message, level="warning": messages.append((level, message)))
+    return messages
+
+
+@pytest.mark.parametrize("name,key", [("fashiongen", "format"), ("polyvore_ocir", "format"), ("fashionall", "fashiongen.format")])
+def test_two_layout_builders_default_to_auto(mmf_registry, name, key):
+    from mmf.utils.configuration import load_yaml_with_defaults
+    from omegaconf import OmegaConf
+
+    config = load_yaml_with_defaults(mmf_registry.get_builder_class(name).config_path())
+    assert OmegaConf.select(config, f"dataset_config.{name}.{key}") == "auto"
+
+
+def test_published_fashiongen_hdf5_loads_with_no_format_flag(tmp_path, mmf_registry, logged):
+    """Only fashiongen_256_256_{train,validation}.h5 in <data_dir>/fashiongen/."""
+    folder, rows, _ = write_published_fashiongen(tmp_path)
+    for split in ("train", "val", "test"):  # test reads the validation file (no public test split)
+        dataset = build_fashion_dataset("fashiongen", tmp_path, split)
+        assert dataset.format == "h5"
+        assert [p.product_id for p in dataset.products] == [501, 777]
+    assert dataset[2].text == "Café shirt. Striped cotton poplin"
+    assert collate(dataset, 3)["image"].shape == (3, 3, 32, 32)
+    assert any(str(folder / PUBLISHED_H5["val"]) in message and "h5 layout" in message for _, message in logged)
+
+
+@pytest.mark.parametrize("layout", ["h5", "json"])
+def test_a_world_with_one_fashiongen_layout_loads_with_no_flag(fresh_world, layout):
+    keep_only_layout(fresh_world, layout)
+    for split in ("train", "val"):
+        dataset = build_fashion_dataset("fashiongen", fresh_world, split)
+        assert dataset.format == layout
+        assert_batch(collate(dataset, B), {**PRODUCT_KEYS, **LABELS})
+    union = build_fashion_dataset("fashionall", fresh_world, "train", regions=False)
+    assert union.fashiongen_format == layout and union.source_sizes["fashiongen"] > 0
+
+
+def test_both_fashiongen_layouts_pick_json_and_say_how_to_pick_h5(synthetic_world, logged):
+    dataset = build_fashion_dataset("fashiongen", synthetic_world, "val")
+    assert dataset.format == "json"
+    [message] = [m for _, m in logged if "both layouts" in m]
+    assert "val_info.json" in message and PUBLISHED_H5["val"] in message
+    assert "reading json" in message and "dataset_config.fashiongen.format=h5" in message
+    assert str(synthetic_world / "fashiongen") in message
+    # explicit formats keep working on the same directory, and say nothing
+    logged.clear()
+    assert build_fashion_dataset("fashiongen", synthetic_world, "val", format="h5").format == "h5"
+    assert build_fashion_dataset("fashiongen", synthetic_world, "val", format="json").format == "json"
+    assert not [m for _, m in logged if "layout" in m]
+
+
+def test_no_fashiongen_layout_names_both_and_the_folder(tmp_path, mmf_registry):
+    (tmp_path / "fashiongen").mkdir()
+    with pytest.raises(FileNotFoundError) as error:
+        build_fashion_dataset("fashiongen", tmp_path, "val")
+    message = str(error.value)
+    assert f"looked in {tmp_path / 'fashiongen'}" in message
+    assert "val_info.json" in message and "fashiongen_256_256_validation.h5" in message
+    assert "published HDF5" in message and "FashionViL's product JSON" in message
+    assert "mmf-fashion data synth --out" in message
+    with pytest.raises(FileNotFoundError, match="fashionall.fashiongen.format"):
+        build_fashion_dataset("fashionall", tmp_path, "train", sources=["fashiongen"])
+
+
+def test_an_explicit_format_whose_files_are_missing_points_at_the_other(fresh_world):
+    keep_only_layout(fresh_world, "h5")
+    with pytest.raises(FileNotFoundError) as error:
+        build_fashion_dataset("fashiongen", fresh_world, "val", format="json")
+    assert "val_info.json does not exist" in str(error.value)
+    assert "The h5 layout is there" in str(error.value) and "dataset_config.fashiongen.format=auto" in str(error.value)
+    with pytest.raises(ValueError, match="must be one of"):
+        build_fashion_dataset("fashiongen", fresh_world, "val", format="hdf5")
+
+
+def test_polyvore_layouts_ocir_preferred_outfits_when_alone(fresh_world, logged):
+    root = fresh_world / "polyvore_outfits"
+    questions = json.loads((root / "ocir_disjoint_test.json").read_text())
+    outfits = json.loads((root / "disjoint/test.json").read_text())
+    both = build_fashion_dataset("polyvore_ocir", fresh_world, "test", version="disjoint")
+    assert both.format == "ocir" and len(both) == len(questions)
+    [message] = [m for _, m in logged if "both layouts" in m]
+    assert "ocir_disjoint_test.json" in message and "disjoint/test.json" in message
+    assert "dataset_config.polyvore_ocir.format=outfits" in message
+    derived = build_fashion_dataset("polyvore_ocir", fresh_world, "test", version="disjoint", format="outfits")
+    assert derived.format == "outfits" and len(derived) == len(outfits)
+    (root / "ocir_disjoint_test.json").unlink()
+    alone = build_fashion_dataset("polyvore_ocir", fresh_world, "test", version="disjoint")
+    assert alone.format == "outfits" and len(alone) == len(outfits)
+    (root / "disjoint/test.json").unlink()
+    with pytest.raises(FileNotFoundError) as error:
+        build_fashion_dataset("polyvore_ocir", fresh_world, "test", version="disjoint")
+    assert f"looked in {root}" in str(error.value)
+    assert "ocir_disjoint_test.json" in str(error.value) and "disjoint/test.json" in str(error.value)

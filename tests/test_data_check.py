@@ -169,3 +169,62 @@ def test_cli_check_exit_codes(tmp_path, capsys):
     args = parser.parse_args(["data", "check", str(root), "--no-images"])
     assert args.func(args) == 1
     assert "fashiongen/regions_train.json" in capsys.readouterr().out
+
+
+def _latin1_names(root):
+    """Every title of the train HDF5 in latin-1 (as the real files may be); returns the row count."""
+    with h5py.File(root / H5_TRAIN, "r+") as handle:
+        column = handle["input_name"]
+        rows = column.shape[0]
+        column[:] = np.array(["Robe mérinos".encode("latin-1")] * rows, dtype=column.dtype).reshape(column.shape)
+    return rows
+
+
+def test_repeated_findings_share_one_line_with_count_and_first_rows(tmp_path, capsys):
+    from mmf_fashion.cli.data import add_parser
+
+    root = make_fixture(tmp_path)
+    rows = _latin1_names(root)
+    _edit_json(root / "fashiongen/test_info.json",
+               lambda entries: [entry.update(category_id=90 + i) for i, entry in enumerate(entries[:4])])
+    report = check_data_dir(root, decode_images=False)
+    # every finding is kept and counted; the summary has one line per (file, field, kind)
+    assert len(report.warnings) == rows and len(report.errors) == 4
+    summary = report.summary()
+    assert f"4 error(s), {rows} warning(s)" in summary
+    latin1 = [line for line in summary.splitlines() if "input_name" in line]
+    assert len(latin1) == 1, summary
+    assert f"({rows} records: row 0, row 1, row 2 and {rows - 3} more)" in latin1[0]
+    assert latin1[0].strip().startswith(f"warning: {H5_TRAIN}: input_name: not UTF-8; decoded as latin-1")
+    unknown = [line for line in summary.splitlines() if "category_id" in line]
+    assert len(unknown) == 1 and "unknown category id (4 records: entry 0" in unknown[0], summary
+    assert "first: entry 0 (id " in unknown[0] and "unknown category id 90" in unknown[0]
+    [group] = [g for g in report.groups() if g.field == "input_name"]
+    assert (group.file, group.kind, group.count) == (H5_TRAIN, "not UTF-8; decoded as latin-1", rows)
+    # the exit status still follows the totals: errors fail, warnings fail only with --strict
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="group"))
+    args = parser.parse_args(["data", "check", str(root), "--no-images", "--json", str(tmp_path / "r.json")])
+    assert args.func(args) == 1
+    out = capsys.readouterr().out
+    assert len([line for line in out.splitlines() if "input_name" in line]) == 1
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert len(written["problems"]) == rows + 4 and {g["count"] for g in written["groups"]} == {rows, 4}
+    _edit_json(root / "fashiongen/test_info.json",
+               lambda entries: [entry.update(category_id=0) for entry in entries[:4]])
+    args = parser.parse_args(["data", "check", str(root), "--no-images"])
+    assert args.func(args) == 0  # latin-1 is a warning
+    args = parser.parse_args(["data", "check", str(root), "--no-images", "--strict"])
+    assert args.func(args) == 1
+
+
+def test_the_line_limit_counts_groups_and_says_what_is_left():
+    from mmf_fashion.data.check_primitives import Report
+
+    report = Report("d")
+    for field in ("a", "b", "c"):
+        for row in range(5):
+            report.add("f.json", f"entry {row}", field, "field missing")
+    lines = report.summary(max_problems=2).splitlines()
+    assert lines[1] == "15 error(s), 0 warning(s)"
+    assert len(lines) == 5 and "... and 1 more line(s) (5 problem(s))" in lines[-1]

@@ -16,7 +16,9 @@ Each source that is present is read: fashiongen/ (HDF5, FashionViL JSON, regions
 attributes.json), fashioniq/ and polyvore_outfits/. A Problem names the file
 (relative to the root), the record (entry / row / line / id) and the field.
 "Error" problems make the check fail; "warning" ones are reported only (things
-the readers tolerate, e.g. latin-1 text in the HDF5).
+the readers tolerate, e.g. latin-1 text in the HDF5). The summary gives one
+line per (file, field, kind of problem) with its count and first records;
+report.problems (and --json) keep every one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Set, Tuple, Union
 
 from mmf_fashion.data.check_primitives import (  # noqa: F401  (re-exported for callers)
-    ERROR, WARNING, ImageChecker, Problem, Report, box_problem, decode_bytes, image_problem,
+    ERROR, WARNING, ImageChecker, Problem, ProblemGroup, Report, box_problem, decode_bytes, image_problem,
     load_json_checked, path_problem, relative_to_root, text_problem,
 )
 
@@ -174,14 +176,16 @@ def check_fashiongen(root: Path, report: Report, decode_images: bool = True) -> 
                                 ("subcategory_id", known_subcategories)):
                 value = entry.get(name)
                 if known is not None and isinstance(value, int) and value not in known:
-                    report.add(file, record, name, f"unknown category id {value}")
+                    report.add(file, record, name, f"unknown category id {value}",
+                               kind="unknown category id")
             attribute_ids = entry.get("attributes_id")
             if isinstance(attribute_ids, list) and vocabulary_size is not None:
                 bad = [a for a in attribute_ids if not isinstance(a, int)
                        or not 0 <= a < vocabulary_size]
                 if bad:
                     report.add(file, record, "attributes_id",
-                               f"ids {bad[:5]} outside the {vocabulary_size} attributes")
+                               f"ids {bad[:5]} outside the {vocabulary_size} attributes",
+                               kind="attribute ids outside the vocabulary")
             paths = entry.get("images")
             if isinstance(paths, list):
                 if not paths:
@@ -219,7 +223,7 @@ def _check_regions(root: Path, split: str, images: ImageChecker, report: Report)
                 continue
             problem = box_problem(region.get("box"), size)
             if problem:
-                report.add(file, where, f"regions[{position}].box", problem)
+                report.add(file, where, f"regions[{position}].box", problem, kind="invalid box")
             problem = text_problem(region.get("phrase"))
             if problem:
                 report.add(file, where, f"regions[{position}].phrase", problem)
@@ -271,7 +275,7 @@ def check_fashioniq(root: Path, report: Report, decode_images: bool = True) -> N
                 _check_asin_image(folder, asin, images, file, record, name, report)
                 if gallery is not None and asin not in gallery:
                     report.add(file, record, name, f"{asin} is not in {relative_to_root(gallery_path, root)}",
-                               WARNING)
+                               WARNING, kind="asin not in the split file")
             captions = pair.get("captions")
             if not isinstance(captions, list) or not captions:
                 report.add(file, record, "captions", "field missing or empty")
@@ -332,7 +336,8 @@ def check_polyvore(root: Path, report: Report, decode_images: bool = True) -> No
             report.add(metadata_file, record, "catgeories", "field missing", WARNING)
         if known is not None and "category_id" in item and str(item["category_id"]) not in known:
             report.add(metadata_file, record, "category_id",
-                       f"unknown category id {item['category_id']} (not in categories.csv)")
+                       f"unknown category id {item['category_id']} (not in categories.csv)",
+                       kind="unknown category id")
     counts: Dict[str, Any] = {"items": len(metadata)}
     for version in ("disjoint", "nondisjoint"):
         if (folder / version).is_dir():
@@ -363,7 +368,7 @@ def _check_polyvore_version(root: Path, folder: Path, version: str, metadata: Di
                 item_id = str(item.get("item_id")) if isinstance(item, dict) else None
                 if item_id is None or item_id not in metadata:
                     report.add(file, record, f"items[{position}].item_id",
-                               f"unknown item id {item_id}")
+                               f"unknown item id {item_id}", kind="unknown item id")
                     continue
                 images.check(folder, f"images/{item_id}.jpg", file, record,
                              f"items[{position}].item_id")
@@ -396,7 +401,7 @@ def _check_polyvore_tasks(root: Path, version: str, split: str, known_refs: Dict
                 unknown = [v for v in values if v not in known_refs]
                 if unknown:
                     report.add(file, f"entry {index}", name,
-                               f"unknown outfit items {unknown[:3]}")
+                               f"unknown outfit items {unknown[:3]}", kind="unknown outfit items")
     file = f"polyvore_outfits/{version}/compatibility_{split}.txt"
     if (root / file).is_file():
         for number, line in enumerate((root / file).read_text(encoding="utf-8").splitlines(), 1):
@@ -404,10 +409,12 @@ def _check_polyvore_tasks(root: Path, version: str, split: str, known_refs: Dict
             if not fields:
                 continue
             if fields[0] not in ("0", "1"):
-                report.add(file, f"line {number}", "label", f"expected 0 or 1, found {fields[0]}")
+                report.add(file, f"line {number}", "label", f"expected 0 or 1, found {fields[0]}",
+                           kind="label not 0 or 1")
             unknown = [v for v in fields[1:] if v not in known_refs]
             if unknown:
-                report.add(file, f"line {number}", "items", f"unknown outfit items {unknown[:3]}")
+                report.add(file, f"line {number}", "items", f"unknown outfit items {unknown[:3]}",
+                           kind="unknown outfit items")
 
 
 def _check_ocir(root: Path, version: str, split: str, metadata: Dict,
@@ -431,12 +438,14 @@ def _check_ocir(root: Path, version: str, split: str, metadata: Dict,
         else:
             unknown = [i for i in items if str(i) not in metadata]
             if unknown:
-                report.add(file, record, "question", f"unknown item ids {unknown[:3]}")
+                report.add(file, record, "question", f"unknown item ids {unknown[:3]}",
+                           kind="unknown item id")
         blank = question.get("blank")
         if blank is None or str(blank) not in metadata:
-            report.add(file, record, "blank", f"unknown item id {blank}")
+            report.add(file, record, "blank", f"unknown item id {blank}", kind="unknown item id")
         elif split_items is not None and str(blank) not in split_items:
-            report.add(file, record, "blank", f"item {blank} is not in the {split} outfits")
+            report.add(file, record, "blank", f"item {blank} is not in the {split} outfits",
+                       kind=f"blank not in the {split} outfits")
 
 
 # ------------------------------------------------------------------ entry point

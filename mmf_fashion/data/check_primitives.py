@@ -9,6 +9,9 @@ Cheatsheet::
     text_problem("caf\ufffd")                    # "undecodable (replacement or control ...)"
     box_problem([0, 0, 40, 10], (32, 32))        # "box [0, 0, 40, 10] is outside the 32x32 image"
     report = Report("data"); report.add(file, record, field, message); report.ok
+    report.add(file, "row 3", "input_name", "not UTF-8", WARNING, kind="not UTF-8")
+    report.groups()        # one ProblemGroup per (file, field, kind, severity), first seen first
+    print(report.summary())  # one line per group: count and first records
 
 mmf_fashion.data.check uses these to walk whole data directories; the dataset
 builders may call them on single records. Each function returns None when the
@@ -30,6 +33,17 @@ from PIL import Image
 ERROR, WARNING = "error", "warning"
 
 
+GROUP_EXAMPLES = 3  # records named on a grouped summary line
+
+
+def default_kind(message: str) -> str:
+    """What a problem is, without the values that differ between records
+    ("unknown category id 99" -> "unknown category id #"): the grouping key
+    when the caller names no kind."""
+    head = re.split(r": | \(", message, maxsplit=1)[0]
+    return re.sub(r"(?<![\w.-])-?\d+(\.\d+)?(?![\w-])", "#", head).strip() or message
+
+
 @dataclass(frozen=True)
 class Problem:
     file: str
@@ -37,9 +51,40 @@ class Problem:
     field: str
     message: str
     severity: str = ERROR
+    kind: str = ""  # groups repeated findings; default_kind(message) when empty
+
+    def __post_init__(self):
+        if not self.kind:
+            object.__setattr__(self, "kind", default_kind(self.message))
 
     def __str__(self) -> str:
         return f"{self.severity}: {self.file}: {self.record}: {self.field}: {self.message}"
+
+
+@dataclass
+class ProblemGroup:
+    """Every problem of one kind in one field of one file."""
+
+    file: str
+    field: str
+    kind: str
+    severity: str
+    problems: List[Problem] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.problems)
+
+    def __str__(self) -> str:
+        if self.count == 1:
+            return str(self.problems[0])
+        first = self.problems[0]
+        records = ", ".join(p.record for p in self.problems[:GROUP_EXAMPLES])
+        more = f" and {self.count - GROUP_EXAMPLES} more" if self.count > GROUP_EXAMPLES else ""
+        line = f"{self.severity}: {self.file}: {self.field}: {self.kind} ({self.count} records: {records}{more})"
+        if any(p.message != self.kind for p in self.problems[:GROUP_EXAMPLES]):
+            line += f"; first: {first.record}: {first.message}"
+        return line
 
 
 @dataclass
@@ -61,24 +106,44 @@ class Report:
         return not self.errors
 
     def add(self, file: Union[str, Path], record: str, field_name: str, message: str,
-            severity: str = ERROR) -> None:
-        self.problems.append(Problem(str(file), record, field_name, message, severity))
+            severity: str = ERROR, kind: str = "") -> None:
+        """kind: what the problem is without its per-record values (e.g. "unknown
+        category id"); findings of one kind in one field of one file share a
+        summary line. Empty: derived from the message (default_kind)."""
+        self.problems.append(Problem(str(file), record, field_name, message, severity, kind))
+
+    def groups(self) -> List[ProblemGroup]:
+        """Problems grouped by (file, field, kind, severity): errors first,
+        then warnings, each in the order first found."""
+        grouped: Dict[Tuple[str, str, str, str], ProblemGroup] = {}
+        for problem in self.errors + self.warnings:
+            key = (problem.file, problem.field, problem.kind, problem.severity)
+            if key not in grouped:
+                grouped[key] = ProblemGroup(*key)
+            grouped[key].problems.append(problem)
+        return list(grouped.values())
 
     def summary(self, max_problems: int = 50) -> str:
+        """Counts, totals, then one line per group (at most max_problems lines)."""
         lines = [f"data dir: {self.root}"]
         for source, counts in self.counts.items():
             text = ", ".join(f"{key}={value}" for key, value in counts.items())
             lines.append(f"  {source}: {text}")
         lines.append(f"{len(self.errors)} error(s), {len(self.warnings)} warning(s)")
-        ordered = self.errors + self.warnings
-        lines.extend(f"  {problem}" for problem in ordered[:max_problems])
-        if len(ordered) > max_problems:
-            lines.append(f"  ... and {len(ordered) - max_problems} more")
+        groups = self.groups()
+        lines.extend(f"  {group}" for group in groups[:max_problems])
+        if len(groups) > max_problems:
+            hidden = sum(group.count for group in groups[max_problems:])
+            lines.append(f"  ... and {len(groups) - max_problems} more line(s) ({hidden} problem(s)); "
+                         "--json writes every one")
         return "\n".join(lines)
 
     def to_dict(self) -> Dict:
         return {"root": self.root, "counts": self.counts, "ok": self.ok,
-                "problems": [asdict(p) for p in self.problems]}
+                "problems": [asdict(p) for p in self.problems],
+                "groups": [{"file": g.file, "field": g.field, "kind": g.kind, "severity": g.severity,
+                            "count": g.count, "records": [p.record for p in g.problems[:GROUP_EXAMPLES]]}
+                           for g in self.groups()]}
 
 
 def path_problem(relative: Any) -> Optional[str]:
@@ -178,7 +243,7 @@ class ImageChecker:
               field_name: str) -> Optional[Tuple[int, int]]:
         unsafe = path_problem(relative)
         if unsafe:
-            self.report.add(file, record, field_name, unsafe)
+            self.report.add(file, record, field_name, unsafe, kind="unsafe path")
             return None
         path = folder / relative
         if path not in self.sizes:

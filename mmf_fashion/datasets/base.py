@@ -13,14 +13,15 @@ Cheatsheet::
             return Sample({...})
 
     dataset.bad_samples.summary()    # what on_bad_sample: skip skipped
+    layout = dataset.pick_layout(choice)   # two-layout data sets (format: auto), see layouts.py
     dataset.report_bad_samples()     # log it now (also done at every epoch end)
 
 Config options every fashion dataset reads:
 - data_dir: the data directory (env.data_dir); relative = from the working dir.
 - on_bad_sample: error (default; the error names file, record and field) |
-  skip (the record is skipped, counted, and the count logged through MMF's
-  writer at the end of each epoch; a skipped __getitem__ serves the next
-  good record so batches keep their size).
+  skip (the record is skipped, counted once per epoch, and the count logged
+  through MMF's writer at the end of each epoch; a skipped __getitem__ serves
+  the next good record so batches keep their size).
 - allow_paths_outside_root: false (absolute and `..` paths are refused).
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ from mmf_fashion.datasets.common import (
     load_image,
     resolve_data_path,
 )
+from mmf_fashion.datasets.layouts import Layout, LayoutChoice, choose_layout, synth_hint
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +107,20 @@ class FashionDataset(BaseDataset):
         needed = getattr(getattr(self, "image_processor", None), "min_source_side", None)
         return int(needed(self.is_train)) if callable(needed) else None
 
-    def handle_bad(self, error: BadSampleError, at_load: bool = False) -> None:
-        """Raise under on_bad_sample: error, count under skip."""
+    def handle_bad(self, error: BadSampleError, at_load: bool = False, index: Optional[int] = None) -> None:
+        """Raise under on_bad_sample: error, count under skip (a record served
+        by __getitem__, given by index, once per epoch)."""
         if self.on_bad_sample == "error":
             raise error
-        self.bad_samples.record(error, at_load=at_load)
+        self.bad_samples.record(error, at_load=at_load, index=index)
+
+    def pick_layout(self, choice: LayoutChoice) -> Layout:
+        """The layout of a two-layout data set (format: auto | <name>), with the
+        choice logged; raises FileNotFoundError naming every layout when none is there."""
+        layout, message = choose_layout(choice, self.data_dir, allow_outside_root=self.allow_paths_outside_root)
+        if message:
+            self.log(message, "info")
+        return layout
 
     def log(self, message: str, level: str = "warning") -> None:
         writer = self.writer or registry.get("writer", no_warning=True)
@@ -122,6 +133,7 @@ class FashionDataset(BaseDataset):
         """Call at the end of __init__: logs records dropped while loading."""
         if self.bad_samples.total:
             self.log(self.bad_samples.summary())
+        self.bad_samples.track_records(len(self.items))
         if not self.items:
             raise ValueError(
                 f"{self.dataset_name}/{self.dataset_type}: no usable records in {self.data_dir}"
@@ -180,11 +192,12 @@ class FashionDataset(BaseDataset):
         sample = None
         attempts = min(self.max_skip_retries + 1, len(self))
         for attempt in range(attempts):
+            record = (index + attempt) % len(self)
             try:
-                sample = self.build_sample((index + attempt) % len(self))
+                sample = self.build_sample(record)
                 break
             except BadSampleError as error:
-                self.handle_bad(error)
+                self.handle_bad(error, index=record)
         if sample is None:
             raise RuntimeError(
                 f"{self.dataset_name}/{self.dataset_type}: {attempts} bad records in a row "
@@ -209,14 +222,21 @@ class FashionDatasetBuilder(BaseDatasetBuilder):
     def required_paths(self, config: Any, dataset_type: str) -> Sequence[str]:
         return []
 
+    def layout_choices(self, config: Any, dataset_type: str) -> Sequence[LayoutChoice]:
+        """Data sets held in one of two layouts (format: auto): build() fails
+        early, naming both, when neither is there."""
+        return []
+
     def build(self, config, dataset_type="train", *args, **kwargs):
         data_dir = config_value(config, "data_dir")
         data_dir = os.path.abspath(str(data_dir)) if data_dir else None
         missing = []
+        allow_outside = bool(config_value(config, "allow_paths_outside_root", False))
         if not data_dir or not os.path.isdir(data_dir):
             missing = [str(data_dir)]
         else:
-            allow_outside = bool(config_value(config, "allow_paths_outside_root", False))
+            for choice in self.layout_choices(config, dataset_type):
+                choose_layout(choice, data_dir, allow_outside_root=allow_outside)  # the dataset logs the choice
             candidates = [
                 resolve_data_path(data_dir, path, file=f"dataset_config.{self.dataset_name}", record="files", field="files", allow_outside_root=allow_outside)
                 for path in self.required_paths(config, dataset_type)
@@ -226,10 +246,8 @@ class FashionDatasetBuilder(BaseDatasetBuilder):
         if missing:
             raise FileNotFoundError(
                 f"{self.dataset_name} ({dataset_type}): data not found: {' or '.join(missing)}.\n"
-                f"Generate the synthetic fashion data with `mmf-fashion data synth --out {data_dir or '<dir>'}` "
-                "(or run `make demo`, which generates it when missing), or put the real files there "
-                f"in their published layout: {self.required_hint} (see docs/ARCHITECTURE.md, 'The data directory'). "
-                "Point env.data_dir (or MMF_FASHION_DATA_DIR) at the directory."
+                f"Put the real files there in their published layout: {self.required_hint}. "
+                + synth_hint(data_dir or "<dir>")
             )
 
     def load(self, config, dataset_type="train", *args, **kwargs):

@@ -309,7 +309,14 @@ class BadSampleCounter:
         self._served = torch.zeros(1, dtype=torch.long).share_memory_()
         self._messages = torch.zeros(max_examples, self._MESSAGE_BYTES, dtype=torch.uint8).share_memory_()
         self._message_count = torch.zeros(1, dtype=torch.long).share_memory_()
+        self._seen = None  # per-record flags of this epoch (track_records)
         self._lock = multiprocessing.Lock()
+
+    def track_records(self, count: int) -> None:
+        """Count a bad record once per epoch, however often it is tried: a
+        record skipped as the stand-in for a bad neighbour is tried again when
+        its own index is served. Call before the DataLoader starts its workers."""
+        self._seen = torch.zeros(max(int(count), 1), dtype=torch.bool).share_memory_()
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -324,9 +331,14 @@ class BadSampleCounter:
         if self._lock is None:
             self._lock = multiprocessing.Lock()
 
-    def record(self, error: BadSampleError, at_load: bool = False) -> None:
+    def record(self, error: BadSampleError, at_load: bool = False, index: Optional[int] = None) -> None:
+        """index: the record's dataset index (with track_records: counted once per epoch)."""
         kind = BAD_KINDS.index(error.kind)
         with self._lock:
+            if index is not None and self._seen is not None and not at_load and 0 <= index < len(self._seen):
+                if bool(self._seen[index]):
+                    return
+                self._seen[index] = True
             if at_load:
                 self._counts[self.LOAD, kind] += 1
             else:
@@ -380,12 +392,16 @@ class BadSampleCounter:
             log(self.summary())
         with self._lock:
             self._counts[self.EPOCH].zero_()
+            if self._seen is not None:
+                self._seen.zero_()
 
     def reset(self) -> None:
         with self._lock:
             self._counts.zero_()
             self._served.zero_()
             self._message_count.zero_()
+            if self._seen is not None:
+                self._seen.zero_()
 
 
 def check_policy(value: Any, *, dataset: str) -> str:

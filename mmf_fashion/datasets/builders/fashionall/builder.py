@@ -14,6 +14,7 @@ from mmf.common.registry import registry
 
 from mmf_fashion.datasets.base import FashionDatasetBuilder, config_value
 from mmf_fashion.datasets.builders.fashionall.dataset import FashionAllDataset
+from mmf_fashion.datasets.builders.fashiongen.dataset import fashiongen_layout_choice
 
 
 @registry.register_builder("fashionall")
@@ -22,7 +23,7 @@ class FashionAllBuilder(FashionDatasetBuilder):
 
     dataset_class = FashionAllDataset
     required_hint = (
-        "one folder per listed source: fashiongen/ (HDF5 or *_info.json + images/) and "
+        "one folder per listed source: fashiongen/ (HDF5 or *_info.json + images/; fashiongen.format: auto reads either) and "
         "polyvore_outfits/ (polyvore_item_metadata.json, images/, {disjoint,nondisjoint}/*.json)"
     )
 
@@ -36,6 +37,13 @@ class FashionAllBuilder(FashionDatasetBuilder):
     def required_paths(self, config, dataset_type):
         folders = {"fashiongen": "fashiongen", "polyvore": "polyvore_outfits"}
         return [folders.get(str(s), str(s)) for s in config_value(config, "sources", ["fashiongen"])]
+
+    def layout_choices(self, config, dataset_type):
+        if "fashiongen" not in [str(s) for s in config_value(config, "sources", ["fashiongen"])]:
+            return []
+        source_config = config_value(config, "fashiongen", {}) or {}
+        flag = "dataset_config.fashionall.fashiongen.format"
+        return [fashiongen_layout_choice(source_config, dataset_type, flag, "fashionall.fashiongen")]
 
     def build(self, config, dataset_type="train", *args, **kwargs):
         # every listed source must be there, not just one of them

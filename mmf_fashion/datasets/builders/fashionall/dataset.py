@@ -11,7 +11,8 @@ Cheatsheet::
     dataset.source_of(sample.product_id)   # ("fashiongen", 1002) / ("polyvore", "100000000")
 
 Sources (``sources: [fashiongen, polyvore]``):
-- fashiongen: FashionGen products (JSON or HDF5, as the fashiongen builder),
+- fashiongen: FashionGen products (JSON or HDF5, as the fashiongen builder:
+  fashiongen.format auto | json | h5),
   with their views and region boxes.
 - polyvore: Polyvore Outfits items of the split's outfits, text = title +
   ". " + description, one view (the second view is an augmented copy).
@@ -54,7 +55,9 @@ class FashionAllDataset(ProductSampleMixin, FashionDataset):
             source_config = self.option(source, {}) or {}
             first_image_id = sum(len(p.views) for p in self.products)
             if source == "fashiongen":
-                products, _ = load_fashiongen_products(self, source_config, dataset_type, num_attributes, first_image_id)
+                products, _ = load_fashiongen_products(
+                    self, source_config, dataset_type, num_attributes, first_image_id, flag="dataset_config.fashionall.fashiongen.format"
+                )
                 if self.use_regions:
                     regions_file = (source_config.get("regions_files", {}) or {}).get(dataset_type)
                     if regions_file:

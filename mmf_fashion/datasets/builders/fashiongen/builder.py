@@ -2,8 +2,10 @@
 
 Cheatsheet::
 
-    mmf_run config=projects/fashionvil/configs/itr.yaml model=fashionvil dataset=fashiongen \
-        dataset_config.fashiongen.format=h5
+    mmf_run config=projects/fashionvil/configs/itr.yaml model=fashionvil dataset=fashiongen
+    # format: auto (default) reads fashiongen/fashiongen_256_256_*.h5 or FashionViL's
+    # *_info.json, whichever is there (json when both are; the log says which);
+    # dataset_config.fashiongen.format=h5|json picks one
     from mmf.utils.build import build_dataset
     dataset = build_dataset("fashiongen", config, "val")     # FashionGenDataset
 
@@ -15,8 +17,8 @@ import os
 
 from mmf.common.registry import registry
 
-from mmf_fashion.datasets.base import FashionDatasetBuilder, config_value
-from mmf_fashion.datasets.builders.fashiongen.dataset import FashionGenDataset
+from mmf_fashion.datasets.base import FashionDatasetBuilder
+from mmf_fashion.datasets.builders.fashiongen.dataset import FashionGenDataset, fashiongen_layout_choice
 
 LABEL_NAME_KEYS = ("category_names", "subcategory_names")
 
@@ -28,7 +30,7 @@ class FashionGenBuilder(FashionDatasetBuilder):
     dataset_class = FashionGenDataset
     required_hint = (
         "fashiongen/fashiongen_256_256_{train,validation}.h5 (format: h5) or "
-        "fashiongen/{train,val,test}_info.json with fashiongen/images/ (format: json)"
+        "fashiongen/{train,val,test}_info.json with fashiongen/images/ (format: json); format: auto reads either"
     )
 
     def __init__(self):
@@ -53,8 +55,6 @@ class FashionGenBuilder(FashionDatasetBuilder):
             else:
                 registry.unregister(f"{self.dataset_name}_{key}")
 
-    def required_paths(self, config, dataset_type):
-        fmt = str(config_value(config, "format", "json"))
-        files = config_value(config, "files", {}) or {}
-        split_files = files.get(fmt, {}) or {}
-        return [str(split_files[dataset_type])] if dataset_type in split_files else []
+    def layout_choices(self, config, dataset_type):
+        flag = f"dataset_config.{self.dataset_name}.format"
+        return [fashiongen_layout_choice(config, dataset_type, flag, self.dataset_name)]

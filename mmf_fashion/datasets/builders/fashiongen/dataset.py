@@ -10,7 +10,8 @@ Cheatsheet::
     sample.masked_input_ids, sample.mlm_labels, sample.image_2, sample.patch_mask,
     sample.attribute_targets, sample.boxes, sample.box_valid, sample.box_input_ids
 
-Options (dataset_config.fashiongen, see defaults.yaml): format h5|json, unit
+Options (dataset_config.fashiongen, see defaults.yaml): format auto|h5|json
+(auto: whichever layout holds the split's file, json when both do), unit
 product|image|auto (auto: one sample per product when training, one per image
 otherwise), mlm, second_view, patch_mask, attribute_labels, regions, and the
 shared on_bad_sample / allow_paths_outside_root.
@@ -25,7 +26,7 @@ from typing import Dict, List, Optional
 import torch
 from mmf.common.sample import Sample
 
-from mmf_fashion.datasets.base import FashionDataset
+from mmf_fashion.datasets.base import FashionDataset, config_value
 from mmf_fashion.datasets.builders.fashiongen.records import (
     Product,
     Region,
@@ -39,10 +40,39 @@ from mmf_fashion.datasets.builders.fashiongen.records import (
     read_regions,
 )
 from mmf_fashion.datasets.common import BadSampleError, LazyH5File, image_from_array
+from mmf_fashion.datasets.layouts import AUTO, Layout, LayoutChoice
 from mmf_fashion.processors.boxes import box_problem
 from mmf_fashion.processors.sampling import pick_two_views
 
 UNITS = ("auto", "product", "image")
+# format: auto prefers json when both layouts are there: FashionViL's JSON
+# has its own test split and attribute ids (the HDF5 test is its validation)
+LAYOUTS = (
+    ("json", "FashionViL's product JSON", "with the images it names, under image_root"),
+    ("h5", "the published HDF5", ""),
+)
+
+
+def flag_owner(flag: str) -> str:
+    """'dataset_config.fashionall.fashiongen.format' -> 'fashionall.fashiongen'."""
+    return flag.rsplit(".", 1)[0].replace("dataset_config.", "", 1)
+
+
+def fashiongen_layout_choice(source_config, dataset_type: str, flag: str, label: str) -> LayoutChoice:
+    """The layouts that name a file for this split (files.<format>.<split>),
+    for choose_layout; ``flag`` is the format option's full name."""
+    requested = str(config_value(source_config, "format", AUTO))
+    files = config_value(source_config, "files", {})
+    layouts = []
+    for name, title, needs in LAYOUTS:
+        split_files = files.get(name, {}) or {}
+        if dataset_type in split_files:
+            layouts.append(Layout(name, title, str(split_files[dataset_type]), needs))
+        elif requested == name:
+            raise ValueError(f"{flag}={name}, but {flag.rsplit('.', 1)[0]}.files.{name} names no file for split '{dataset_type}'")
+    if not layouts:
+        raise ValueError(f"{flag.rsplit('.', 1)[0]}.files names no FashionGen file for split '{dataset_type}'")
+    return LayoutChoice(f"{label} ({dataset_type})", flag, requested, layouts)
 
 
 class ProductSampleMixin:
@@ -189,17 +219,18 @@ class ProductSampleMixin:
         return sample
 
 
-def load_fashiongen_products(dataset, source_config, dataset_type: str, num_attributes: Optional[int], first_image_id: int = 0):
+def load_fashiongen_products(dataset, source_config, dataset_type: str, num_attributes: Optional[int], first_image_id: int = 0,
+                             flag: Optional[str] = None):
     """(products, label vocabularies) of one split, from source_config's
-    format (h5 | json), files and image_root; HDF5 handles are added to
-    dataset.h5_files (they open lazily, per worker)."""
-    fmt = str(source_config.get("format", "json") or "json")
-    if fmt not in ("h5", "json"):
-        raise ValueError(f"{dataset.dataset_name}: fashiongen format must be h5 or json, got '{fmt}'")
+    format (auto | h5 | json; the layout read is left in dataset.fashiongen_format), files
+    and image_root; HDF5 handles are added to dataset.h5_files (they open
+    lazily, per worker). flag: the format option's name in messages."""
+    flag = flag or f"dataset_config.{dataset.dataset_name}.format"
+    choice = fashiongen_layout_choice(source_config, dataset_type, flag, flag_owner(flag))
+    fmt = dataset.pick_layout(choice).name
+    dataset.fashiongen_format = fmt
     files = source_config.get("files", {}) or {}
     split_files = dict(files.get(fmt, {}) or {})
-    if dataset_type not in split_files:
-        raise ValueError(f"{dataset.dataset_name}: files.{fmt} names no fashiongen file for split '{dataset_type}'")
 
     def resolved(relative):
         return dataset.data_path(str(relative), file=f"dataset_config.{dataset.dataset_name}", record="files", field="files")
@@ -237,8 +268,8 @@ class FashionGenDataset(ProductSampleMixin, FashionDataset):
         if self.use_attribute_labels:
             self.load_attribute_vocabulary(str(self.option("attributes_file", "fashiongen/attributes.json")))
         num_attributes = len(self.attribute_vocabulary) if self.use_attribute_labels else None
-        self.format = str(self.option("format", "json"))
         self.products, self.vocabs = load_fashiongen_products(self, self.config, dataset_type, num_attributes)
+        self.format = self.fashiongen_format  # the layout read (h5 | json)
         if self.use_regions:
             regions_files = self.option("regions_files", {}) or {}
             if dataset_type in regions_files:
@@ -284,4 +315,4 @@ class FashionGenDataset(ProductSampleMixin, FashionDataset):
         return {p.product_id: p.subcategory_id for p in self.products}
 
 
-__all__ = ["FashionGenDataset", "ProductSampleMixin", "load_fashiongen_products"]
+__all__ = ["FashionGenDataset", "ProductSampleMixin", "fashiongen_layout_choice", "load_fashiongen_products"]

@@ -53,7 +53,9 @@ class FashionIQDataset(FashionDataset):
 
         self.gallery_asins: List[str] = []
         self.gallery_categories: List[int] = []
+        self.gallery_origins: List[Tuple[str, str]] = []  # (file, record) that first named each
         self.asin_index: Dict[Tuple[str, int], int] = {}
+        self._missing_images = None  # (missing, total) asins of the split, counted on first need
         appended = 0
         for category_index, category in enumerate(self.categories):
             split_path = self._config_file(f"{splits_dir}/split.{category}.{split}.json")
@@ -63,7 +65,8 @@ class FashionIQDataset(FashionDataset):
                     raise ValueError(f"{split_path}: expected a JSON list of asins")
                 for position, asin in enumerate(asins):
                     try:
-                        self._gallery_index(decode_text(asin, file=split_path, record=f"entry {position}", field="asin"), category_index)
+                        record = f"entry {position}"
+                        self._gallery_index(decode_text(asin, file=split_path, record=record, field="asin"), category_index, (split_path, record))
                     except BadSampleError as error:
                         self.handle_bad(error, at_load=True)
             else:
@@ -85,8 +88,8 @@ class FashionIQDataset(FashionDataset):
                     self.handle_bad(error, at_load=True)
                     continue
                 before = len(self.gallery_asins)
-                reference_id = self._gallery_index(candidate, category_index)
-                target_id = self._gallery_index(target, category_index)
+                reference_id = self._gallery_index(candidate, category_index, (captions_path, record))
+                target_id = self._gallery_index(target, category_index, (captions_path, record))
                 appended += len(self.gallery_asins) - before
                 self.items.append((reference_id, target_id, captions, category_index, captions_path, record))
         if appended:
@@ -99,12 +102,13 @@ class FashionIQDataset(FashionDataset):
     def _config_file(self, relative: str) -> str:
         return self.data_path(relative, file="dataset_config.fashioniq", record="files", field="files")
 
-    def _gallery_index(self, asin: str, category_index: int) -> int:
+    def _gallery_index(self, asin: str, category_index: int, origin: Tuple[str, str]) -> int:
         key = (asin, category_index)
         if key not in self.asin_index:
             self.asin_index[key] = len(self.gallery_asins)
             self.gallery_asins.append(asin)
             self.gallery_categories.append(category_index)
+            self.gallery_origins.append(origin)
         return self.asin_index[key]
 
     def _captions(self, value, file: str, record: str) -> List[str]:
@@ -120,7 +124,29 @@ class FashionIQDataset(FashionDataset):
         for path in candidates:
             if os.path.isfile(path):
                 return path
-        raise BadSampleError(file, record, field, f"no image for asin {asin}: tried {', '.join(candidates)}", "missing_image")
+        missing, total = self.missing_images()
+        raise BadSampleError(
+            file, record, field,
+            f"no image for asin {asin}: tried {', '.join(candidates)}. "
+            f"{missing} of the {total} images of the {self.dataset_type} split are missing "
+            f"(the real FashionIQ has images that can no longer be downloaded). "
+            f"To go on without their records: dataset_config.{self.dataset_name}.on_bad_sample=skip "
+            "(skips are counted and reported at every epoch end)",
+            "missing_image",
+        )
+
+    def missing_images(self) -> Tuple[int, int]:
+        """(missing, total) distinct asins of this split without an image file:
+        one os.path check per asin and extension, done once per dataset
+        instance (each DataLoader worker counts for itself)."""
+        if self._missing_images is None:
+            folder = os.path.join(self.data_dir, self.image_dir)
+            asins = set(self.gallery_asins)
+            missing = sum(
+                1 for asin in asins if not any(os.path.isfile(os.path.join(folder, f"{asin}{ext}")) for ext in self.image_extensions)
+            )
+            self._missing_images = (missing, len(asins))
+        return self._missing_images
 
     def load_asin(self, gallery_index: int, *, file: str, record: str, field: str, is_train: bool) -> torch.Tensor:
         asin = self.gallery_asins[gallery_index]
@@ -173,9 +199,10 @@ class FashionIQGallery(Dataset):
 
     def __getitem__(self, position: int) -> Sample:
         index = self.indices[position]
-        record = f"gallery image {index} ({self.parent.gallery_asins[index]})"
+        file, origin = self.parent.gallery_origins[index]
+        record = f"gallery image {index} ({self.parent.gallery_asins[index]}, {origin})"
         try:
-            image = self.parent.load_asin(index, file="fashioniq gallery", record=record, field="image", is_train=False)
+            image = self.parent.load_asin(index, file=file, record=record, field="image", is_train=False)
         except BadSampleError as error:
             self.parent.handle_bad(error)
             size = self.parent.require_processor("image_processor").size

@@ -7,14 +7,16 @@ Cheatsheet::
     dataset = build_dataset("polyvore_ocir", config, "test")
     gallery = dataset.gallery_dataset()      # {image, blank_id, blank_category}
 
-Options: defaults.yaml (version: disjoint | nondisjoint).
+Options: defaults.yaml (version: disjoint | nondisjoint; format: auto | ocir |
+outfits, auto = FashionViL's ocir_*.json when there, else questions derived
+from the published outfits; the log says which).
 """
 import os
 
 from mmf.common.registry import registry
 
-from mmf_fashion.datasets.base import FashionDatasetBuilder, config_value
-from mmf_fashion.datasets.builders.polyvore_ocir.dataset import PolyvoreOCIRDataset
+from mmf_fashion.datasets.base import FashionDatasetBuilder
+from mmf_fashion.datasets.builders.polyvore_ocir.dataset import PolyvoreOCIRDataset, ocir_layout_choice
 
 
 @registry.register_builder("polyvore_ocir")
@@ -24,7 +26,8 @@ class PolyvoreOCIRBuilder(FashionDatasetBuilder):
     dataset_class = PolyvoreOCIRDataset
     required_hint = (
         "polyvore_outfits/polyvore_item_metadata.json, polyvore_outfits/images/<item_id>.jpg and "
-        "polyvore_outfits/ocir_{disjoint,nondisjoint}_{train,test}.json (or {disjoint,nondisjoint}/{train,valid,test}.json)"
+        "polyvore_outfits/ocir_{disjoint,nondisjoint}_{train,test}.json (format: ocir) or "
+        "polyvore_outfits/{disjoint,nondisjoint}/{train,valid,test}.json (format: outfits); format: auto reads either"
     )
 
     def __init__(self):
@@ -34,8 +37,5 @@ class PolyvoreOCIRBuilder(FashionDatasetBuilder):
     def config_path(cls):
         return os.path.join(os.path.dirname(os.path.abspath(__file__)), "defaults.yaml")
 
-    def required_paths(self, config, dataset_type):
-        root = str(config_value(config, "root", "polyvore_outfits"))
-        version = str(config_value(config, "version", "nondisjoint"))
-        split = str((config_value(config, "split_names", {}) or {}).get(dataset_type, dataset_type))
-        return [f"{root}/ocir_{version}_{split}.json", f"{root}/{version}/{split}.json"]
+    def layout_choices(self, config, dataset_type):
+        return [ocir_layout_choice(config, dataset_type)]

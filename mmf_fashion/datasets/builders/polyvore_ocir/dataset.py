@@ -11,10 +11,12 @@ Cheatsheet::
 A question is an outfit with one item removed (the blank) plus the blank's
 category; the gallery is every item of the split (rank those of the blank's
 category). blank_id indexes ``dataset.gallery_items`` (item ids of the split
-in order of appearance). Questions come from FashionViL's
-ocir_<version>_<split>.json; when that file is missing they are derived
-from <version>/<split>.json (every item of every outfit in turn for train,
-one seeded pick per outfit otherwise).
+in order of appearance). The questions come from one of two layouts
+(``format``): ocir = FashionViL's ocir_<version>_<split>.json; outfits = the
+published <version>/<split>.json, from which they are derived (every item of
+every outfit in turn for train, one seeded pick per outfit otherwise). auto
+(the default) reads whichever is there, ocir when both are (its questions are
+the ones FashionViL's numbers were measured on); the log says which.
 """
 from __future__ import annotations
 
@@ -27,11 +29,25 @@ import torch
 from mmf.common.sample import Sample
 from torch.utils.data import Dataset
 
-from mmf_fashion.datasets.base import FashionDataset
+from mmf_fashion.datasets.base import FashionDataset, config_value
 from mmf_fashion.datasets.common import BadSampleError, read_json, require_field
+from mmf_fashion.datasets.layouts import AUTO, Layout, LayoutChoice
 
 VERSIONS = ("disjoint", "nondisjoint")
 CATEGORY_FIELDS = ("semantic_category", "category_id")
+NEEDS = "with polyvore_item_metadata.json and images/"
+
+
+def ocir_layout_choice(config, dataset_type: str) -> LayoutChoice:
+    """The two question layouts of a split, ocir first (preferred under auto)."""
+    root = str(config_value(config, "root", "polyvore_outfits"))
+    version = str(config_value(config, "version", "nondisjoint"))
+    split = str((config_value(config, "split_names", {}) or {}).get(dataset_type, dataset_type))
+    layouts = [
+        Layout("ocir", "FashionViL's OCIR questions", f"{root}/ocir_{version}_{split}.json", NEEDS),
+        Layout("outfits", "the published Polyvore Outfits (questions derived from the outfits)", f"{root}/{version}/{split}.json", NEEDS),
+    ]
+    return LayoutChoice(f"polyvore_ocir ({dataset_type})", "dataset_config.polyvore_ocir.format", str(config_value(config, "format", AUTO)), layouts)
 
 
 def read_categories_csv(path: str) -> List[List[str]]:
@@ -107,16 +123,15 @@ class PolyvoreOCIRDataset(FashionDataset):
         return names
 
     def _questions(self, root: str, split: str):
-        path = self._config_file(f"{root}/ocir_{self.version}_{split}.json")
-        if os.path.isfile(path):
+        layout = self.pick_layout(ocir_layout_choice(self.config, self.dataset_type))
+        self.format = layout.name
+        path = self._config_file(layout.path)
+        if layout.name == "ocir":
             questions = read_json(path)
             if not isinstance(questions, list):
                 raise ValueError(f"{path}: expected a JSON list of {{question, blank}}")
             return questions, path
-        outfits_path = self._config_file(f"{root}/{self.version}/{split}.json")
-        if not os.path.isfile(outfits_path):
-            raise FileNotFoundError(f"polyvore_ocir: neither {path} nor {outfits_path} exists")
-        self.log(f"polyvore_ocir: {path} not found; deriving OCIR questions from {outfits_path}")
+        outfits_path = path
         rng = random.Random(int(self.option("derive_seed", 0)))
         questions = []
         for outfit in read_json(outfits_path):
