@@ -7,6 +7,8 @@ Cheatsheet::
     config = load_config("projects/align/configs/itr.yaml", model="align", dataset="fashiongen",
                          overrides=["env.data_dir=/tmp/fixture", "model_config.align.embed_dim=32"])
     model = build_model_from_config(config, checkpoint="save/align_itr/align_final.pth")  # eval mode
+    # a checkpoint that needs full unpickling: refused unless the user opts in
+    model = build_model_from_config(config, checkpoint="trusted.ckpt", allow_unsafe=True)
     val = build_split_dataset(config, "fashiongen", "val")
     sample = val[0]                          # an mmf Sample with the ARCHITECTURE.md keys
     loader = split_loader(val, batch_size=16)   # SampleLists, MMF's collator
@@ -15,7 +17,9 @@ The config goes through MMF's own Configuration (defaults -> model
 config_path() -> builder config_path() -> the YAML -> the overrides), so a
 command sees exactly what `mmf_run config=... model=... dataset=... k=v`
 would. The bridge is installed and the plugin registered on first use.
-Used by `mmf-fashion plot embeddings`; the index command may use it too.
+build_model_from_config is the one function that builds a model from a
+config and a checkpoint (plot embeddings, index build/search, benchmarks);
+it reads every file through checkpointing.safe_torch_load.
 """
 from __future__ import annotations
 
@@ -113,17 +117,52 @@ def resolve_device(name: str = "auto"):
     return device
 
 
-def build_model_from_config(config, checkpoint: Optional[str] = None, device: str = "cpu", strict: bool = True):
+def _ensure_mmf_globals(verbose: bool = False) -> None:
+    # some models read the global config or writer while they build; load_config
+    # registers both, a caller with only a model config (the index) may not have
+    from mmf.common.registry import registry
+
+    if registry.get("config", no_warning=True) is None:
+        from mmf.utils.configuration import Configuration
+
+        registry.register("config", Configuration().get_config())
+    if registry.get("writer", no_warning=True) is None:
+        registry.register("writer", ConsoleWriter(verbose=verbose))
+
+
+def build_model_from_config(
+    config,
+    checkpoint: Optional[str] = None,
+    device: str = "cpu",
+    strict: bool = True,
+    *,
+    allow_unsafe: Optional[bool] = None,
+    checkpoint_state=None,
+):
     """The registered model of config.model, built as the trainer builds it,
     with the weights of `checkpoint` (a `<model>_final.pth` state dict or a
-    trainer checkpoint holding "model"), in eval mode on `device`."""
+    trainer checkpoint holding "model"), in eval mode on `device`.
+
+    The one place that turns a config + checkpoint into a model (plot,
+    index, benchmarks). config: anything with `model` and
+    `model_config.<model>` (load_config's, or
+    mmf_fashion.retrieval.model_io.resolve_model_config's for the index).
+    allow_unsafe: the user's opt-in to full unpickling (--allow-unsafe-load);
+    None reads checkpoint.allow_unsafe_load from config. The same decision
+    covers the files the model reads while it builds (tokenizer, encoder
+    weights). checkpoint_state: the checkpoint already read with
+    safe_torch_load, so that a caller who needed its saved config reads it once.
+    """
+    ensure_mmf()
     from mmf.common.registry import registry
     from mmf.utils.build import build_model
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
 
     from mmf_fashion.trainers import checkpointing as ckpt
 
-    if checkpoint and not os.path.isfile(checkpoint):
+    if allow_unsafe is None:
+        allow_unsafe = ckpt.unsafe_load_allowed(config)
+    if checkpoint and checkpoint_state is None and not os.path.isfile(checkpoint):
         raise RuntimeSetupError(f"checkpoint {checkpoint}: no such file")
     name = config.model
     if not name or name not in config.model_config:
@@ -135,20 +174,29 @@ def build_model_from_config(config, checkpoint: Optional[str] = None, device: st
         attributes.model = name
     torch_device = resolve_device(str(device))
     registry.register("current_device", torch_device)
-    model = build_model(attributes)
-    if checkpoint:
-        allow_unsafe = bool(OmegaConf.select(config, "checkpoint.allow_unsafe_load", default=False))
+    _ensure_mmf_globals()
+    state = checkpoint_state
+    if checkpoint and state is None:  # read before the (slower) build: a refused file fails fast
         try:
-            state = ckpt.safe_torch_load(checkpoint, allow_unsafe)
-        except ckpt.UnsafeCheckpointError as error:
+            state = ckpt.safe_torch_load(checkpoint, allow_unsafe=allow_unsafe)
+        except (ckpt.UnsafeCheckpointError, ValueError) as error:  # the message names the file
             raise RuntimeSetupError(str(error)) from error
+    try:
+        with ckpt.unsafe_loading(allow_unsafe):
+            model = build_model(attributes)
+    except ckpt.UnsafeCheckpointError as error:  # a file the model reads while it builds
+        raise RuntimeSetupError(str(error)) from error
+    if state is not None:
         weights = state["model"] if isinstance(state, dict) and isinstance(state.get("model"), dict) else state
         if not isinstance(weights, dict):
-            raise RuntimeSetupError(f"{checkpoint}: expected a state dict, found {type(weights).__name__}")
+            raise RuntimeSetupError(
+                f"{checkpoint}: expected a state dict or a checkpoint with a 'model' entry, "
+                f"found {type(weights).__name__}"
+            )
         try:
-            ckpt.load_model_state(model, weights, strict=strict, source=checkpoint)
+            ckpt.load_model_state(model, weights, strict=strict, source=str(checkpoint), what=f"model '{name}'")
         except ValueError as error:  # the message lists missing / unexpected / mismatched keys
-            raise RuntimeSetupError(f"{error}\n(is it a checkpoint of '{name}' with this config?)") from error
+            raise RuntimeSetupError(f"{error}\n(was it trained with this model config?)") from error
     return model.to(torch_device).eval()
 
 

@@ -49,6 +49,14 @@ def test_train_writes_checkpoints_and_metrics_then_resumes(tmp_path, data_dir):
     history = [json.loads(line) for line in open(os.path.join(save, "metrics.jsonl"))]
     assert [h["num_updates"] for h in history][:2] == [3, 6]
     assert os.path.exists(os.path.join(save, "current.ckpt"))
+    # training losses, machine-readable at every log_interval
+    train = [json.loads(line) for line in open(os.path.join(save, "train.jsonl"))]
+    assert [t["num_updates"] for t in train] == [2, 4, 6]  # log_interval 2
+    for record in train:
+        tasks = {k: v for k, v in record.items() if k.startswith("train/fashiongen/")}
+        assert tasks and record["train/total_loss"] == pytest.approx(sum(tasks.values()))
+        assert record["train/lr"] >= 0 and record["train/samples_per_s"] > 0
+    assert train[0]["train/lr"] > 0 == train[-1]["train/lr"]  # the cosine schedule ends at 0
     assert os.path.exists(os.path.join(save, "align_final.pth"))
     # resume and train further: the run continues from update 6
     mmf_run(save, data_dir, "checkpoint.resume=True", "training.max_updates=8")

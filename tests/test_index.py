@@ -8,6 +8,7 @@ import re
 
 import pytest
 import torch
+from margins import ranking_margin
 from torch import nn
 
 from mmf_fashion.retrieval import (
@@ -130,8 +131,12 @@ def test_backends_return_the_same_ranking(gallery_dir):
     queries = ["red", "green blue", "yellow", "dark"]
     ra, rb = search(model, a, texts=queries, k=8), search(model, b, texts=queries, k=8)
     for qa, qb in zip(ra, rb):
-        assert [round(h["score"], 4) for h in qa] == [round(h["score"], 4) for h in qb]
-        assert name_of(qa[0]) == name_of(qb[0])
+        # the two backends sum in another order: scores agree within float32 noise, and
+        # the top hit agrees where its lead over the runner-up exceeds that noise
+        assert [h["score"] for h in qb] == pytest.approx([h["score"] for h in qa], abs=1e-5)
+        if ranking_margin(torch.tensor([h["score"] for h in qa[:2]])) > 1e-4:
+            assert name_of(qa[0]) == name_of(qb[0])
+    assert sum(ranking_margin(torch.tensor([h["score"] for h in q[:2]])) > 1e-4 for q in ra) >= 3
 
 
 def test_text_gallery_and_image_queries(gallery_dir):

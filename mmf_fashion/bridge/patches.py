@@ -240,6 +240,52 @@ def config_to_yaml(module):
         _record("Checkpoint.save_config: OmegaConf.to_yaml")
 
 
+def _reads_torch_files(function) -> bool:
+    # the function looks up the module's `torch` and calls its `load`
+    code = getattr(function, "__code__", None)
+    return code is not None and "torch" in code.co_names and "load" in code.co_names
+
+
+@patch("mmf.utils.checkpoint")
+def weights_only_checkpoints(module):
+    """rc10 unpickles checkpoints in full (Checkpoint._torch_load, used by
+    training.trainer=base_trainer resumes; load_pretrained_model, used by
+    BaseModel.from_pretrained and checkpoint.resume_zoo), so a file can run
+    code. Our trainer never goes there, but mmf_run and user code can: give
+    that module a torch whose load is safe_torch_load, with the run's
+    checkpoint.allow_unsafe_load as the opt-in."""
+    import types
+
+    import torch
+
+    current = getattr(module, "torch", None)
+    if getattr(current, "__mmf_fashion__", False) or current is not torch:
+        return
+    readers = (
+        getattr(module, "load_pretrained_model", None),
+        getattr(getattr(module, "Checkpoint", None), "_torch_load", None),
+    )
+    if not any(_reads_torch_files(reader) for reader in readers):
+        return
+    from mmf_fashion.trainers.checkpointing import safe_torch_load, unsafe_load_allowed
+
+    class _TorchWithSafeLoad(types.ModuleType):
+        """torch for this module only: every name is torch's, except load."""
+
+        __mmf_fashion__ = True
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        @staticmethod
+        def load(f, map_location=None, **_ignored):
+            # weights_only and pickle options are not the caller's to choose
+            return safe_torch_load(f, allow_unsafe=unsafe_load_allowed(), map_location=map_location)
+
+    module.torch = _TorchWithSafeLoad("torch")
+    _record("checkpoint: Checkpoint._torch_load and load_pretrained_model read through safe_torch_load")
+
+
 # ---------------------------------------------------------------- distributed
 @patch("mmf.utils.distributed")
 def distributed_without_nccl_or_cuda(module):

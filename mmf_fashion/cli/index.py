@@ -20,6 +20,10 @@ Cheatsheet::
 The model is rebuilt for `search` from what `build` stored beside the index
 (name, checkpoint, config, overrides) unless --model/--checkpoint/--config
 are given again. Model interface: mmf_fashion/retrieval/__init__.py.
+
+Checkpoints and torch index files are read weights-only: a file that needs
+full unpickling (which can run code) is refused unless --allow-unsafe-load
+is given, on each command (an index does not remember it).
 """
 from __future__ import annotations
 
@@ -38,6 +42,10 @@ def _add_model_arguments(parser, required_help: str) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument(
+        "--allow-unsafe-load", action="store_true",
+        help="load torch files that need full unpickling, which can run code: only files you trust",
+    )
+    parser.add_argument(
         "--image-size", type=int, default=None,
         help="square size of the default image transform (build: 224; search: as built)",
     )
@@ -48,11 +56,26 @@ def _fail(message: str) -> int:
     return 1
 
 
+def _load_model(name, config, overrides, checkpoint, device, allow_unsafe):
+    """(model, info): the index's model config, then the one model builder
+    (runtime.build_model_from_config), the checkpoint read once."""
+    from mmf_fashion.retrieval.model_io import resolve_model_config
+    from mmf_fashion.runtime import build_model_from_config
+
+    model_config, info, state = resolve_model_config(
+        name, config=config, overrides=overrides, checkpoint=checkpoint, allow_unsafe=allow_unsafe
+    )
+    model = build_model_from_config(
+        model_config, checkpoint=checkpoint, device=device, allow_unsafe=allow_unsafe, checkpoint_state=state
+    )
+    return model, info
+
+
 def run_build(args) -> int:
     from mmf_fashion.retrieval.catalogue import dataset_gallery
     from mmf_fashion.retrieval.images import list_images, read_lines
     from mmf_fashion.retrieval.index import RetrievalError, build_index
-    from mmf_fashion.retrieval.model_io import load_model
+    from mmf_fashion.trainers.checkpointing import UnsafeCheckpointError
 
     records = None
     try:
@@ -65,9 +88,8 @@ def run_build(args) -> int:
             items, records = dataset_gallery(
                 args.dataset, args.split, args.data_dir, modality, args.polyvore_version
             )
-        model, info = load_model(
-            args.model, config=args.config, overrides=args.overrides,
-            checkpoint=args.checkpoint, device=args.device,
+        model, info = _load_model(
+            args.model, args.config, args.overrides, args.checkpoint, args.device, args.allow_unsafe_load
         )
         info["image_size"] = args.image_size or 224
         index = build_index(
@@ -76,7 +98,7 @@ def run_build(args) -> int:
             backend=args.backend, model_info=info, records=records,
         )
         index_path, meta_path = index.save(args.out)
-    except (RetrievalError, FileNotFoundError, ValueError) as error:
+    except (RetrievalError, FileNotFoundError, ValueError, UnsafeCheckpointError) as error:
         return _fail(str(error))
     print(
         f"indexed {len(index)} {modality}s with '{info['name']}' ({index.dim}-d, {index.backend}) "
@@ -88,18 +110,18 @@ def run_build(args) -> int:
 def run_search(args) -> int:
     from mmf_fashion.retrieval.images import default_transform, load_images
     from mmf_fashion.retrieval.index import EmbeddingIndex, RetrievalError, search
-    from mmf_fashion.retrieval.model_io import load_model
+    from mmf_fashion.trainers.checkpointing import UnsafeCheckpointError
 
     if not args.text and not args.image:
         return _fail("give --text, --image, or both")
     try:
-        index = EmbeddingIndex.load(args.index)
+        index = EmbeddingIndex.load(args.index, allow_unsafe=args.allow_unsafe_load)
         stored = index.model_info
         overrides = args.overrides or stored.get("overrides") or []
-        model, _ = load_model(
-            args.model or stored.get("name"), config=args.config or stored.get("config"),
-            overrides=overrides, checkpoint=args.checkpoint or stored.get("checkpoint"),
-            device=args.device,
+        # the sidecar may name any checkpoint: it is read as safely as one given here
+        model, _ = _load_model(
+            args.model or stored.get("name"), args.config or stored.get("config"), overrides,
+            args.checkpoint or stored.get("checkpoint"), args.device, args.allow_unsafe_load,
         )
         images = None
         if args.image:
@@ -108,7 +130,7 @@ def run_search(args) -> int:
             transform = own() if callable(own) else default_transform(size)
             images = load_images([args.image], transform)
         hits = search(model, index, texts=[args.text] if args.text else None, images=images, k=args.k)[0]
-    except (RetrievalError, FileNotFoundError, ValueError) as error:
+    except (RetrievalError, FileNotFoundError, ValueError, UnsafeCheckpointError) as error:
         return _fail(str(error))
     if args.json:
         print(json.dumps(hits, indent=1))

@@ -14,6 +14,8 @@ Cheatsheet::
     # trailing k=v pairs are MMF config overrides, as for mmf_run
     mmf-fashion plot embeddings --config my.yaml --model fashionvil --dataset fashiongen \\
         --out tsne.png env.data_dir=/data/fashion model_config.fashionvil.head=contrastive
+    # a trusted checkpoint that is not weights-only (refused without the flag)
+    mmf-fashion plot embeddings ... --checkpoint old_mmf.ckpt --allow-unsafe-load --out tsne.png
 
 --keys takes comma-separated exact keys, family names ("loss",
 "r@k_general") or globs ("val/*/r@k_general/t2i_*"). Embeddings come from
@@ -55,12 +57,17 @@ def run_curves(args) -> int:
 def run_embeddings(args) -> int:
     from mmf_fashion import runtime
     from mmf_fashion.datasets.common import BadSampleError
+    from mmf_fashion.trainers.checkpointing import UnsafeCheckpointError
     from mmf_fashion.visualize import PlotError, collect_embeddings, evenly_spaced, plot_embeddings
 
     try:
         config = runtime.load_config(args.config, args.model, args.dataset, args.overrides)
         dataset = runtime.build_split_dataset(config, args.dataset, args.split)
-        model = runtime.build_model_from_config(config, checkpoint=args.checkpoint, device=args.device)
+        # the flag, or checkpoint.allow_unsafe_load=true among the overrides (as for mmf_run)
+        allow_unsafe = True if args.allow_unsafe_load else None
+        model = runtime.build_model_from_config(
+            config, checkpoint=args.checkpoint, device=args.device, allow_unsafe=allow_unsafe
+        )
         indices = evenly_spaced(len(dataset), args.max_items)
         loader = runtime.split_loader(dataset, batch_size=args.batch_size, indices=indices)
         points_by_kind, labels = collect_embeddings(
@@ -70,7 +77,8 @@ def run_embeddings(args) -> int:
         title = f"{args.model} on {args.dataset}/{args.split} ({len(indices)} items)"
         plot_embeddings(points_by_kind, labels, args.out, label_names=names, seed=args.seed,
                         perplexity=args.perplexity, title=title)
-    except (PlotError, runtime.RuntimeSetupError, BadSampleError, FileNotFoundError) as error:
+    except (PlotError, runtime.RuntimeSetupError, BadSampleError, FileNotFoundError,
+            UnsafeCheckpointError) as error:
         print(f"mmf-fashion plot embeddings: {error}", file=sys.stderr)
         return 2
     kinds = ", ".join(f"{kind} {len(points)}" for kind, points in points_by_kind.items())
@@ -124,6 +132,9 @@ def add_parser(subparsers) -> None:
     embeddings.add_argument("--batch-size", type=int, default=32)
     embeddings.add_argument("--label-key", default="category_id", help="sample key that colours the points")
     embeddings.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    embeddings.add_argument("--allow-unsafe-load", action="store_true",
+                            help="load a checkpoint that needs full unpickling, which can run code: "
+                                 "only files you trust (same as checkpoint.allow_unsafe_load=true)")
     embeddings.add_argument("--perplexity", type=float, default=None, help="default: min(30, (N-1)/3)")
     embeddings.add_argument("--seed", type=int, default=0)
     embeddings.add_argument("--no-fused", action="store_true", help="skip the fused (image+text) embeddings")

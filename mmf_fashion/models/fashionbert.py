@@ -120,16 +120,24 @@ class ShortlistTowers(TwoStreamMixin, nn.Module):
             self.load_towers(str(checkpoint))
         self.requires_grad_(False)
 
-    def load_towers(self, path: str) -> None:
-        """Load the four towers from a checkpoint of a two-stream model (ALIGN: save/<run>/align_final.pth)."""
+    def load_towers(self, path: str, allow_unsafe: Optional[bool] = None) -> None:
+        """Load the four towers from a checkpoint of a two-stream model (ALIGN: save/<run>/align_final.pth),
+        weights-only unless allow_unsafe (None: the run's checkpoint.allow_unsafe_load)."""
+        from mmf_fashion.trainers import checkpointing as ckpt
+
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"fashionbert shortlist.checkpoint '{path}': no such file (train the two-stream model first, "
                 "e.g. projects/align/configs/pretrain.yaml)"
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if allow_unsafe is None:
+            allow_unsafe = ckpt.unsafe_load_allowed()
+        state = ckpt.safe_torch_load(path, allow_unsafe=allow_unsafe)
         state = state.get("model", state) if isinstance(state, dict) else state
-        state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+        if not isinstance(state, dict):
+            raise ValueError(f"fashionbert shortlist.checkpoint '{path}': not a state dict or a checkpoint "
+                             "with a 'model' entry")
+        state = ckpt.strip_module_prefix(state)
         towers = {k: v for k, v in state.items() if k.split(".", 1)[0] in TOWER_NAMES}
         missing, _ = self.load_state_dict(towers, strict=False)
         if missing:

@@ -26,6 +26,8 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
+from mmf_fashion.trainers.checkpointing import safe_torch_load, unsafe_load_allowed
+
 MINILM = "minilm"
 TINY = "tiny"
 
@@ -109,9 +111,12 @@ def _cut_before_pooling(model: nn.Module, name: str) -> nn.Module:
     return nn.Sequential(*keep)
 
 
-def load_image_weights(model: nn.Module, pretrained: Optional[str], name: str) -> None:
+def load_image_weights(
+    model: nn.Module, pretrained: Optional[str], name: str, allow_unsafe: Optional[bool] = None
+) -> None:
     """pretrained: None (random), "imagenet" (torchvision's default weights,
-    needs the torchvision cache or network) or a path to a state dict."""
+    needs the torchvision cache or network) or a path to a state dict, read
+    weights-only unless allow_unsafe (None: the run's checkpoint.allow_unsafe_load)."""
     if not pretrained:
         return
     if pretrained == "imagenet":
@@ -122,7 +127,12 @@ def load_image_weights(model: nn.Module, pretrained: Optional[str], name: str) -
         return
     if not os.path.isfile(pretrained):
         raise FileNotFoundError(f"image encoder weights '{pretrained}' for {name}: no such file")
-    state = torch.load(pretrained, map_location="cpu", weights_only=True)
+    if allow_unsafe is None:
+        allow_unsafe = unsafe_load_allowed()
+    state = safe_torch_load(pretrained, allow_unsafe=allow_unsafe)
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{pretrained}: image encoder weights for {name} should be a state dict, "
+                         f"found {type(state).__name__}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing:
         raise ValueError(f"{pretrained}: weights for {name} lack keys {missing[:8]} ...")

@@ -30,6 +30,7 @@ from torch import nn
 
 from mmf_fashion.modules.distributed import get_rank, get_world_size
 from mmf_fashion.modules.encoders import build_image_encoder
+from mmf_fashion.trainers.checkpointing import safe_torch_load, unsafe_load_allowed
 
 
 def grid_image_size(height: int, width: int, grid_size: int, patch_size: Optional[int] = None) -> Tuple[int, int]:
@@ -118,8 +119,11 @@ class PatchFeatureCache:
     writes `<file>.rank<k>` and every file matching is read back.
     """
 
-    def __init__(self, path: str, signature: Mapping[str, Any], flush_every: int = 256):
+    def __init__(self, path: str, signature: Mapping[str, Any], flush_every: int = 256,
+                 allow_unsafe: Optional[bool] = None):
         self.path = str(path)
+        # a cache file may be shared or copied in: read weights-only unless the user opted in
+        self.allow_unsafe = unsafe_load_allowed() if allow_unsafe is None else bool(allow_unsafe)
         self.signature = {key: str(value) for key, value in signature.items()}
         self.flush_every = max(1, int(flush_every))
         self.features: Dict[int, torch.Tensor] = {}
@@ -140,8 +144,9 @@ class PatchFeatureCache:
 
     def _load(self, path: str) -> None:
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # corrupt or foreign file: say which one
+            # UnsafeCheckpointError (not a ValueError) passes through: it names the file and the opt-in
+            payload = safe_torch_load(path, allow_unsafe=self.allow_unsafe)
+        except ValueError as error:  # corrupt or foreign file: say which one
             raise ValueError(f"patch feature cache {path}: cannot be read ({error})") from error
         if not isinstance(payload, dict) or "features" not in payload or "signature" not in payload:
             raise ValueError(f"patch feature cache {path}: expected keys 'signature' and 'features'")

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from vector_quantize_pytorch import VectorQuantize
 
+from mmf_fashion.trainers.checkpointing import safe_torch_load, strip_module_prefix, unsafe_load_allowed
+
 # The options VQVAE accepts, with their defaults (the official FashionViL
 # tokenizer: 1024 codes of 256 dimensions, 7x7 latent for 224 px input).
 VQVAE_DEFAULTS: Dict[str, Any] = {
@@ -217,14 +219,17 @@ def vqvae_options(config: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     return {key: config[key] for key in VQVAE_DEFAULTS if key in config and config[key] is not None}
 
 
-def _read_checkpoint(path: str) -> Mapping[str, Any]:
+def _read_checkpoint(path: str, allow_unsafe: Optional[bool] = None) -> Mapping[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"VQ tokenizer checkpoint '{path}': no such file (train it with projects/vqvae)")
+    if allow_unsafe is None:  # the run's checkpoint.allow_unsafe_load / the command's --allow-unsafe-load
+        allow_unsafe = unsafe_load_allowed()
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - report any unreadable file the same way
+        # UnsafeCheckpointError (not a ValueError) passes through: it names the file and the opt-in
+        return safe_torch_load(path, allow_unsafe=allow_unsafe)
+    except ValueError as error:
         raise ValueError(
-            f"VQ tokenizer checkpoint '{path}' cannot be read as weights only ({error}); "
+            f"VQ tokenizer checkpoint '{path}' cannot be read ({error}); "
             "pass the fashion_vqvae_final.pth that the training run wrote"
         ) from error
 
@@ -236,27 +241,30 @@ def _vqvae_state(checkpoint: Mapping[str, Any], path: str) -> Dict[str, torch.Te
     if not isinstance(state, Mapping):
         raise ValueError(f"{path}: not a state dict or an MMF checkpoint with a 'model' entry")
     cleaned = {}
-    for key, value in state.items():
+    for key, value in strip_module_prefix(dict(state)).items():
         if not torch.is_tensor(value):
             continue
-        for prefix in ("module.", "vqvae."):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
+        if key.startswith("vqvae."):
+            key = key[len("vqvae."):]
         cleaned[key] = value
     if not any(key.startswith("quantizer.") for key in cleaned):
         raise ValueError(f"{path}: no VQ-VAE weights found (no 'quantizer.*' keys)")
     return cleaned
 
 
-def load_frozen_tokenizer(path: str, config: Optional[Mapping[str, Any]] = None) -> VQTokenizer:
+def load_frozen_tokenizer(
+    path: str, config: Optional[Mapping[str, Any]] = None, allow_unsafe: Optional[bool] = None
+) -> VQTokenizer:
     """Load a VQVAE written by the `fashion_vqvae` model and freeze it.
 
     path: an MMF checkpoint (dict with "model") or a plain state dict
     (e.g. `<save_dir>/fashion_vqvae_final.pth`). config: the VQVAE options
     it was trained with (fashion_vqvae's model_config); when None, they are
-    read from the checkpoint's saved config if it has one.
+    read from the checkpoint's saved config if it has one. The file is read
+    weights-only; allow_unsafe (None: checkpoint.allow_unsafe_load of the
+    run, see checkpointing.unsafe_load_allowed) opts in to full unpickling.
     """
-    checkpoint = _read_checkpoint(path)
+    checkpoint = _read_checkpoint(path, allow_unsafe)
     if config is None and isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("config"), Mapping):
         config = checkpoint["config"].get("model_config", {}).get("fashion_vqvae")
     vqvae = VQVAE(**vqvae_options(config))

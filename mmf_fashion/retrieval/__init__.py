@@ -38,7 +38,10 @@ imports, else a torch file {"embeddings": (N, D) float32}; beside it
 `<file>.json` holds the backend, the items (path or text per row) and how to
 rebuild the model (name, checkpoint, config, overrides).
 
-Plain torch here; only model_io.load_model imports MMF (through the bridge).
+Plain torch here; only model_io.resolve_model_config imports MMF (through the
+bridge), and the model is built by mmf_fashion.runtime.build_model_from_config.
+Torch files (embeddings, checkpoints) are read weights-only; `--allow-unsafe-load`
+opts in to full unpickling for a file you trust.
 """
 from mmf_fashion.retrieval.gallery import embed_image_dataset, embed_in_batches
 from mmf_fashion.retrieval.index import (

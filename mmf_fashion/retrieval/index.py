@@ -6,7 +6,7 @@ Cheatsheet::
 
     index = build_index(model, paths, modality="image", batch_size=32)
     index.save("runs/val.index")                       # + runs/val.index.json
-    index = EmbeddingIndex.load("runs/val.index")
+    index = EmbeddingIndex.load("runs/val.index")     # weights-only read of the torch backend
     hits = search(model, index, texts=["red dress"], k=5)
     hits[0][0]   # {"rank": 1, "score": 0.83, "row": 17, "path": ".../17_0.jpg"}
 
@@ -23,6 +23,7 @@ import torch
 from mmf_fashion.metrics.ranking import chunked_topk
 from mmf_fashion.retrieval.gallery import embed_in_batches
 from mmf_fashion.retrieval.images import default_transform, load_images
+from mmf_fashion.trainers.checkpointing import UnsafeCheckpointError, safe_torch_load
 
 FORMAT = "mmf-fashion-index"
 FORMAT_VERSION = 1
@@ -136,7 +137,9 @@ class EmbeddingIndex:
         return path, meta_path
 
     @classmethod
-    def load(cls, path: Union[str, Path]) -> "EmbeddingIndex":
+    def load(cls, path: Union[str, Path], allow_unsafe: bool = False) -> "EmbeddingIndex":
+        """allow_unsafe: the user's opt-in (--allow-unsafe-load) for a torch
+        embeddings file that needs full unpickling; refused otherwise."""
         path, meta_path = Path(path), meta_path_of(path)
         if not path.is_file():
             raise RetrievalError(f"{path}: index file not found")
@@ -162,7 +165,13 @@ class EmbeddingIndex:
             else:
                 embeddings = torch.zeros(0, stored.d)
         elif meta["backend"] == "torch":
-            embeddings = torch.load(path, map_location="cpu", weights_only=True)["embeddings"]
+            try:
+                stored = safe_torch_load(str(path), allow_unsafe=allow_unsafe)
+            except UnsafeCheckpointError as error:  # an index may come from anyone: never unpickle it silently
+                raise RetrievalError(str(error)) from error
+            if not isinstance(stored, dict) or not torch.is_tensor(stored.get("embeddings")):
+                raise RetrievalError(f"{path}: expected a torch file {{'embeddings': (N, D) tensor}}")
+            embeddings = stored["embeddings"]
         else:
             raise RetrievalError(f"{meta_path}: unknown backend {meta['backend']!r}")
         if tuple(embeddings.shape) != (meta["count"], meta["dim"]) or len(meta["items"]) != meta["count"]:

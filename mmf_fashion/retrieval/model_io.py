@@ -1,12 +1,17 @@
-"""Build a registered MMF model for the index, from its name, configs and a checkpoint.
+"""Which model, with which config, the index builds: resolved from a name, a
+config file, overrides and a checkpoint. The model itself is built by
+mmf_fashion.runtime.build_model_from_config, the one model builder.
 
 Cheatsheet::
 
-    from mmf_fashion.retrieval.model_io import load_model
+    from mmf_fashion.retrieval.model_io import resolve_model_config
+    from mmf_fashion.runtime import build_model_from_config
 
-    model, info = load_model(checkpoint="save/align_itr/align_final.pth")   # name from the ckpt
-    model, info = load_model("align", config="projects/align/configs/itr.yaml",
-                             overrides=["embed_dim=64"], device="cpu")
+    path = "save/align_itr/align_final.pth"
+    config, info, state = resolve_model_config(checkpoint=path)        # name from the ckpt
+    config, info, state = resolve_model_config("align", config="projects/align/configs/itr.yaml",
+                                               overrides=["embed_dim=64"])
+    model = build_model_from_config(config, checkpoint=path, checkpoint_state=state)  # read once
     info   # {"name": "align", "checkpoint": "/abs/...", "config": ..., "overrides": [...]}
 
 The model config is merged, later wins: the model's config_path() defaults,
@@ -14,28 +19,27 @@ the checkpoint's saved config, the user's config file (its
 model_config.<name>), then `overrides` (dotlist relative to the model
 config). The name is the one given, else the checkpoint config's `model`,
 else the user config's `model`, else its only model_config entry.
-Imports MMF through the bridge (mmf_fashion.plugin.register_all()).
+A checkpoint that needs full unpickling is refused unless allow_unsafe
+(the user's --allow-unsafe-load) is True.
+Imports MMF through the bridge (mmf_fashion.runtime.ensure_mmf()).
 """
 from __future__ import annotations
 
-import pickle
-import sys
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
-
-import torch
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from mmf_fashion.retrieval.index import RetrievalError
 
 
-def _load_checkpoint(path: str) -> Dict:
+def _read_checkpoint(path: str, allow_unsafe: bool) -> Any:
+    from mmf_fashion.trainers.checkpointing import UnsafeCheckpointError, safe_torch_load
+
     if not Path(path).is_file():
         raise RetrievalError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError):
-        # MMF checkpoints may pickle config objects: the user's own file, so full load
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return safe_torch_load(path, allow_unsafe=allow_unsafe)
+    except UnsafeCheckpointError as error:  # the message names the file and the opt-in
+        raise RetrievalError(str(error)) from error
 
 
 def _model_section(config, name: str, where: str):
@@ -63,45 +67,27 @@ def _resolve_name(name, checkpoint_config, user_config, registry) -> str:
     raise RetrievalError("which model? give --model, or a checkpoint/config that names it")
 
 
-class _StderrWriter:
-    """Stands in for MMF's Logger, which would take over sys.stdout and write
-    log files under ./save: a command line tool only needs messages."""
-
-    def write(self, message, level="info", *args, **kwargs):
-        if level not in ("debug",):
-            print(f"{level}: {message}", file=sys.stderr)
-
-
-def _ensure_mmf_globals(registry) -> None:
-    # some models read the global config or writer while they build
-    if registry.get("config", no_warning=True) is None:
-        from mmf.utils.configuration import Configuration
-
-        registry.register("config", Configuration().get_config())
-    if registry.get("writer", no_warning=True) is None:
-        registry.register("writer", _StderrWriter())
-
-
-def load_model(
+def resolve_model_config(
     name: Optional[str] = None,
     *,
     config: Optional[str] = None,
     overrides: Sequence[str] = (),
     checkpoint: Optional[str] = None,
-    device: str = "cpu",
-) -> Tuple[torch.nn.Module, Dict]:
-    """(model in eval mode on `device`, info to rebuild it) — see the module docstring."""
-    import mmf_fashion.plugin
+    allow_unsafe: bool = False,
+) -> Tuple[Any, Dict, Any]:
+    """(config for build_model_from_config, info to rebuild it, the checkpoint
+    as read or None) — see the module docstring."""
+    from mmf_fashion.runtime import ensure_mmf
 
-    mmf_fashion.plugin.register_all()
+    ensure_mmf()
     from mmf.common.registry import registry
     from mmf.utils.configuration import load_yaml
     from omegaconf import OmegaConf
 
-    ckpt = _load_checkpoint(checkpoint) if checkpoint else None
-    ckpt_config = ckpt.get("config") if isinstance(ckpt, dict) else None
+    state = _read_checkpoint(checkpoint, allow_unsafe) if checkpoint else None
+    ckpt_config = state.get("config") if isinstance(state, dict) else None
     if ckpt_config is not None and not isinstance(ckpt_config, dict):
-        ckpt_config = OmegaConf.to_container(ckpt_config, resolve=True)
+        ckpt_config = OmegaConf.to_container(ckpt_config, resolve=True)  # a DictConfig, from a trusted full unpickling
     user_config = None
     if config:
         if not Path(config).is_file():
@@ -121,28 +107,12 @@ def load_model(
     except Exception as error:  # omegaconf raises several grammar errors
         raise RetrievalError(f"bad override in {list(overrides)}: {error}") from error
     model_config = OmegaConf.merge(*[OmegaConf.create(layer) for layer in layers if layer is not None])
-
-    _ensure_mmf_globals(registry)
-    model = model_cls(model_config)
-    if hasattr(model, "build"):
-        model.build()
-    if ckpt is not None:
-        state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
-        if not isinstance(state, dict):
-            raise RetrievalError(f"{checkpoint}: no state dict (expected a 'model' entry or a state dict)")
-        state = {key[len("module."):] if key.startswith("module.") else key: value for key, value in state.items()}
-        result = model.load_state_dict(state, strict=False)
-        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-        if missing or unexpected:
-            raise RetrievalError(
-                f"{checkpoint} does not fit model '{name}': missing {missing[:5]} "
-                f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})"
-            )
-    model.to(device).eval()
+    built = OmegaConf.create({"model": name, "model_config": {name: model_config}})
     info = {
         "name": name,
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
         "config": str(Path(config).resolve()) if config else None,
         "overrides": list(overrides),
     }
-    return model, info
+    return built, info, state
+

@@ -5,6 +5,7 @@ Cheatsheet::
     metrics = MetricSet(config.evaluation.metrics)        # names + params from YAML
     values = metrics.compute(accumulated, dataset_type, dataset_name, model=model)
     write_results(save_dir, values, num_updates)           # metrics.json + metrics.jsonl
+    write_train_record(save_dir, losses, lr, samples_per_s, num_updates)   # train.jsonl
 
 A metric may return one number or a dict of numbers; the flat key is
 "<split>/<dataset>/<metric>/<key>" ("value" for single numbers).
@@ -143,4 +144,21 @@ def write_results(save_dir: str, values: Mapping[str, float], num_updates: int) 
     _atomic_write_text(os.path.join(save_dir, "metrics.json"), json.dumps(record, indent=2, sort_keys=True) + "\n")
     with open(os.path.join(save_dir, "metrics.jsonl"), "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
+    return record
+
+
+def write_train_record(save_dir: str, losses: Mapping[str, float], lr: float, samples_per_s: float,
+                       num_updates: int) -> Dict[str, float]:
+    """One line of train.jsonl per log_interval, flat like metrics.json: each task's
+    loss ("train/<dataset>/<task>"), their sum "train/total_loss", "train/lr",
+    "train/samples_per_s" and num_updates. A file of its own, so that readers of
+    metrics.jsonl keep seeing evaluations only."""
+    record = {key if key.startswith("train/") else f"train/{key}": float(value) for key, value in losses.items()}
+    record["train/total_loss"] = float(sum(losses.values()))
+    record["train/lr"] = float(lr)
+    record["train/samples_per_s"] = float(samples_per_s)
+    record["num_updates"] = int(num_updates)
+    os.makedirs(save_dir, exist_ok=True)
+    with open(os.path.join(save_dir, "train.jsonl"), "a") as f:
+        f.write(json.dumps(dict(sorted(record.items())), sort_keys=True) + "\n")
     return record

@@ -37,7 +37,13 @@ from omegaconf import OmegaConf, open_dict
 
 from mmf_fashion.modules import distributed as dist_utils
 from mmf_fashion.trainers import checkpointing as ckpt
-from mmf_fashion.trainers.evaluation import AccumulatedReport, Accumulator, MetricSet, write_results
+from mmf_fashion.trainers.evaluation import (
+    AccumulatedReport,
+    Accumulator,
+    MetricSet,
+    write_results,
+    write_train_record,
+)
 from mmf_fashion.trainers.loaders import ResumableSampler, build_loader, per_rank_batch_size
 
 
@@ -128,7 +134,9 @@ class FashionTrainer(BaseTrainer):
             attributes = self.config.model_config[attributes]
         with open_dict(attributes):
             attributes.model = self.config.model
-        self.model = build_model(attributes).to(self.device)
+        # files the model reads while it builds (tokenizer, encoder weights) follow checkpoint.allow_unsafe_load
+        with ckpt.unsafe_loading(ckpt.unsafe_load_allowed(self.config)):
+            self.model = build_model(attributes).to(self.device)
         if self.training_config.get("channels_last", False):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = self._build_optimizer()
@@ -189,10 +197,10 @@ class FashionTrainer(BaseTrainer):
 
     def _load_checkpoint_if_any(self):
         config = self.config.checkpoint
-        allow_unsafe = bool(config.get("allow_unsafe_load", False))
+        allow_unsafe = ckpt.unsafe_load_allowed(self.config)  # checkpoint.allow_unsafe_load, an explicit true only
         current = self._checkpoint_paths()["current"]
         if config.resume and os.path.exists(current):
-            self._resume_from(ckpt.safe_torch_load(current, allow_unsafe), current)
+            self._resume_from(ckpt.safe_torch_load(current, allow_unsafe=allow_unsafe), current)
             return
         # `checkpoint.resume_file=null` on the command line arrives as the string "null":
         # it means "no file" (train from scratch), as it does in YAML
@@ -202,7 +210,7 @@ class FashionTrainer(BaseTrainer):
         if resume_file:
             if not os.path.exists(config.resume_file):
                 raise FileNotFoundError(f"checkpoint.resume_file={config.resume_file}: no such file")
-            state = ckpt.safe_torch_load(config.resume_file, allow_unsafe)
+            state = ckpt.safe_torch_load(config.resume_file, allow_unsafe=allow_unsafe)
             if config.resume_pretrained:
                 weights = state.get("model", state) if isinstance(state, dict) else state
                 mapping = dict(config.get("pretrained_state_mapping", {}) or {})
@@ -434,6 +442,9 @@ class FashionTrainer(BaseTrainer):
             rate = done / max(elapsed, 1e-9)
             eta = (self.max_updates - self.num_updates) / max(rate, 1e-9)
             loss_text = ", ".join(f"{k.split('/')[-1]}: {v:.4f}" for k, v in sorted(losses.items()))
+            if dist_utils.get_rank() == 0:
+                samples = rate * int(self.training_config.batch_size) * self.update_frequency
+                write_train_record(self.save_dir, losses, self.optimizer.param_groups[0]["lr"], samples, self.num_updates)
             self.writer.write(
                 f"progress: {self.num_updates}/{self.max_updates}, {loss_text}, "
                 f"lr: {self.optimizer.param_groups[0]['lr']:.2e}, ups: {rate:.2f}, "
