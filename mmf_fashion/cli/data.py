@@ -51,7 +51,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     check.add_argument("data_dir", help="the data directory (env.data_dir)")
     check.add_argument("--no-images", action="store_true",
                        help="read image headers only (fast; misses truncated pixel data)")
-    check.add_argument("--max-problems", type=int, default=50, help="problems to print")
+    check.add_argument("--max-problems", type=int, default=50,
+                       help="summary lines to print (one per file, field and kind of problem)")
     check.add_argument("--json", dest="json_path", help="also write the full report here")
     check.add_argument("--strict", action="store_true", help="warnings also fail the check")
     check.set_defaults(func=run_check)
