@@ -350,3 +350,119 @@ def test_cli_indexes_a_dataset_split(tmp_path, data_dir, capsys, colour_model_re
     assert run_cli(["index", "search", "--index", str(texts), "--image",
                     str(data_dir / "fashiongen" / "images" / "val" / "12_0.jpg"), "-k", "1"]) == 0
     assert "blue jeans. soft cotton" in capsys.readouterr().out
+
+
+# ------------------------------- FashionGen galleries in either layout (format auto)
+from fixtures_data import (  # noqa: E402,F401  (fixtures and helpers shared with test_builders)
+    PUBLISHED_H5,
+    fresh_world,
+    keep_only_layout,
+    write_published_fashiongen,
+)
+
+
+def test_cli_indexes_the_published_fashiongen_hdf5(tmp_path, capsys, colour_model_registered):
+    """Only fashiongen_256_256_{train,validation}.h5: images are HDF5 rows, read in batches."""
+    import h5py
+    from PIL import Image
+
+    data = tmp_path / "data"
+    folder, _, pixels = write_published_fashiongen(data)
+    with h5py.File(folder / PUBLISHED_H5["val"], "r") as handle:
+        product_ids = handle["input_productID"][:, 0].tolist()
+    images = tmp_path / "fg_images.index"
+    common = ["--model", MODEL_NAME, "--dataset", "fashiongen", "--split", "val", "--data-dir", str(data),
+              "--no-progress", "--backend", "torch"]
+    assert run_cli(["index", "build", *common, "--out", str(images), "--image-size", "24", "--batch-size", "2"]) == 0
+    assert "indexed 3 images" in capsys.readouterr().out
+    index = EmbeddingIndex.load(images)
+    assert [item["product_id"] for item in index.items] == product_ids == [501, 501, 777]
+    assert [item["row"] for item in index.items] == [0, 1, 2]
+    assert index.items[2]["path"].endswith("fashiongen_256_256_validation.h5#row=2")
+    # row i of the index holds the pixels of HDF5 row i
+    transform = default_transform(24)
+    expected = TinyColourNet().embed_images(torch.stack([transform(Image.fromarray(p)) for p in pixels]))
+    assert torch.allclose(index.embeddings, expected, atol=1e-5)
+
+    texts = tmp_path / "fg_texts.index"
+    assert run_cli(["index", "build", *common, "--modality", "text", "--out", str(texts)]) == 0
+    assert "indexed 2 texts" in capsys.readouterr().out
+    index = EmbeddingIndex.load(texts)
+    assert [item["product_id"] for item in index.items] == [501, 777]  # one text per product
+    # the builder's reader: latin-1 fallback, title + ". " + description
+    assert [item["text"] for item in index.items] == ["Robe mérinos. Laine légère, col en V",
+                                                      "Café shirt. Striped cotton poplin"]
+    assert run_cli(["index", "search", "--index", str(images), "--text", "red", "-k", "1", "--json"]) == 0
+    [hit] = json.loads(capsys.readouterr().out)
+    assert "#row=" in hit["path"] and hit["product_id"] in (501, 777)
+
+
+def test_fashiongen_layouts_give_the_same_gallery(fresh_world, tmp_path, caplog, capsys, colour_model_registered):
+    from mmf_fashion.retrieval.catalogue import dataset_gallery
+    from mmf_fashion.retrieval.images import H5Image
+
+    with caplog.at_level("WARNING", logger="mmf_fashion.retrieval.catalogue"):
+        from_json, json_records = dataset_gallery("fashiongen", "val", str(fresh_world))
+    [message] = [r.getMessage() for r in caplog.records if "both layouts" in r.getMessage()]
+    assert "reading json" in message and "dataset_config.fashiongen.format=h5" in message
+    from_h5, h5_records = dataset_gallery("fashiongen", "val", str(fresh_world), fashiongen_format="h5")
+    assert all(isinstance(item, str) for item in from_json) and all(isinstance(i, H5Image) for i in from_h5)
+    assert [r["product_id"] for r in json_records] == [r["product_id"] for r in h5_records]
+    texts_json, _ = dataset_gallery("fashiongen", "val", str(fresh_world), "text")
+    texts_h5, _ = dataset_gallery("fashiongen", "val", str(fresh_world), "text", fashiongen_format="h5")
+    assert texts_json == texts_h5
+    # the command line picks the other layout with --format
+    out = tmp_path / "h5.index"
+    assert run_cli(["index", "build", "--model", MODEL_NAME, "--dataset", "fashiongen", "--split", "val",
+                    "--data-dir", str(fresh_world), "--format", "h5", "--out", str(out), "--no-progress",
+                    "--backend", "torch", "--image-size", "32"]) == 0
+    assert [item["path"] for item in EmbeddingIndex.load(out).items] == [str(i) for i in from_h5]
+
+    keep_only_layout(fresh_world, "json")  # FashionViL's JSON alone still works
+    out = tmp_path / "json.index"
+    assert run_cli(["index", "build", "--model", MODEL_NAME, "--dataset", "fashiongen", "--split", "val",
+                    "--data-dir", str(fresh_world), "--out", str(out), "--no-progress", "--backend", "torch",
+                    "--image-size", "32"]) == 0
+    assert f"indexed {len(from_json)} images" in capsys.readouterr().out
+    index = EmbeddingIndex.load(out)
+    assert [item["path"] for item in index.items] == from_json
+    assert [item["product_id"] for item in index.items] == [r["product_id"] for r in json_records]
+
+
+def test_no_fashiongen_layout_names_both(tmp_path, capsys, colour_model_registered):
+    (tmp_path / "data" / "fashiongen").mkdir(parents=True)
+    assert run_cli(["index", "build", "--model", MODEL_NAME, "--dataset", "fashiongen", "--split", "val",
+                    "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "x.index"), "--no-progress"]) == 1
+    error = capsys.readouterr().err
+    assert "looked in" in error and "either layout" in error
+    assert "val_info.json" in error and "FashionViL's product JSON" in error
+    assert "fashiongen_256_256_validation.h5" in error and "published HDF5" in error
+    assert not (tmp_path / "x.index").exists()
+
+
+def test_unreadable_hdf5_rows_name_the_file_and_row(tmp_path):
+    from mmf_fashion.retrieval.images import H5Image
+
+    folder, _, _ = write_published_fashiongen(tmp_path)
+    path = str(folder / PUBLISHED_H5["val"])
+    with pytest.raises(ValueError, match=r"validation.h5#row=9: cannot read the image"):
+        load_images([H5Image(path, 9)], default_transform(24))
+    with pytest.raises(ValueError, match=r"record row 0: field 'input_name'"):  # not a (H, W, 3) image
+        load_images([H5Image(path, 0, key="input_name")], default_transform(24))
+
+
+def test_polyvore_gallery_needs_the_published_outfits(data_dir):
+    """The published files alone work (data_dir has no ocir_*.json); FashionViL's
+    OCIR questions alone are not a split's item list: the error says what is missing."""
+    from mmf_fashion.retrieval.catalogue import dataset_gallery
+
+    pv = data_dir / "polyvore_outfits"
+    (pv / "ocir_nondisjoint_test.json").write_text(json.dumps([{"question": ["901"], "blank": "902"}]))
+    (pv / "polyvore_item_metadata.json").write_text(json.dumps({"901": {}, "902": {}}))
+    with pytest.raises(FileNotFoundError) as error:
+        dataset_gallery("polyvore_ocir", "test", str(data_dir))
+    message = str(error.value)
+    assert "nondisjoint/test.json not found" in message and "ocir_nondisjoint_test.json" in message
+    assert "published Polyvore Outfits" in message
+    items, records = dataset_gallery("polyvore_ocir", "val", str(data_dir))
+    assert [r["item_id"] for r in records] == ["901", "902", "903"]

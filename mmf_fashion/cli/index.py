@@ -86,7 +86,7 @@ def run_build(args) -> int:
         else:
             modality = args.modality
             items, records = dataset_gallery(
-                args.dataset, args.split, args.data_dir, modality, args.polyvore_version
+                args.dataset, args.split, args.data_dir, modality, args.polyvore_version, args.fashiongen_format
             )
         model, info = _load_model(
             args.model, args.config, args.overrides, args.checkpoint, args.device, args.allow_unsafe_load
@@ -159,6 +159,8 @@ def add_parser(subparsers) -> None:
     build.add_argument("--modality", choices=("image", "text"), default="image",
                        help="with --dataset fashiongen: index images or product texts")
     build.add_argument("--polyvore-version", choices=("nondisjoint", "disjoint"), default="nondisjoint")
+    build.add_argument("--format", dest="fashiongen_format", choices=("auto", "json", "h5"), default="auto",
+                       help="with --dataset fashiongen: which layout to read when both are there (default auto)")
     build.add_argument("--out", required=True, help="index file to write (a .json sidecar is written beside it)")
     build.add_argument("--batch-size", type=int, default=32)
     build.add_argument("--backend", choices=("auto", "faiss", "torch"), default="auto",

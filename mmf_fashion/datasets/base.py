@@ -37,6 +37,7 @@ from mmf.datasets.base_dataset import BaseDataset
 from mmf.datasets.base_dataset_builder import BaseDatasetBuilder
 
 from mmf_fashion.datasets.common import (
+    DataDirPaths,
     BadSampleCounter,
     BadSampleError,
     check_policy,
@@ -59,7 +60,7 @@ def config_value(config: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-class FashionDataset(BaseDataset):
+class FashionDataset(DataDirPaths, BaseDataset):
     """Bad-sample policy, safe paths, fresh processors and epoch-end reports."""
 
     def __init__(self, dataset_name: str, config: Any, dataset_type: str = "train", *args, **kwargs):
@@ -79,16 +80,6 @@ class FashionDataset(BaseDataset):
 
     def option(self, key: str, default: Any = None) -> Any:
         return config_value(self.config, key, default)
-
-    def data_path(self, relative: str, *, file: Any, record: Any, field: str, root: str = "") -> str:
-        """A path from a data file, relative to data_dir/root, checked for escapes."""
-        base = os.path.join(self.data_dir, root) if root else self.data_dir
-        resolved = resolve_data_path(
-            base, relative, file=file, record=record, field=field, allow_outside_root=self.allow_paths_outside_root
-        )
-        if not self.allow_paths_outside_root and os.path.commonpath([self.data_dir, resolved]) != self.data_dir:
-            raise BadSampleError(file, record, field, f"path '{relative}' leaves the data directory {self.data_dir}", "unsafe_path")
-        return resolved
 
     def config_path_option(self, key: str, default: str) -> str:
         """A file named in the dataset config, relative to data_dir (same safety rules)."""

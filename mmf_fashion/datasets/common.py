@@ -114,6 +114,24 @@ def resolve_data_path(
 # text
 
 
+
+class DataDirPaths:
+    """data_path() for anything with `data_dir` and `allow_paths_outside_root`
+    (the datasets, and readers used without MMF): one place for the escape rules."""
+
+    data_dir: str
+    allow_paths_outside_root: bool = False
+
+    def data_path(self, relative: str, *, file: Any, record: Any, field: str, root: str = "") -> str:
+        """A path from a data file, relative to data_dir/root, checked for escapes."""
+        base = os.path.join(self.data_dir, root) if root else self.data_dir
+        resolved = resolve_data_path(
+            base, relative, file=file, record=record, field=field, allow_outside_root=self.allow_paths_outside_root
+        )
+        if not self.allow_paths_outside_root and os.path.commonpath([self.data_dir, resolved]) != self.data_dir:
+            raise BadSampleError(file, record, field, f"path '{relative}' leaves the data directory {self.data_dir}", "unsafe_path")
+        return resolved
+
 def _is_control(character: str) -> bool:
     return unicodedata.category(character) in ("Cc", "Cs") and character not in "\t\n\r"
 

@@ -22,7 +22,7 @@ import torch
 
 from mmf_fashion.metrics.ranking import chunked_topk
 from mmf_fashion.retrieval.gallery import embed_in_batches
-from mmf_fashion.retrieval.images import default_transform, load_images
+from mmf_fashion.retrieval.images import close_h5_files, default_transform, describe_item, load_images
 from mmf_fashion.trainers.checkpointing import UnsafeCheckpointError, safe_torch_load
 
 FORMAT = "mmf-fashion-index"
@@ -203,7 +203,7 @@ def _require(model, method: str, why: str):
 
 def build_index(
     model,
-    items: Sequence[str],
+    items: Sequence,
     *,
     modality: str = "image",
     batch_size: int = 32,
@@ -214,7 +214,8 @@ def build_index(
     model_info: Optional[Dict] = None,
     records: Optional[Sequence[Dict]] = None,
 ) -> EmbeddingIndex:
-    """Embed a gallery (image paths, or texts) with the model and index it.
+    """Embed a gallery (image paths or images.H5Image rows, or texts) with
+    the model and index it; images are loaded batch by batch.
 
     records: optional extra fields per item (e.g. product ids) kept in the index.
     """
@@ -227,11 +228,15 @@ def build_index(
     if modality == "image":
         embed = _require(model, "embed_images", "to index images")
         transform = transform or model_image_transform(model, image_size)
-        embeddings = embed_in_batches(
-            embed, list(items), batch_size=batch_size, progress=progress, desc="index images",
-            prepare=lambda paths: load_images(paths, transform),
-        )
-        rows = [{"path": str(p)} for p in items]
+        h5_files: Dict = {}  # HDF5 galleries: one handle per file for the whole build
+        try:
+            embeddings = embed_in_batches(
+                embed, list(items), batch_size=batch_size, progress=progress, desc="index images",
+                prepare=lambda batch: load_images(batch, transform, h5_files),
+            )
+        finally:
+            close_h5_files(h5_files)
+        rows = [{"path": describe_item(p)} for p in items]
     else:
         embed = _require(model, "embed_texts", "to index texts")
         embeddings = embed_in_batches(

@@ -13,6 +13,11 @@ Cheatsheet::
 ``dataset`` is a FashionDataset: the readers use its data_path() (safe paths)
 and handle_bad() (on_bad_sample policy; records dropped here are counted as
 dropped while loading). A product's text is title + ". " + description.
+Code that needs the records without an MMF dataset (the retrieval index)
+passes a ReaderContext instead::
+
+    reader = ReaderContext("data/synthetic", {"image_root": "fashiongen"})
+    products = read_json_products(reader, "fashiongen/val_info.json", plain_vocabs(), need_labels=False)
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from mmf_fashion.datasets.common import (
     BadSampleError,
+    DataDirPaths,
     LazyH5File,
     decode_text,
     read_json,
@@ -103,6 +109,32 @@ class LabelVocab:
         return self._index[key]
 
 
+class ReaderContext(DataDirPaths):
+    """The part of a FashionDataset the readers here use (data_dir, options,
+    safe paths, handle_bad), without MMF: every bad record is an error
+    (on_bad_sample: error), since nothing here counts skips.
+
+    config: the dataset config (dict or DictConfig), e.g. the builder's defaults."""
+
+    def __init__(self, data_dir: str, config: Any = None, dataset_name: str = "fashiongen"):
+        self.data_dir = os.path.abspath(str(data_dir))
+        self.config = config if config is not None else {}
+        self.dataset_name = dataset_name
+        self.allow_paths_outside_root = bool(self.option("allow_paths_outside_root", False))
+
+    def option(self, key: str, default: Any = None) -> Any:
+        value = self.config.get(key, default) if hasattr(self.config, "get") else default
+        return default if value is None else value
+
+    def handle_bad(self, error: BadSampleError, at_load: bool = False, index: Optional[int] = None) -> None:
+        raise error
+
+
+def plain_vocabs() -> Dict[str, LabelVocab]:
+    """Vocabularies that accept any non-negative id (JSON form) and know no names."""
+    return {level: LabelVocab(level) for level in ("category", "subcategory")}
+
+
 def join_text(title: str, description: str) -> str:
     parts = [part.strip() for part in (title, description) if part and part.strip()]
     return ". ".join(parts)
@@ -173,11 +205,12 @@ def _attribute_ids(entry: dict, num_attributes: Optional[int], *, file: str, rec
 
 def read_json_products(
     dataset, relative_path: str, vocabs: Dict[str, LabelVocab], image_root: str = "fashiongen",
-    num_attributes: Optional[int] = None, first_image_id: int = 0,
+    num_attributes: Optional[int] = None, first_image_id: int = 0, need_labels: bool = True,
 ) -> List[Product]:
     """FashionViL's product JSON: {"images", "id", "title", "description",
     "category_id", "subcategory_id", "attributes_id"} per product. Image
-    paths are relative to <data_dir>/<image_root>."""
+    paths are relative to <data_dir>/<image_root>. need_labels=False (a
+    retrieval gallery): a product without category_id / subcategory_id gets -1."""
     path = dataset.data_path(relative_path, file=f"dataset_config.{dataset.dataset_name}", record="files", field="files")
     entries = read_json(path)
     if not isinstance(entries, list):
@@ -196,12 +229,15 @@ def read_json_products(
                 require_field(entry, "description", file=path, record=record), file=path, record=record, field="description"
             )
             text = require_text(join_text(title, description), file=path, record=record, field="title+description")
-            category = vocabs["category"].from_id(
-                require_field(entry, "category_id", file=path, record=record), file=path, record=record, field_name="category_id"
-            )
-            subcategory = vocabs["subcategory"].from_id(
-                require_field(entry, "subcategory_id", file=path, record=record), file=path, record=record, field_name="subcategory_id"
-            )
+            category, subcategory = -1, -1
+            if need_labels or entry.get("category_id") is not None:
+                category = vocabs["category"].from_id(
+                    require_field(entry, "category_id", file=path, record=record), file=path, record=record, field_name="category_id"
+                )
+            if need_labels or entry.get("subcategory_id") is not None:
+                subcategory = vocabs["subcategory"].from_id(
+                    require_field(entry, "subcategory_id", file=path, record=record), file=path, record=record, field_name="subcategory_id"
+                )
             views = []
             for view_index, image in enumerate(images):
                 field_name = f"images[{view_index}]"
