@@ -1,8 +1,8 @@
 """Dataset builders: each loads the tiny synthetic world through MMF and
 collates batches with the ARCHITECTURE.md keys; the HDF5 reader reads a
-hand-built file with the published keys."""
+hand-built file with the published keys. Registration, defaults and the
+missing-data message of every registered builder: tests/test_registry.py."""
 import json
-import os
 import pickle
 
 import pytest
@@ -41,18 +41,6 @@ def assert_batch(batch, shapes):
     for key in ("patch_mask", "box_valid", "outfit_mask"):
         if key in batch:
             assert batch[key].dtype == torch.bool, key
-
-
-@pytest.mark.parametrize("name", ["fashiongen", "fashioniq", "polyvore_ocir", "fashionall"])
-def test_builder_is_registered_with_defaults_and_registry_hook(mmf_registry, name):
-    from mmf.datasets.base_dataset_builder import BaseDatasetBuilder
-
-    builder_class = mmf_registry.get_builder_class(name)
-    assert builder_class is not None and issubclass(builder_class, BaseDatasetBuilder)
-    assert os.path.isfile(builder_class.config_path())
-    builder = builder_class()
-    assert builder.dataset_name == name
-    builder.update_registry_for_model(None)  # rc10 calls it unconditionally; a no-op before load
 
 
 @pytest.mark.parametrize("fmt", ["json", "h5"])
@@ -231,13 +219,6 @@ def test_fashionall_unites_sources_with_regions_where_present(synthetic_world, m
     assert fashiongen_sample.box_valid.any() and not polyvore_sample.box_valid.any()
     only_polyvore = build_fashion_dataset("fashionall", synthetic_world, "val", sources=["polyvore"], regions=False)
     assert set(only_polyvore.source_sizes) == {"polyvore"}
-
-
-def test_missing_data_dir_says_how_to_generate_it(tmp_path, mmf_registry):
-    for name in ("fashiongen", "fashioniq", "polyvore_ocir", "fashionall"):
-        with pytest.raises(FileNotFoundError, match="mmf-fashion data synth --out") as error:
-            build_fashion_dataset(name, tmp_path / "nowhere", "train")
-        assert "make demo" in str(error.value)
 
 
 # --- the HDF5 reader on a hand-built file ---------------------------------------

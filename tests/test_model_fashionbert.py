@@ -23,13 +23,16 @@ from mmf_fashion.modules.fashionbert_patches import (
     precompute_patch_features,
     split_into_patches,
 )
+from tiny_models import (
+    FASHIONBERT_B as B,
+    FASHIONBERT_L as L,
+    FASHIONBERT_TINY_TEXT as TINY_TEXT,
+    build_fashionbert as _build,
+    fashionbert_batch as _sample_list,
+    fashionbert_config as _config,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_TEXT = {"name": "tiny", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-             "intermediate_size": 64}
-TINY = {"image_encoder": {"name": "resnet18"}, "grid_size": 2, "patch_size": 16, "num_labels": 5,
-        "text_encoder": TINY_TEXT}
-B, L = 6, 12
 
 
 @pytest.fixture(autouse=True)
@@ -212,42 +215,6 @@ def test_query_title_segments_join_two_texts():
 
 
 # ------------------------------------------------------ through MMF's registry
-def _config(**overrides):
-    base = OmegaConf.load(os.path.join(REPO, "mmf_fashion/models/configs/fashionbert.yaml"))
-    return OmegaConf.merge(base.model_config.fashionbert, TINY, overrides)
-
-
-def _build(mmf_registry, **overrides):
-    model = mmf_registry.get_model_class("fashionbert")(_config(**overrides))
-    model.build()
-    return model
-
-
-def _sample_list(with_query=False):
-    from mmf.common.sample import SampleList
-
-    torch.manual_seed(0)
-    ids = torch.randint(1000, 2000, (B, L))
-    ids[:, 0], ids[:, -1] = 101, 102
-    mask = torch.ones(B, L, dtype=torch.long)
-    mask[0, 8:] = 0
-    labels = torch.full((B, L), -100)
-    labels[:, 3] = ids[:, 3]
-    masked = ids.clone()
-    masked[:, 3] = 103
-    batch = {
-        "image": torch.randn(B, 3, 32, 32), "input_ids": ids, "attention_mask": mask,
-        "token_type_ids": torch.zeros_like(ids), "masked_input_ids": masked, "mlm_labels": labels,
-        "product_id": torch.arange(B) + 10, "image_id": torch.arange(B) + 100,
-        "subcategory_id": torch.tensor([0, 0, 1, 1, 2, 2]), "targets": torch.tensor([0, 1, 2, 3, 4, 0]),
-        "dataset_type": "train", "dataset_name": "fashiongen",
-    }
-    if with_query:
-        batch["query_input_ids"] = ids[:, :6].clone()
-        batch["query_attention_mask"] = torch.ones(B, 6, dtype=torch.long)
-    return SampleList(batch)
-
-
 def _check_gradients(model, unused=()):
     missing, bad = [], []
     for name, parameter in model.named_parameters():

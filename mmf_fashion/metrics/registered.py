@@ -460,25 +460,33 @@ class OCIRRecall(_GalleryMetric):
 # [accuracy, macro_f1]` gets these. MMF's VQA, caption, visual-dialog r@1/5/10
 # and mean_rr metrics stay out: nothing here produces their inputs (answers,
 # captions, 100 dialog candidates).
+# name -> (MMF's class, default sklearn params). Three of rc10's classes
+# compute the wrong quantity: micro_ap and macro_ap subclass ROC_AUC (they
+# return ROC AUC) and multilabel_macro_f1 subclasses F1 (it argmaxes the
+# multi-hot targets); here they are built on the right parent instead.
 PERCENT_OF_MMF = {
-    "accuracy": mmf_metrics.Accuracy,
-    "f1": mmf_metrics.F1,
-    "macro_f1": mmf_metrics.MacroF1,
-    "micro_f1": mmf_metrics.MicroF1,
-    "binary_f1": mmf_metrics.BinaryF1,
-    "multilabel_f1": mmf_metrics.MultiLabelF1,
-    "multilabel_micro_f1": mmf_metrics.MultiLabelMicroF1,
-    "multilabel_macro_f1": mmf_metrics.MultiLabelMacroF1,
-    "roc_auc": mmf_metrics.ROC_AUC,
-    "micro_roc_auc": mmf_metrics.MicroROC_AUC,
-    "macro_roc_auc": mmf_metrics.MacroROC_AUC,
-    "ap": mmf_metrics.AveragePrecision,
-    "micro_ap": mmf_metrics.MicroAP,
-    "macro_ap": mmf_metrics.MacroAP,
+    "accuracy": (mmf_metrics.Accuracy, {}),
+    "f1": (mmf_metrics.F1, {}),
+    "macro_f1": (mmf_metrics.MacroF1, {}),
+    "micro_f1": (mmf_metrics.MicroF1, {}),
+    "binary_f1": (mmf_metrics.BinaryF1, {}),
+    "multilabel_f1": (mmf_metrics.MultiLabelF1, {}),
+    "multilabel_micro_f1": (mmf_metrics.MultiLabelMicroF1, {}),
+    "multilabel_macro_f1": (mmf_metrics.MultiLabelF1, {"average": "macro"}),
+    "roc_auc": (mmf_metrics.ROC_AUC, {}),
+    "micro_roc_auc": (mmf_metrics.MicroROC_AUC, {}),
+    "macro_roc_auc": (mmf_metrics.MacroROC_AUC, {}),
+    "ap": (mmf_metrics.AveragePrecision, {}),
+    "micro_ap": (mmf_metrics.AveragePrecision, {"average": "micro"}),
+    "macro_ap": (mmf_metrics.AveragePrecision, {"average": "macro"}),
 }
 
 
-def _percent_metric(name: str, mmf_class: type) -> type:
+def _percent_metric(name: str, mmf_class: type, defaults: dict) -> type:
+    def __init__(self, *args, **kwargs):
+        mmf_class.__init__(self, *args, **{**defaults, **kwargs})
+        self.name = name
+
     def calculate(self, sample_list, model_output, *args, **kwargs):
         return 100.0 * mmf_class.calculate(self, sample_list, model_output, *args, **kwargs)
 
@@ -486,10 +494,11 @@ def _percent_metric(name: str, mmf_class: type) -> type:
     return type(f"Percent{mmf_class.__name__}", (mmf_class,), {
         "__module__": __name__,
         "__doc__": f"MMF's {name} ({mmf_class.__name__}) in percent (0-100), not a fraction.",
+        "__init__": __init__,
         "calculate": calculate,
     })
 
 
-for _name, _mmf_class in PERCENT_OF_MMF.items():
-    registry.register_metric(_name)(_percent_metric(_name, _mmf_class))
-del _name, _mmf_class
+for _name, (_mmf_class, _defaults) in PERCENT_OF_MMF.items():
+    registry.register_metric(_name)(_percent_metric(_name, _mmf_class, _defaults))
+del _name, _mmf_class, _defaults
