@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 
 CONTRACT = {
-    "models": ["fashionvil", "fashionbert", "xvlm", "cots", "align", "fashion_vqvae"],
+    "models": ["fashionvil", "fashionbert", "xvlm", "cots", "align", "clip", "fashion_vqvae"],
     "builders": ["fashiongen", "fashioniq", "polyvore_ocir", "fashionall"],
     "metrics": ["r@k_general", "r@k_kaleido", "r@k_fashioniq", "r@k_ocir"],
 }

@@ -287,3 +287,154 @@ def test_zeroshot_scr_config_under_mmf_run_val_matches_brute_force(synthetic_wor
             total += len(batch["targets"])
     assert total == len(dataset)
     assert reported == pytest.approx(100 * correct / total, abs=100 * ties / total + 1e-4)  # percent
+
+
+# ------------------------------------------------ released weights (transformers' ALIGN)
+PEER_TOLERANCE = 1e-5
+
+
+def save_tiny_align(directory, seed=0, with_processor=True):
+    """A random AlignModel (2-block EfficientNet at 32 px, 1-layer BERT of width 32 with
+    the uncased WordPiece vocabulary; projection 16) saved with save_pretrained, with
+    an AlignProcessor (EfficientNetImageProcessor: [-1, 1] scaling, as kakaobrain/align-base)."""
+    from transformers import AlignConfig, AlignModel, AlignProcessor, EfficientNetImageProcessor
+
+    from mmf_fashion.modules.encoders import build_tokenizer
+
+    tokenizer = build_tokenizer("minilm")
+    config = AlignConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "intermediate_size": 64},
+        vision_config={"image_size": 32, "width_coefficient": 1.0, "depth_coefficient": 1.0,
+                       "kernel_sizes": [3, 3], "in_channels": [32, 16], "out_channels": [16, 16],
+                       "strides": [1, 2], "num_block_repeats": [1, 1], "expand_ratios": [1, 2], "hidden_dim": 64},
+        projection_dim=16,
+        temperature_init_value=0.2,
+    )
+    torch.manual_seed(seed)
+    model = AlignModel(config)
+    with torch.no_grad():  # transformers' init leaves a 2-block net with ~1e-9 outputs: give it real ones
+        for module in model.vision_model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight)
+            elif isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+    model.save_pretrained(str(directory))
+    if with_processor:
+        processor = EfficientNetImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False,
+                                               rescale_factor=1 / 127.5, rescale_offset=True,
+                                               do_normalize=False, include_top=False)
+        AlignProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(str(directory))
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def align_dir(tmp_path_factory):
+    return save_tiny_align(tmp_path_factory.mktemp("tiny_align"))
+
+
+def test_released_align_equals_transformers_align(mmf_registry, align_dir):
+    """The peer: AlignModel.get_image_features / get_text_features (normalised) and
+    AlignModel's logits (text @ image.T / temperature), on the same tiny random checkpoint."""
+    from transformers import AlignModel, AutoTokenizer
+
+    model = build_align(mmf_registry, pretrained=align_dir, head="zeroshot",
+                        zeroshot={"class_names": CLASSES, "templates": ["a photo of a {}"]}).eval()
+    peer = AlignModel.from_pretrained(align_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(align_dir)
+    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    prompts = model.prompts()
+    with torch.no_grad():
+        tokens = tokenizer(prompts, padding=True, return_tensors="pt")
+        image_peer = F.normalize(peer.get_image_features(pixel_values=images).pooler_output, dim=-1)
+        text_peer = F.normalize(peer.get_text_features(**tokens).pooler_output, dim=-1)
+        output = peer(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=images)
+        differences = {
+            "image": float((model.embed_images(images) - image_peer).abs().max()),
+            "text": float((model.embed_texts(prompts) - text_peer).abs().max()),
+            "logits_per_image": float((model.zeroshot_scores(images) - output.logits_per_image).abs().max()),
+            "logits_per_text": float((model.zeroshot_scores(images).t() - output.logits_per_text).abs().max()),
+        }
+    print("align peer max abs differences:", differences)
+    assert max(differences.values()) <= PEER_TOLERANCE, differences
+    assert float(model.logit_scale()) == pytest.approx(1 / 0.2, rel=1e-6)
+    assert float(output.logits_per_image.std()) > 0.1  # not a degenerate checkpoint
+    assert model.embed_dim == 16 and model.text_pooling == "cls"
+
+
+def test_released_align_trains_on_the_raw_text_with_its_tokenizer(mmf_registry, align_dir):
+    model = build_align(mmf_registry, pretrained=align_dir, head="contrastive")
+    texts = ["a red maxi dress", "white sneakers", "a black tote bag", "a denim jacket"]
+    batch = make_batch(text=texts)
+    output = model(batch)
+    output["losses"]["train/fashiongen/itc"].backward()
+    problems = [name for name, p in model.named_parameters()
+                if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert problems == []
+    assert not any(name.startswith("text_encoder.pooler") for name, _ in model.named_parameters())
+    model.eval()
+    with torch.no_grad():  # the dataset's input_ids are not read: the checkpoint's tokenizer is
+        batch["input_ids"] = torch.randint(5000, 9000, batch["input_ids"].shape)
+        torch.testing.assert_close(model(batch)["text_embedding"], model.embed_texts(texts))
+    with pytest.raises(KeyError, match="'text'"):
+        model(make_batch())
+
+
+def test_released_align_image_settings(mmf_registry, align_dir):
+    """The checkpoint's EfficientNetImageProcessor ([-1, 1] scaling) becomes mean = std = 0.5
+    at its size in zeroshot_scr.yaml, the index transform and the processor's own output;
+    without released weights the YAML keeps the scratch model's 64 px ImageNet settings."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor, EfficientNetImageProcessor
+
+    from mmf_fashion.modules.pretrained_towers import eval_transform, settings_from_image_processor
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    project = OmegaConf.load(os.path.join(repo, "projects", "align", "configs", "zeroshot_scr.yaml"))
+    params = project.dataset_config.fashiongen.processors.image_processor.params
+    assert params.size == 64 and list(params.mean) == [0.485, 0.456, 0.406]
+    assert project.checkpoint.resume_file == "./save/align_pretrain/align_final.pth"
+    project.model_config.align.pretrained = align_dir
+    assert params.size == 32 and list(params.mean) == [0.5] * 3 and list(params.std) == [0.5] * 3
+    assert project.checkpoint.resume_file is None  # the pretraining checkpoint is not loaded over released weights
+
+    model = build_align(mmf_registry, pretrained=align_dir)
+    pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    image = Image.fromarray(pixels.numpy())
+    processors = [
+        EfficientNetImageProcessor.from_pretrained(align_dir),
+        EfficientNetImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False, include_top=True,
+                                   image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.25, 0.3]),
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+    ]
+    for processor in processors:  # at the native size no resampling: the affine maps must agree
+        settings = settings_from_image_processor(processor)
+        assert settings.size == 32
+        ours = eval_transform(settings.size, settings.mean, settings.std)(image)
+        theirs = processor(images=image, return_tensors="pt")["pixel_values"][0]
+        assert float((ours - theirs).abs().max()) <= 1e-4, type(processor).__name__
+    theirs = processors[0](images=image, return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(model.image_transform()(image), theirs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_zeroshot_scr_config_under_mmf_run_from_released_weights(synthetic_world, align_dir, tmp_path):
+    """projects/align/configs/zeroshot_scr.yaml with model_config.align.pretrained=<dir> and
+    run_type=val: no training, no pretraining checkpoint; metrics.json has the accuracy."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    save_dir = tmp_path / "scr"
+    command = [sys.executable, "-c", "from mmf_cli.run import run; run()",
+               "config=projects/align/configs/zeroshot_scr.yaml", "model=align", "dataset=fashiongen", "run_type=val",
+               f"model_config.align.pretrained={align_dir}", f"env.data_dir={synthetic_world}",
+               f"env.save_dir={save_dir}", "training.num_workers=0"]
+    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    metrics = json.loads((save_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["val/fashiongen/accuracy/value"] <= 100.0
