@@ -346,3 +346,20 @@ def test_info_lists_every_contract_name(capsys):
             # one line each: the name and what it is (a class or function docstring's first line)
             assert len(listed[0].split()) > 1, f"{kind[:-1]} '{name}' is listed without a description"
     assert any(line.split()[:1] == ["fashion_trainer"] for line in lines)
+
+
+def test_info_weights_names_an_existing_option_for_every_registered_model(capsys, mmf_registry):
+    from omegaconf import OmegaConf
+
+    from mmf_fashion.plugin import ours
+    from mmf_fashion.released_weights import RELEASED_WEIGHTS
+
+    assert set(RELEASED_WEIGHTS) == set(ours()["model"])  # a new model must say what it loads
+    for model, sources in RELEASED_WEIGHTS.items():
+        defaults = OmegaConf.load(mmf_registry.get_model_class(model).config_path()).model_config[model]
+        for source in sources:
+            assert OmegaConf.select(defaults, source.option, default="absent") != "absent", (model, source.option)
+    code, stdout, stderr = run_cli(capsys, "info", "--weights")
+    assert code == 0, stderr
+    assert "model_config.clip.pretrained=openai/clip-vit-base-patch32" in stdout
+    assert "model_config.align.pretrained=kakaobrain/align-base" in stdout

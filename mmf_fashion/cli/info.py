@@ -20,6 +20,12 @@ def run(args) -> int:
         print(f"\n{plural} ({len(names)}):")
         for name, summary in sorted(names.items()):
             print(f"  {name:<28} {summary}")
+    if args.weights:
+        from mmf_fashion.released_weights import lines
+
+        print("\nreleased weights each model accepts (a hub name or a local path):")
+        for line in lines():
+            print(f"  {line}")
     if args.patches:
         print("\nMMF rc10 patches applied in this process:")
         for line in mmf_fashion.bridge.applied():
@@ -30,4 +36,6 @@ def run(args) -> int:
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("info", help="list the registered models, builders, metrics, losses, processors")
     parser.add_argument("--patches", action="store_true", help="also list the MMF compatibility patches applied")
+    parser.add_argument("--weights", action="store_true",
+                        help="also list the released weights each model accepts and the option naming them")
     parser.set_defaults(func=run)
