@@ -1,4 +1,5 @@
 """FashionBERT: patch grid, negatives, adaptive weights, every head through MMF's registry."""
+import itertools
 import os
 
 import pytest
@@ -8,13 +9,16 @@ from omegaconf import OmegaConf
 from mmf_fashion.modules.fashionbert import (
     FashionBert,
     FashionBertOptions,
+    SubcategoryTextBank,
     adaptive_loss_weights,
     choose_negative_rows,
     combine_losses,
     masked_patch_loss,
+    pair_with_negative_texts,
     query_title_inputs,
     random_patch_mask,
     sample_alignment_negatives,
+    task_gradient_gram,
 )
 from mmf_fashion.modules.fashionbert_patches import (
     PatchFeatureCache,
@@ -145,48 +149,213 @@ def test_negative_rows_leave_a_matched_row():
     assert not choose_negative_rows(torch.tensor([-1, -1]), 0.5).any()
 
 
-def test_alignment_loss_pairs_texts_with_same_subcategory_images():
-    net = FashionBert(FashionBertOptions(image_encoder="resnet18", grid_size=2, patch_size=16,
-                                         text_encoder=TINY_TEXT, heads=("alignment",), tasks=("alignment",)))
+def _alignment_net(**extra):
+    return FashionBert(FashionBertOptions(image_encoder="resnet18", grid_size=2, patch_size=16,
+                                          text_encoder=TINY_TEXT, heads=("alignment",), tasks=("alignment",),
+                                          **extra))
+
+
+def test_in_batch_negatives_swap_the_text_within_the_subcategory():
+    net = _alignment_net()
     product, subcategory = torch.arange(B), torch.tensor([0, 0, 1, 1, 2, 2])
     features = torch.randn(B, 4, net.image_encoder.out_channels)
     ids = torch.randint(1000, 2000, (B, L))
+    net.eval()  # evaluation: batch negatives only, the bank is neither read nor filled
     result = net.alignment_loss(features, ids, torch.ones_like(ids), product, subcategory,
                                 generator=torch.Generator().manual_seed(1))
     swapped = result["labels"] == 0
     assert int(swapped.sum()) == 3
-    rows = result["image_rows"]
-    assert torch.equal(subcategory[rows], subcategory)
-    assert torch.equal(rows != torch.arange(B), swapped)
+    assert torch.equal(subcategory[result["text_product"]], subcategory)
+    assert torch.equal(result["text_product"] != product, swapped)
+    assert set(result["negative_source"][swapped].tolist()) == {2} and len(net.negative_bank) == 0
+
+
+def test_bank_negatives_come_from_the_same_subcategory_across_batches():
+    """Each batch holds one product per subcategory, so only the bank (earlier
+    batches) can give a same-subcategory negative; in-batch falls back to any product."""
+    net = _alignment_net(negative_bank_size=3)
+    net.train()
+    generator = torch.Generator().manual_seed(0)
+    subcategory_of, sources = {}, []
+    for step in range(8):
+        product = torch.arange(B) + 100 * step
+        product[0] = 7  # one product (alone in subcategory 0) comes back in every batch: never its own negative
+        subcategory = torch.tensor([0, 1, 2, 3, 4, 5]) if step % 2 else torch.tensor([0, 5, 4, 3, 2, 1])
+        ids = product[:, None].repeat(1, L)  # a text names its product
+        features = torch.randn(B, 4, net.image_encoder.out_channels)
+        seen_before = dict(subcategory_of)
+        result = net.alignment_loss(features, ids, torch.ones_like(ids), product, subcategory,
+                                    generator=generator)
+        negative = result["labels"] == 0
+        for row in negative.nonzero().flatten().tolist():
+            other = int(result["text_product"][row])
+            assert other != int(product[row])
+            own_subcategory = int(subcategory[row])
+            if any(s == own_subcategory and p != int(product[row]) for p, s in seen_before.items()):
+                assert result["negative_source"][row] == 1 and seen_before[other] == own_subcategory
+        sources += result["negative_source"][negative].tolist()
+        subcategory_of.update(zip(product.tolist(), subcategory.tolist()))
+    assert 2 in sources[:3] and sources.count(1) > sources.count(2)
+    assert max(len(bucket) for bucket in net.negative_bank.entries.values()) <= 3
+
+
+def test_bank_texts_are_fitted_to_the_batch_length():
+    bank = SubcategoryTextBank(2)
+    bank.add(torch.tensor([1]), torch.tensor([4]), torch.tensor([[101, 9, 9, 102]]), torch.ones(1, 4, dtype=torch.long),
+             torch.zeros(1, 4, dtype=torch.long))
+    ids = torch.tensor([[101, 5, 5, 5, 5, 102], [101, 6, 6, 6, 6, 102]])
+    pairs = pair_with_negative_texts(ids, torch.ones_like(ids), None, torch.tensor([2, 3]), torch.tensor([4, 4]),
+                                     0.5, bank, torch.Generator().manual_seed(0))
+    row = int(pairs["negative"].nonzero())
+    assert pairs["input_ids"][row].tolist() == [101, 9, 9, 102, 0, 0]
+    assert pairs["attention_mask"][row].tolist() == [1, 1, 1, 1, 0, 0]
+    assert int(pairs["source"][row]) == 1 and int(pairs["text_product"][row]) == 1
+    assert bank.candidates(4, 1) == []  # never a product's own text
 
 
 # ---------------------------------------------------------- losses, weights
-def test_adaptive_weights_equal_the_closed_form_and_sum_to_one():
-    losses = torch.tensor([2.5, 0.3, 0.9])
-    g = torch.exp(losses) / torch.exp(losses).sum()
-    g = g * g
-    inverse = 1.0 / (3.0 - g)
-    expected = inverse / inverse.sum()
-    weights = adaptive_loss_weights(losses, alpha=1.0)
-    assert torch.allclose(weights, expected, atol=1e-6)
-    assert torch.isclose(weights.sum(), torch.tensor(1.0))
-    assert weights.argmax() == 0  # the largest loss gets the largest weight
-    alpha_two = adaptive_loss_weights(losses, alpha=2.0)
-    assert torch.allclose(alpha_two, (1 / (6.0 - g)) / (1 / (6.0 - g)).sum(), atol=1e-6)
-    assert adaptive_loss_weights(torch.tensor([4.0])).tolist() == [1.0]
+def _objective(weights, gram, alpha):
+    """The FashionBERT sub-problem: 1/2 ||sum_i w_i g_i||^2 + (alpha*K/2) ||w - 1/K||^2."""
+    num = gram.shape[0]
+    return 0.5 * weights @ gram @ weights + 0.5 * alpha * num * ((weights - 1.0 / num) ** 2).sum()
 
 
-def test_combined_loss_detaches_weights_or_uses_fixed_ones():
+def _grid_search(gram, alpha, steps):
+    num, best, best_value = gram.shape[0], None, float("inf")
+    for point in itertools.product(range(steps + 1), repeat=num - 1):
+        if sum(point) > steps:
+            continue
+        weights = torch.tensor([*point, steps - sum(point)], dtype=torch.float64) / steps
+        value = float(_objective(weights, gram, alpha))
+        if value < best_value:
+            best, best_value = weights, value
+    return best, best_value
+
+
+@pytest.mark.parametrize("num, steps", [(2, 2000), (3, 200)])
+def test_adaptive_weights_solve_the_subproblem_like_a_grid_search(num, steps):
+    generator = torch.Generator().manual_seed(num)
+    for trial in range(6):
+        gradients = torch.randn(num, 5, generator=generator, dtype=torch.float64)
+        gradients *= torch.tensor([10.0, 1.0, 0.2][:num], dtype=torch.float64)[:, None]  # unequal norms
+        if trial % 2:  # conflicting tasks
+            gradients[1] = -0.5 * gradients[0] + 0.1 * gradients[1]
+        gram = gradients @ gradients.t()
+        for alpha in (0.0, 0.05, 1.0):
+            weights = adaptive_loss_weights(gram, alpha, normalize=False).double()
+            assert torch.isclose(weights.sum(), torch.tensor(1.0, dtype=torch.float64)) and (weights >= 0).all()
+            grid_weights, grid_value = _grid_search(gram, alpha, steps)
+            assert float(_objective(weights, gram, alpha)) <= grid_value + 1e-9
+            assert torch.allclose(weights, grid_weights, atol=3.0 / steps + 1e-3)
+
+
+def test_normalised_weights_ignore_the_gradient_scale():
+    gram = torch.tensor([[4.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 0.1]])
+    assert torch.allclose(adaptive_loss_weights(gram), adaptive_loss_weights(1e4 * gram), atol=1e-6)
+    assert torch.allclose(adaptive_loss_weights(gram, alpha=1e6), torch.full((3,), 1 / 3), atol=1e-4)
+    assert adaptive_loss_weights(torch.ones(1, 1)).tolist() == [1.0]
+    assert adaptive_loss_weights(torch.zeros(2, 2), alpha=0.0).tolist() == [0.5, 0.5]
+    assert adaptive_loss_weights(torch.full((2, 2), float("nan"))).tolist() == [0.5, 0.5]
+
+
+def test_a_dominant_gradient_gets_the_smallest_weight_on_a_toy_shared_layer():
+    """Three losses read orthogonal directions of one shared linear layer's output,
+    with gradient norms 10 : 1 : 0.5; orthogonal gradients make the sub-problem's
+    solution w_i ~ 1 / (||g_i||^2 + alpha*K) (Gram normalised by its mean diagonal)."""
+    torch.manual_seed(0)
+    shared = torch.nn.Linear(3, 3)
+    hidden = shared(torch.randn(4, 3))
+    scales = torch.tensor([10.0, 1.0, 0.5])
+    losses = [scales[i] * hidden[:, i].sum() / 2.0 for i in range(3)]  # d L_i / d hidden[:, i] = scale_i / 2
+    gram = task_gradient_gram(losses, [hidden])
+    norms = (scales / 2.0) ** 2 * 4  # 4 rows
+    assert torch.allclose(gram, torch.diag(norms), atol=1e-5)
+    weights = adaptive_loss_weights(gram, alpha=1.0)
+    g = norms / norms.mean()
+    expected = (1.0 / (g + 3.0)) / (1.0 / (g + 3.0)).sum()
+    assert torch.allclose(weights, expected, atol=1e-5)
+    assert weights.argmin() == 0 and weights.argmax() == 2
+    grid_weights, _ = _grid_search(gram.double() / float(norms.mean()), 1.0, 200)
+    assert torch.allclose(weights.double(), grid_weights, atol=0.02)
+    # through the parameters (the last_layer stand-in): the same ordering
+    by_weight = adaptive_loss_weights(task_gradient_gram(losses, list(shared.parameters())), alpha=1.0)
+    assert by_weight.argmin() == 0 and torch.isclose(by_weight.sum(), torch.tensor(1.0))
+
+
+def test_combined_loss_uses_constant_weights():
     a = torch.tensor(2.0, requires_grad=True)
     b = torch.tensor(0.5, requires_grad=True)
-    total, weights = combine_losses({"mlm": a, "mpm": b}, adaptive=True, detach=True)
+    total, weights = combine_losses({"mlm": a, "mpm": b}, {"mlm": 0.25, "mpm": 0.75})
     total.backward()
-    # detached: d total / d L_i is exactly w_i
-    assert torch.isclose(a.grad, weights["mlm"]) and torch.isclose(b.grad, weights["mpm"])
-    assert torch.isclose(total, weights["mlm"] * 2.0 + weights["mpm"] * 0.5)
-    total, weights = combine_losses({"mlm": a, "mpm": b}, adaptive=False, fixed_weights={"mlm": 0.25})
-    assert weights["mlm"] == 0.25 and weights["mpm"] == 1.0
-    assert torch.isclose(total, torch.tensor(0.25 * 2.0 + 0.5))
+    assert torch.isclose(a.grad, torch.tensor(0.25)) and torch.isclose(b.grad, torch.tensor(0.75))
+    assert torch.isclose(total, torch.tensor(0.25 * 2.0 + 0.75 * 0.5))
+
+
+def test_the_pretraining_step_weights_its_losses_by_the_subproblem(mmf_registry):
+    model = _build(mmf_registry, head="pretraining")
+    model.train()
+    torch.manual_seed(3)
+    output = model(_sample_list())
+    state = model._adaptive_state
+    weights = output["loss_weights"]
+    assert set(weights) == {"mlm", "mpm", "alignment"} and state["weights"] is not None
+    assert torch.isclose(sum(weights.values()), torch.tensor(1.0)) and all(float(w) >= 0 for w in weights.values())
+    assert {task: round(float(w), 5) for task, w in weights.items()} == \
+        {task: round(w, 5) for task, w in state["weights"].items()}
+    # they are the sub-problem's solution for this step's gradients (last BERT layer)
+    batch = _sample_list()
+    input_ids, attention_mask, token_type_ids, labels = model._text_inputs(batch, masked=True)
+    result = model.pretraining_losses(model.encode_patches(batch["image"]), input_ids, attention_mask, labels,
+                                      batch["product_id"], batch["subcategory_id"], token_type_ids)
+    names = list(result["losses"])
+    layer = list(model.text_encoder.encoder.layer[-1].parameters())
+    gram = task_gradient_gram([result["losses"][task] for task in names], layer)
+    expected = adaptive_loss_weights(gram, alpha=1.0)
+    assert torch.allclose(torch.stack([result["weights"][task] for task in names]), expected, atol=1e-6)
+    for task, loss in output["unweighted_losses"].items():
+        assert torch.isclose(output["losses"][f"train/fashiongen/{task}"], weights[task] * loss)
+    model.eval()  # no graph: uniform weights, whatever the training history
+    with torch.no_grad():
+        evaluated = model(_sample_list())
+    assert all(torch.isclose(w, torch.tensor(1 / 3)) for w in evaluated["loss_weights"].values())
+
+
+def test_weights_and_unweighted_losses_reach_the_training_log(mmf_registry, monkeypatch):
+    lines = []
+
+    class Writer:
+        def write(self, message, level="info"):
+            lines.append(message)
+
+    state = mmf_registry.mapping["state"]
+    monkeypatch.setitem(state, "writer", Writer())
+    monkeypatch.setitem(state, "config", OmegaConf.merge(state["config"], {"training": {"log_interval": 2}}))
+    monkeypatch.setitem(state, "num_updates", 0)
+    model = _build(mmf_registry, head="pretraining", loss_weighting={"adaptive": {"grad_source": "sequence_output"}})
+    model.train()
+    model(_sample_list())
+    assert lines == []  # update 1: not a logged update
+    monkeypatch.setitem(state, "num_updates", 1)
+    model(_sample_list())
+    assert len(lines) == 1 and "fashionbert update 2: loss weights mlm:" in lines[0]
+    assert "unweighted losses mlm:" in lines[0] and "alignment:" in lines[0]
+
+
+@pytest.mark.parametrize("weighting, mode, source", [
+    ({"mode": "fixed", "fixed": {"mlm": 0.5}}, "fixed", "last_layer"),
+    ("fixed", "fixed", "last_layer"),
+    ({"adaptive": False}, "fixed", "last_layer"),  # the older boolean form
+    ({"mode": "adaptive", "adaptive": {"grad_source": "shared", "alpha": 0.5}}, "adaptive", "shared"),
+])
+def test_loss_weighting_config_forms(weighting, mode, source):
+    from mmf_fashion.models.fashionbert import options_from_config
+
+    options = options_from_config({"loss_weighting": weighting}, "pretraining")
+    assert options.loss_weighting == mode and options.grad_source == source
+    if isinstance(weighting, dict) and "fixed" in weighting:
+        assert options.fixed_weights == {"mlm": 0.5}
+    with pytest.raises(ValueError, match="grad_source"):
+        options_from_config({"loss_weighting": {"adaptive": {"grad_source": "all"}}}, "pretraining")
 
 
 def test_masked_patch_losses():
@@ -230,8 +399,9 @@ def _check_gradients(model, unused=()):
 
 @pytest.mark.parametrize("head, extra, expected_losses", [
     ("pretraining", {}, {"mlm", "mpm", "alignment"}),
-    ("pretraining", {"pretraining": {"mpm_loss": "mse"}, "loss_weighting": {"adaptive": False}},
+    ("pretraining", {"pretraining": {"mpm_loss": "mse"}, "loss_weighting": {"mode": "fixed"}},
      {"mlm", "mpm", "alignment"}),
+    ("pretraining", {"loss_weighting": {"adaptive": {"grad_source": "shared"}}}, {"mlm", "mpm", "alignment"}),
     ("pretraining", {"segments": "query_title_image"}, {"mlm", "mpm", "alignment"}),
     ("pretraining", {"pretraining": {"tasks": ["mlm", "mpm"]}}, {"mlm", "mpm"}),
     ("alignment", {}, {"alignment"}),
@@ -251,7 +421,7 @@ def test_every_head_trains_with_finite_gradients(mmf_registry, head, extra, expe
                      else ("text_encoder.pooler.",))
     if head == "pretraining":
         weights = output["loss_weights"]
-        if _config(**extra).loss_weighting.adaptive:
+        if _config(**extra).loss_weighting.get("mode", "adaptive") == "adaptive":
             assert torch.isclose(sum(weights.values()), torch.tensor(1.0))
         else:
             assert all(float(weight) == 1.0 for weight in weights.values())

@@ -15,12 +15,17 @@ this file reads the config and the sample list.
 
 Heads (``model_config.fashionbert.head``):
 - ``pretraining``: MLM (whole-word masking from the data), masked patch
-  modelling and text-image alignment in one forward; losses weighted by the
-  closed-form adaptive weights (``loss_weighting``). The losses returned are
-  the WEIGHTED task losses (their sum is the objective); ``unweighted_losses``
-  and ``loss_weights`` are returned beside them. ``scores``: alignment logits.
-- ``alignment`` (ITR): matched / not-matched cross entropy with
-  same-subcategory in-batch negatives; retrieval ranks pairs by
+  modelling and text-image alignment in one forward; losses weighted by
+  ``loss_weighting`` (``mode: adaptive``: the paper's gradient-based weights,
+  ``adaptive.grad_source`` says which gradients; ``mode: fixed``). The losses
+  returned are the WEIGHTED task losses (their sum is the objective);
+  ``unweighted_losses`` and ``loss_weights`` are returned beside them and
+  written to the training log at every ``training.log_interval``.
+  ``scores``: alignment logits.
+- ``alignment`` (ITR): matched / not-matched cross entropy; a negative pairs
+  the image with the text of another product of the same subcategory, from
+  a bank of earlier training batches (``negative_bank_size``), else from the
+  batch; retrieval ranks pairs by
   ``match_scores`` (r@k_kaleido with ``scoring: model``). ``scores`` (B, 2).
 - ``classification`` (SCR): pooled [CLS] -> linear; ``scores`` (B, num_labels),
   cross entropy against ``targets``.
@@ -74,11 +79,11 @@ def options_from_config(config: Mapping[str, Any], head: str) -> FashionBertOpti
     image = {"name": image} if isinstance(image, str) else dict(image)
     cache = dict(config.get("patch_cache") or {})
     pretraining = dict(config.get("pretraining") or {})
-    weighting = dict(config.get("loss_weighting") or {})
+    weighting = _weighting_from_config(config.get("loss_weighting"))
     tasks = tuple(str(task) for task in pretraining.get("tasks", ("mlm", "mpm", "alignment")))
     heads = {PRETRAINING: tasks, ALIGNMENT: ("alignment",), CLASSIFICATION: ("classification",)}[head]
     defaults = FashionBertOptions.__dataclass_fields__
-    fixed = weighting.get("fixed") or {}
+    fixed = weighting["fixed"]
     return FashionBertOptions(
         image_encoder=str(image.get("name", defaults["image_encoder"].default)),
         image_pretrained=image.get("pretrained") or None,
@@ -95,13 +100,33 @@ def options_from_config(config: Mapping[str, Any], head: str) -> FashionBertOpti
         patch_mask_ratio=float(pretraining.get("patch_mask_ratio", 0.1)),
         mpm_loss=str(pretraining.get("mpm_loss", "kl")),
         negative_fraction=float(config.get("negative_fraction", pretraining.get("negative_fraction", 0.5))),
-        adaptive_weights=bool(weighting.get("adaptive", True)),
-        adaptive_alpha=float(weighting.get("alpha", 1.0)),
-        detach_weights=bool(weighting.get("detach", True)),
+        negative_bank_size=int(config.get("negative_bank_size", defaults["negative_bank_size"].default)),
+        loss_weighting=weighting["mode"],
+        grad_source=str(weighting["adaptive"].get("grad_source", defaults["grad_source"].default)),
+        adaptive_alpha=float(weighting["adaptive"].get("alpha", weighting["alpha"])),
+        normalize_gradients=bool(weighting["adaptive"].get("normalize", True)),
+        adaptive_every=int(weighting["adaptive"].get("every", 1)),
         fixed_weights={str(k): float(v) for k, v in dict(fixed).items()} or {t: 1.0 for t in tasks},
         num_labels=int(config.get("num_labels", 0) or 0),
         heads=heads,
     )
+
+
+def _weighting_from_config(weighting: Any) -> Dict[str, Any]:
+    """loss_weighting as {mode, adaptive: {...}, alpha, fixed}. Accepts the string form
+    (``loss_weighting: fixed``), the block form (``mode: adaptive``, ``adaptive: {grad_source,
+    alpha, normalize, every}``, ``fixed: {task: w}``) and the older ``adaptive: true|false``."""
+    if isinstance(weighting, str):
+        weighting = {"mode": weighting}
+    weighting = _plain(weighting)
+    adaptive = weighting.get("adaptive", True)
+    block = _plain(adaptive) if isinstance(adaptive, Mapping) else {}
+    mode = weighting.get("mode", None) or ("fixed" if adaptive is False else "adaptive")
+    if weighting.get("detach", True) is False:
+        raise ValueError("fashionbert loss_weighting.detach: false is gone; the adaptive weights solve a separate "
+                         "problem and are constants of the step")
+    return {"mode": str(mode), "adaptive": block, "alpha": float(weighting.get("alpha", 1.0)),
+            "fixed": _plain(weighting.get("fixed"))}
 
 
 class ShortlistTowers(TwoStreamMixin, nn.Module):
@@ -225,10 +250,33 @@ class FashionBERT(FashionBertMixin, BaseModel):
         losses = {self._key(sample_list, task): result["weights"][task] * loss
                   for task, loss in result["losses"].items()}
         output = {"losses": losses, "unweighted_losses": {task: loss.detach() for task, loss in result["losses"].items()},
-                  "loss_weights": {task: weight.detach() for task, weight in result["weights"].items()}}
+                  "loss_weights": {task: weight.detach() for task, weight in result["weights"].items()},
+                  "negative_source": result["negative_source"]}
         if result["alignment_logits"] is not None:
             output["scores"] = result["alignment_logits"]
+        if self.training:
+            self._log_weights(output)
         return output
+
+    def _log_weights(self, output: Mapping[str, Any]) -> None:
+        """Mean weights and unweighted losses since the last log line, written through the
+        trainer's writer just before the update the trainer logs (training.log_interval):
+        the trainer itself only logs the weighted losses."""
+        sums = self.__dict__.setdefault("_weight_log", {"count": 0, "weights": {}, "losses": {}, "logged": -1})
+        sums["count"] += 1
+        for group, values in (("weights", output["loss_weights"]), ("losses", output["unweighted_losses"])):
+            for task, value in values.items():
+                sums[group][task] = sums[group].get(task, 0.0) + float(value)
+        writer, config = registry.get("writer", no_warning=True), registry.get("config", no_warning=True)
+        interval = int(config.training.get("log_interval", 0) or 0) if config is not None and "training" in config else 0
+        update = int(registry.get("num_updates", 0, no_warning=True) or 0) + 1
+        if writer is None or interval <= 0 or update % interval or sums["logged"] == update:
+            return
+        count = sums["count"]
+        weights = ", ".join(f"{task}: {value / count:.3f}" for task, value in sums["weights"].items())
+        losses = ", ".join(f"{task}: {value / count:.4f}" for task, value in sums["losses"].items())
+        writer.write(f"fashionbert update {update}: loss weights {weights}; unweighted losses {losses}", "info")
+        self.__dict__["_weight_log"] = {"count": 0, "weights": {}, "losses": {}, "logged": update}
 
     def _forward_alignment(self, sample_list) -> Dict[str, Any]:
         input_ids, attention_mask, token_type_ids, _ = self._text_inputs(sample_list, masked=False)
@@ -236,7 +284,7 @@ class FashionBERT(FashionBertMixin, BaseModel):
                                      sample_list["product_id"], sample_list.get("subcategory_id", None),
                                      token_type_ids)
         return {"losses": {self._key(sample_list, "alignment"): result["loss"]}, "scores": result["logits"],
-                "alignment_labels": result["labels"]}
+                "alignment_labels": result["labels"], "negative_source": result["negative_source"]}
 
     def _forward_classification(self, sample_list) -> Dict[str, Any]:
         input_ids, attention_mask, token_type_ids, _ = self._text_inputs(sample_list, masked=False)

@@ -14,40 +14,33 @@ Cheatsheet::
     logits = net.alignment_logits(feats, input_ids, attention_mask)   # (B, 2)
     scores = net.score_pairs(images, input_ids, attention_mask)       # (P,)
 
-Decisions (MODELS.md, FashionBERT section):
+Decisions (docs/models/fashionbert.md has the long version):
 - Patches (fashionbert_patches.py): a grid_size x grid_size grid, row-major,
-  the image resized to a multiple of the grid first when needed; each patch
-  through a torchvision CNN + global average pooling to a C-d feature (2048
-  for resnet50); optional disk cache of the features (frozen encoder only).
-- Input: [text tokens ; patch tokens]; text tokens use BERT's own word,
-  position and token-type embeddings; patch tokens = projection (no bias) +
-  patch position embedding (one per grid cell) + one patch segment embedding,
-  then LayerNorm and dropout. With segments="query_title_image" the text is
-  [CLS] query [SEP] title [SEP] (token type 0 for the query, 1 for the title).
-- Masked patch modelling: `patch_mask_ratio` (10%) of the patches of every
-  row (at least one) have their feature set to zero; a linear head predicts
-  the original feature; loss KL(softmax(target) || softmax(pred)) per masked
-  patch ("kl", default) or the mean squared error ("mse"). The target is
-  detached: it must not be pulled towards the prediction. With a trainable,
-  randomly initialised patch CNN the targets themselves can drift towards
-  uniform features that make the KL trivial (seen in the CPU demo: 0.3 ->
-  0.005 in 100 updates); a pretrained and/or frozen CNN avoids that.
-- Alignment: a 2-way head on BERT's pooled [CLS] (label 1 = matched). A
-  fraction `negative_fraction` of the rows get the image of another product
-  of the same subcategory in the batch; when a row's subcategory has no other
-  product in the batch, any other product; when the batch holds a single
-  product, the row stays matched. MLM and masked patch losses are computed on
-  matched rows only (a text does not describe a swapped image).
-- Adaptive loss weights (closed form, K tasks): g = softmax(L)^2,
-  w_i = (alpha*K - g_i)^-1 / sum_j (alpha*K - g_j)^-1, loss = sum_i w_i L_i.
-  The weights are detached by default: they are the solution of a separate
-  sub-problem that rescales the task gradients, not a path to lower the loss
-  by moving weight between tasks. `adaptive=False` uses fixed weights.
+  each patch through a torchvision CNN + global average pooling (2048-d for
+  resnet50); optional disk cache of the features (frozen encoder only).
+- Input: [text tokens ; patch tokens] in one BERT; patch tokens = projection
+  (no bias) + one position embedding per grid cell + a patch segment
+  embedding. segments="query_title_image": [CLS] query [SEP] title [SEP].
+- Masked patch modelling: `patch_mask_ratio` of each row's patches zeroed; a
+  linear head predicts the (detached) original feature; KL or MSE.
+- Alignment negatives (the released FashionBERT data: this product's image
+  with the TEXT of another product of the same subcategory): a fraction
+  `negative_fraction` of the rows get a foreign text, drawn from a per-
+  subcategory bank of texts seen in earlier training batches (so the whole
+  training set, not only the batch, supplies negatives); when the bank has
+  no other product of the row's subcategory, from the batch (same
+  subcategory, else any other product). MLM / MPM use matched rows only.
+- Adaptive loss weights: w = argmin over the simplex of
+  1/2 ||sum_i w_i g_i||^2 + (alpha*K/2) ||w - 1/K||^2, g_i = the gradient of
+  task i's loss w.r.t. shared weights (`grad_source`: last_layer,
+  sequence_output or shared), solved exactly over active sets; the weights
+  are constants of the step (no gradient through them).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from itertools import combinations
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +54,9 @@ from mmf_fashion.modules.fashionbert_patches import (  # noqa: F401  (re-exporte
 TASKS = ("mlm", "mpm", "alignment")
 SEGMENTS = ("text_image", "query_title_image")
 MPM_LOSSES = ("kl", "mse")
+WEIGHTINGS = ("adaptive", "fixed")
+# what the task gradients of the adaptive weights are taken with respect to
+GRAD_SOURCES = ("last_layer", "sequence_output", "shared")
 IGNORE_INDEX = -100
 
 
@@ -84,9 +80,12 @@ class FashionBertOptions:
     patch_mask_ratio: float = 0.1
     mpm_loss: str = "kl"
     negative_fraction: float = 0.5
-    adaptive_weights: bool = True
+    negative_bank_size: int = 8  # texts kept per subcategory (0 = in-batch negatives only)
+    loss_weighting: str = "adaptive"
+    grad_source: str = "last_layer"
     adaptive_alpha: float = 1.0
-    detach_weights: bool = True
+    normalize_gradients: bool = True  # Gram / its mean diagonal: alpha is scale-free
+    adaptive_every: int = 1  # recompute the weights every n training steps
     fixed_weights: Dict[str, float] = field(default_factory=lambda: {name: 1.0 for name in TASKS})
     num_labels: int = 0  # > 0 builds the classification head
     heads: Tuple[str, ...] = ("mlm", "mpm", "alignment")
@@ -107,11 +106,16 @@ class FashionBertOptions:
             raise ValueError(f"fashionbert patch_mask_ratio must be in (0, 1), got {self.patch_mask_ratio}")
         if not 0.0 <= self.negative_fraction < 1.0:
             raise ValueError(f"fashionbert negative_fraction must be in [0, 1), got {self.negative_fraction}")
-        if self.adaptive_weights and len(self.tasks) > 1 and self.adaptive_alpha * len(self.tasks) <= 1.0:
-            raise ValueError(
-                f"fashionbert adaptive_alpha * K must exceed 1 (g_i <= 1 would make a weight negative "
-                f"or infinite): alpha={self.adaptive_alpha}, K={len(self.tasks)}"
-            )
+        if self.negative_bank_size < 0:
+            raise ValueError(f"fashionbert negative_bank_size must be >= 0, got {self.negative_bank_size}")
+        if self.loss_weighting not in WEIGHTINGS:
+            raise ValueError(f"fashionbert loss_weighting '{self.loss_weighting}': choose one of {list(WEIGHTINGS)}")
+        if self.grad_source not in GRAD_SOURCES:
+            raise ValueError(f"fashionbert loss_weighting.adaptive.grad_source '{self.grad_source}': "
+                             f"choose one of {list(GRAD_SOURCES)}")
+        if self.adaptive_alpha < 0 or self.adaptive_every < 1:
+            raise ValueError(f"fashionbert adaptive alpha must be >= 0 and every >= 1, got "
+                             f"alpha={self.adaptive_alpha}, every={self.adaptive_every}")
         if self.patch_cache_file and not self.freeze_image_encoder:
             raise ValueError(
                 f"fashionbert patch_cache_file '{self.patch_cache_file}': cached patch features are only "
@@ -163,7 +167,7 @@ class MaskedTokenHead(nn.Module):
 # ------------------------------------------------------------- task pieces
 def sample_alignment_negatives(product_id: torch.Tensor, subcategory_id: Optional[torch.Tensor] = None,
                                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """For each row, the batch row whose image serves as its negative, or -1.
+    """For each row, the batch row that supplies its negative, or -1.
 
     Preference: a random row of another product with the same subcategory;
     else a random row of any other product; else -1 (one product in the batch).
@@ -221,32 +225,159 @@ def masked_patch_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str 
     raise ValueError(f"masked_patch_loss: unknown kind '{kind}', choose one of {list(MPM_LOSSES)}")
 
 
-def adaptive_loss_weights(losses: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """Closed-form FashionBERT weights of K task losses (K,) -> (K,), summing to 1.
+def simplex_min_quadratic(matrix: torch.Tensor) -> torch.Tensor:
+    """argmin of w^T M w over the simplex (sum w = 1, w >= 0) for a symmetric PSD (K, K) M.
 
-    g = softmax(L)^2; w_i = (alpha*K - g_i)^-1 / sum_j (alpha*K - g_j)^-1.
+    Exact: at the optimum, with support S, the KKT conditions give
+    w_S proportional to M_SS^-1 1; every support is tried (2^K - 1 small
+    solves, K <= 3 here) and the feasible candidate of least value kept.
     """
-    num_tasks = losses.numel()
-    if num_tasks == 1:  # one task: the formula gives 1 (and 0/0 when alpha = 1)
-        return torch.ones_like(losses.float().reshape(-1))
-    g = torch.softmax(losses.float().reshape(-1), dim=0) ** 2
-    inverse = 1.0 / (alpha * num_tasks - g)
-    return inverse / inverse.sum()
+    num = matrix.shape[0]
+    m = matrix.double()
+    # a tiny ridge keeps M_SS invertible when gradients are parallel (alpha = 0)
+    m = m + 1e-10 * max(float(m.diagonal().abs().max()), 1.0) * torch.eye(num, dtype=m.dtype, device=m.device)
+    best, best_value = None, float("inf")
+    for size in range(1, num + 1):
+        for support in combinations(range(num), size):
+            index = torch.tensor(support, device=m.device)
+            direction = torch.linalg.solve(m[index][:, index], torch.ones(size, dtype=m.dtype, device=m.device))
+            if float(direction.sum()) <= 0 or bool((direction < -1e-12 * direction.abs().max()).any()):
+                continue
+            weights = torch.zeros(num, dtype=m.dtype, device=m.device)
+            weights[index] = direction.clamp_min(0.0)
+            weights = weights / weights.sum()
+            value = float(weights @ m @ weights)
+            if value < best_value:
+                best, best_value = weights, value
+    return best
 
 
-def combine_losses(losses: Mapping[str, torch.Tensor], adaptive: bool = True, alpha: float = 1.0,
-                   detach: bool = True, fixed_weights: Optional[Mapping[str, float]] = None
+def adaptive_loss_weights(gram: torch.Tensor, alpha: float = 1.0, normalize: bool = True) -> torch.Tensor:
+    """FashionBERT's adaptive weights from the (K, K) Gram matrix of the task gradients.
+
+    w = argmin over the simplex of 1/2 ||sum_i w_i g_i||^2 + (alpha*K/2) ||w - 1/K||^2.
+    On the simplex ||w - 1/K||^2 = ||w||^2 - 1/K, so this is min w^T (G + alpha*K*I) w.
+    normalize divides G by its mean diagonal first (alpha then means the same at any
+    gradient scale). With orthogonal gradients: w_i ~ 1 / (||g_i||^2 + alpha*K).
+    """
+    num = gram.shape[0]
+    if num == 1:
+        return torch.ones(1, device=gram.device)
+    g = gram.detach().double().cpu()  # K x K: one copy, then the small solves run on the CPU
+    if not bool(torch.isfinite(g).all()):  # a non-finite gradient: the trainer reports the loss itself
+        return torch.full((num,), 1.0 / num, device=gram.device)
+    g = (g + g.t()) / 2
+    scale = float(g.diagonal().mean())
+    if normalize and scale > 0:
+        g = g / scale
+    eye = torch.eye(num, dtype=g.dtype, device=g.device)
+    return simplex_min_quadratic(g + alpha * num * eye).float().to(gram.device)
+
+
+def task_gradient_gram(losses: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(K, K) Gram matrix of the K losses' gradients w.r.t. `inputs` (shared
+    parameters or activations); one extra backward per loss, graph kept."""
+    rows = []
+    for loss in losses:
+        if not loss.requires_grad:
+            rows.append(torch.cat([torch.zeros(x.numel(), device=x.device) for x in inputs]))
+            continue
+        grads = torch.autograd.grad(loss.float(), list(inputs), retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([(g if g is not None else torch.zeros_like(x)).reshape(-1).float()
+                               for g, x in zip(grads, inputs)]))
+    flat = torch.stack(rows)
+    return flat @ flat.t()
+
+
+def combine_losses(losses: Mapping[str, torch.Tensor], weights: Mapping[str, Any]
                    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """Weighted sum of named losses -> (total, {name: weight})."""
+    """sum_i w_i L_i of named losses -> (total, {name: weight tensor}); weights are constants."""
     names = list(losses)
     stacked = torch.stack([losses[name].float().reshape(()) for name in names])
-    if adaptive:
-        weights = adaptive_loss_weights(stacked.detach() if detach else stacked, alpha)
-    else:
-        fixed_weights = fixed_weights or {}
-        weights = stacked.new_tensor([float(fixed_weights.get(name, 1.0)) for name in names])
-    total = (weights * stacked).sum()
-    return total, {name: weights[i] for i, name in enumerate(names)}
+    values = stacked.new_tensor([float(weights[name]) for name in names])
+    return (values * stacked).sum(), {name: values[i] for i, name in enumerate(names)}
+
+
+class SubcategoryTextBank:
+    """Texts of recent training products, per subcategory: same-subcategory
+    negatives from across the training set, not just the batch.
+
+    Holds at most `size` products per subcategory (the newest; one entry per
+    product). Not saved in checkpoints: it refills within a few batches.
+    """
+
+    def __init__(self, size: int = 8):
+        self.size = int(size)
+        self.entries: Dict[int, List[Tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(bucket) for bucket in self.entries.values())
+
+    def add(self, product_id: torch.Tensor, subcategory_id: torch.Tensor, input_ids: torch.Tensor,
+            attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> None:
+        for row, (product, subcategory) in enumerate(zip(product_id.tolist(), subcategory_id.tolist())):
+            if subcategory < 0:  # unlabelled product: no subcategory to match
+                continue
+            bucket = [entry for entry in self.entries.get(subcategory, []) if entry[0] != product]
+            bucket.append((product, input_ids[row].detach().clone(), attention_mask[row].detach().clone(),
+                           token_type_ids[row].detach().clone()))
+            self.entries[subcategory] = bucket[-self.size:]
+
+    def candidates(self, subcategory: int, product: int):
+        """Entries (product, ids, mask, types) of the subcategory, other products only."""
+        return [entry for entry in self.entries.get(subcategory, []) if entry[0] != product]
+
+
+def _fit_length(entry: Tuple[int, torch.Tensor, torch.Tensor, torch.Tensor], length: int, pad_id: int):
+    """A bank entry's (ids, mask, types) cut or padded to the batch's text length."""
+    _, ids, mask, types = entry
+    if ids.numel() >= length:
+        return ids[:length], mask[:length], types[:length]
+    pad = length - ids.numel()
+    return (F.pad(ids, (0, pad), value=pad_id), F.pad(mask, (0, pad)), F.pad(types, (0, pad)))
+
+
+def pair_with_negative_texts(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                             token_type_ids: Optional[torch.Tensor], product_id: torch.Tensor,
+                             subcategory_id: Optional[torch.Tensor], fraction: float,
+                             bank: Optional[SubcategoryTextBank] = None,
+                             generator: Optional[torch.Generator] = None, pad_id: int = 0
+                             ) -> Dict[str, torch.Tensor]:
+    """Give round(fraction*B) rows (never all) the text of another product.
+
+    Source per negative row: a random bank entry of the row's subcategory (another
+    product, earlier batch); else a batch row (sample_alignment_negatives: same
+    subcategory, else any other product). Rows with no candidate stay matched.
+    Returns input_ids, attention_mask, token_type_ids (B, L) as paired, negative (B,)
+    bool, text_product (B,) the product each text belongs to, source (B,)
+    0 = own text, 1 = bank, 2 = batch.
+    """
+    batch, length = input_ids.shape
+    if token_type_ids is None:
+        token_type_ids = torch.zeros_like(input_ids)
+    product_id = product_id.reshape(-1)
+    partner = sample_alignment_negatives(product_id, subcategory_id, generator)
+    from_bank: List[Optional[tuple]] = [None] * batch
+    if bank is not None and subcategory_id is not None:
+        for row, (product, subcategory) in enumerate(zip(product_id.tolist(), subcategory_id.reshape(-1).tolist())):
+            options = bank.candidates(subcategory, product)
+            if options:
+                from_bank[row] = options[int(torch.randint(len(options), (1,), generator=generator))]
+    has_bank = torch.tensor([entry is not None for entry in from_bank], device=partner.device)
+    negative = choose_negative_rows(torch.where(has_bank, torch.zeros_like(partner), partner), fraction, generator)
+    ids, mask, types = input_ids.clone(), attention_mask.clone(), token_type_ids.clone()
+    text_product, source = product_id.clone(), torch.zeros_like(product_id)
+    for row in negative.nonzero().flatten().tolist():
+        if from_bank[row] is not None:
+            fitted = _fit_length(from_bank[row], length, pad_id)
+            ids[row], mask[row], types[row] = (x.to(ids.device) for x in fitted)
+            text_product[row], source[row] = from_bank[row][0], 1
+        else:
+            other = int(partner[row])
+            ids[row], mask[row], types[row] = input_ids[other], attention_mask[other], token_type_ids[other]
+            text_product[row], source[row] = product_id[other], 2
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "negative": negative,
+            "text_product": text_product, "source": source}
 
 
 def query_title_inputs(query_ids: torch.Tensor, query_mask: torch.Tensor, title_ids: torch.Tensor,
@@ -307,6 +438,9 @@ class FashionBertMixin:
                 raise ValueError("fashionbert classification head: set num_labels (e.g. 121 subcategories)")
             self.classification_head = nn.Sequential(nn.Dropout(bert_config.hidden_dropout_prob),
                                                      nn.Linear(hidden, options.num_labels))
+        # plain attributes (no state): the bank refills from the data after a resume
+        self.negative_bank = SubcategoryTextBank(options.negative_bank_size) if options.negative_bank_size else None
+        self.__dict__["_adaptive_state"] = {"step": 0, "weights": None}
         self.patch_cache = None
         if options.patch_cache_file:
             signature = {"encoder": options.image_encoder, "weights": options.image_pretrained,
@@ -416,28 +550,67 @@ class FashionBertMixin:
         _, pooled = self.fuse(patch_features, input_ids, attention_mask, token_type_ids)
         return self.classification_head(pooled)
 
-    def _pair_with_negatives(self, patch_features, product_id, subcategory_id, generator):
-        partner = sample_alignment_negatives(product_id, subcategory_id, generator)
-        negative = choose_negative_rows(partner, self.options.negative_fraction, generator)
-        image_rows = torch.where(negative, partner, torch.arange(partner.shape[0], device=partner.device))
-        return patch_features[image_rows], negative, image_rows
+    def _pair_texts(self, input_ids, attention_mask, token_type_ids, product_id, subcategory_id, generator):
+        """Texts as paired (negatives swapped in); the bank is read and then filled in training only,
+        so it holds earlier batches and evaluation depends on the batch alone."""
+        bank = self.negative_bank if self.training else None
+        pad_id = getattr(self.text_encoder.config, "pad_token_id", None) or 0
+        pairs = pair_with_negative_texts(input_ids, attention_mask, token_type_ids, product_id, subcategory_id,
+                                         self.options.negative_fraction, bank, generator, pad_id)
+        if bank is not None and subcategory_id is not None:
+            types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+            bank.add(product_id.reshape(-1), subcategory_id.reshape(-1), input_ids, attention_mask, types)
+        return pairs
 
     def alignment_loss(self, patch_features: torch.Tensor, input_ids: torch.Tensor,
                        attention_mask: torch.Tensor, product_id: torch.Tensor,
                        subcategory_id: Optional[torch.Tensor] = None,
                        token_type_ids: Optional[torch.Tensor] = None,
                        generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
-        """Matched / not-matched cross entropy with same-subcategory negatives.
+        """Matched / not-matched cross entropy; negatives = the text of another product
+        of the same subcategory (bank, else batch; see pair_with_negative_texts).
 
-        Returns {"loss", "logits" (B, 2), "labels" (B,), "image_rows" (B,)}:
-        row b pairs text b with the image of row image_rows[b].
+        Returns {"loss", "logits" (B, 2), "labels" (B,), "text_product" (B,), "negative_source" (B,)}.
         """
-        paired, negative, image_rows = self._pair_with_negatives(patch_features, product_id,
-                                                                  subcategory_id, generator)
-        logits = self.alignment_logits(paired, input_ids, attention_mask, token_type_ids)
-        labels = (~negative).long()
+        pairs = self._pair_texts(input_ids, attention_mask, token_type_ids, product_id, subcategory_id, generator)
+        logits = self.alignment_logits(patch_features, pairs["input_ids"], pairs["attention_mask"],
+                                       pairs["token_type_ids"])
+        labels = (~pairs["negative"]).long()
         return {"loss": F.cross_entropy(logits, labels), "logits": logits, "labels": labels,
-                "image_rows": image_rows}
+                "text_product": pairs["text_product"], "negative_source": pairs["source"]}
+
+    def _shared_inputs(self, sequence: torch.Tensor) -> List[torch.Tensor]:
+        """What the adaptive weights differentiate each task loss with respect to."""
+        source = self.options.grad_source
+        if source == "sequence_output":  # MGDA-UB's stand-in: the shared representation
+            return [sequence]
+        if source == "last_layer":  # GradNorm's stand-in: the last shared layer's weights
+            modules = [self.text_encoder.encoder.layer[-1]]
+        else:  # exact: every weight the tasks share (one full extra backward per task)
+            modules = [self.text_encoder, self.image_projection, self.image_encoder]
+        params = [p for module in modules for p in module.parameters() if p.requires_grad]
+        return params or [sequence]  # frozen layer: fall back to its output
+
+    def loss_weights(self, losses: Mapping[str, torch.Tensor], sequence: torch.Tensor) -> Dict[str, float]:
+        """{task: weight}: fixed ones, or the adaptive solution on training steps with a
+        graph (recomputed every `adaptive_every` of them, reused in between). Without a
+        graph (evaluation) adaptive weights are uniform, 1/K: validation losses then
+        depend on the weights of the model only, not on its training history."""
+        options, names = self.options, list(losses)
+        if options.loss_weighting == "fixed":
+            return {name: float(options.fixed_weights.get(name, 1.0)) for name in names}
+        trainable = self.training and torch.is_grad_enabled() and any(l.requires_grad for l in losses.values())
+        if not trainable:
+            return {name: 1.0 / len(names) for name in names}
+        state = self.__dict__.setdefault("_adaptive_state", {"step": 0, "weights": None})
+        stale = state["weights"] is None or set(state["weights"]) != set(names)
+        if stale or state["step"] % options.adaptive_every == 0:
+            gram = task_gradient_gram([losses[name] for name in names], self._shared_inputs(sequence))
+            weights = adaptive_loss_weights(gram, options.adaptive_alpha, options.normalize_gradients)
+            state["weights"] = dict(zip(names, weights.tolist()))
+            state["grad_norms"] = dict(zip(names, gram.diagonal().clamp_min(0).sqrt().tolist()))
+        state["step"] += 1
+        return dict(state["weights"])
 
     def pretraining_losses(self, patch_features: torch.Tensor, input_ids: torch.Tensor,
                            attention_mask: torch.Tensor, mlm_labels: Optional[torch.Tensor],
@@ -451,20 +624,26 @@ class FashionBertMixin:
         (needed when "mlm" is a task); product_id, subcategory_id (B,).
         Returns {"loss": weighted sum, "losses": {task: unweighted},
         "weights": {task: weight}, "alignment_logits" (B, 2),
-        "alignment_labels" (B,), "patch_mask" (B, N) bool}.
+        "alignment_labels" (B,), "patch_mask" (B, N) bool, "text_product" (B,),
+        "negative_source" (B,)}.
         """
         options = self.options
         batch, num_patches = patch_features.shape[:2]
         if "alignment" in options.tasks:
-            paired, negative, _ = self._pair_with_negatives(patch_features, product_id, subcategory_id, generator)
-        else:  # no alignment task: no reason to swap images
-            paired, negative = patch_features, torch.zeros(batch, dtype=torch.bool, device=patch_features.device)
-        matched = ~negative
-        patch_mask = torch.zeros(batch, num_patches, dtype=torch.bool, device=paired.device)
+            pairs = self._pair_texts(input_ids, attention_mask, token_type_ids, product_id, subcategory_id,
+                                     generator)
+        else:  # no alignment task: no reason to swap texts
+            pairs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                     "negative": torch.zeros(batch, dtype=torch.bool, device=patch_features.device),
+                     "text_product": product_id.reshape(-1), "source": torch.zeros_like(product_id.reshape(-1))}
+        matched = ~pairs["negative"]
+        patch_mask = torch.zeros(batch, num_patches, dtype=torch.bool, device=patch_features.device)
         if "mpm" in options.tasks:
-            patch_mask = random_patch_mask(batch, num_patches, options.patch_mask_ratio, generator, paired.device)
-        model_input = paired.masked_fill(patch_mask.unsqueeze(-1), 0.0)
-        sequence, pooled = self.fuse(model_input, input_ids, attention_mask, token_type_ids)
+            patch_mask = random_patch_mask(batch, num_patches, options.patch_mask_ratio, generator,
+                                           patch_features.device)
+        model_input = patch_features.masked_fill(patch_mask.unsqueeze(-1), 0.0)
+        sequence, pooled = self.fuse(model_input, pairs["input_ids"], pairs["attention_mask"],
+                                     pairs["token_type_ids"])
         text_hidden, patch_hidden = sequence[:, : input_ids.shape[1]], sequence[:, input_ids.shape[1]:]
         losses: Dict[str, torch.Tensor] = {}
         if "mlm" in options.tasks:
@@ -480,15 +659,15 @@ class FashionBertMixin:
         if "mpm" in options.tasks:
             selected = patch_mask & matched.unsqueeze(1)
             prediction = self.mpm_head(patch_hidden[selected])
-            losses["mpm"] = masked_patch_loss(prediction, paired[selected], options.mpm_loss)
+            losses["mpm"] = masked_patch_loss(prediction, patch_features[selected], options.mpm_loss)
         alignment_labels = matched.long()
         alignment_logits = self.alignment_head(pooled) if "alignment" in options.heads else None
         if "alignment" in options.tasks:
             losses["alignment"] = F.cross_entropy(alignment_logits, alignment_labels)
-        total, weights = combine_losses(losses, options.adaptive_weights, options.adaptive_alpha,
-                                        options.detach_weights, options.fixed_weights)
+        total, weights = combine_losses(losses, self.loss_weights(losses, sequence))
         return {"loss": total, "losses": losses, "weights": weights, "alignment_logits": alignment_logits,
-                "alignment_labels": alignment_labels, "patch_mask": patch_mask}
+                "alignment_labels": alignment_labels, "patch_mask": patch_mask,
+                "text_product": pairs["text_product"], "negative_source": pairs["source"]}
 
 
 class FashionBert(FashionBertMixin, nn.Module):
