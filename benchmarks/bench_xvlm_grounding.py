@@ -6,8 +6,9 @@ on the synthetic region annotations, against box baselines that ignore the image
 
 Runs (plain `mmf_run` of the project configs, one after the other, 1 torch
 thread each; a run whose metrics.json exists under --save-dir is reused):
-1. pretraining (projects/xvlm/configs/pretrain.yaml: ITC, ITM, MLM and the box
-   head at image and region granularity) for --pretrain-updates updates;
+1. pretraining (projects/xvlm/configs/pretrain.yaml: ITC, ITM and MLM at image
+   and region granularity, the box head on the regions) for --pretrain-updates
+   updates; its validation retrieval (r@k_general) is reported under the table;
 2. grounding fine-tuning (projects/xvlm/configs/grounding.yaml) from that
    checkpoint, and the same from random weights, for each of the
    --grounding-updates schedules.
@@ -83,6 +84,12 @@ def grounding_figures(metrics: Dict) -> Dict[str, float]:
             if key.startswith("val/") and "grounding_accuracy" in key}
 
 
+def retrieval_figures(metrics: Dict) -> Dict[str, float]:
+    """The r@k_general entries of a metrics.json (the ITR figure of a pretraining run)."""
+    return {key.rsplit("/", 1)[-1]: float(value) for key, value in metrics.items()
+            if key.startswith("val/") and "r@k_general" in key}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="data/synthetic")
@@ -133,6 +140,10 @@ def main(argv=None) -> int:
         "|---|---:|---:|---:|",
     ]
     lines += [f"| {name} | {accuracy:.2f} | {boxes:.0f} | {seconds} |" for name, accuracy, boxes, seconds in rows]
+    retrieval = retrieval_figures(pretrain["metrics"])
+    if retrieval:
+        lines += ["", "Retrieval after the pretraining (val, r@k_general, %): "
+                  + ", ".join(f"{name} {value:.2f}" for name, value in sorted(retrieval.items())) + "."]
     lines += ["", "Commands (each also with `run_type=train_val env.save_dir=... env.data_dir=...`):", ""]
     lines += [f"- `{result['command']}`" for _, result in models]
     lines.append("")

@@ -1,5 +1,6 @@
 """X-VLM: box-to-patch rule, concept pooling, restricted cross-attention, ITC/ITM/MLM/box maths,
-every head through MMF's registry, and the grounding metric."""
+the text/fusion split of one BERT, region MLM, every head through MMF's registry, and the
+grounding metric."""
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -125,6 +126,178 @@ def test_fusing_in_buckets_cut_to_the_real_length_changes_nothing():
         full = net.fuse(hidden, text_mask, tokens, concept_mask)[:, 0]
         bucketed = net.fused_cls(hidden, text_mask, tokens, concept_mask, bucket=torch.tensor([0, 0, 1, 1]))
     assert torch.allclose(full, bucketed, atol=1e-5)
+
+
+# ------------------------------------------------ one BERT: text half + fusion half
+def _saved_bert(tmp_path, layers=4):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(5)
+    bert = BertModel(BertConfig(vocab_size=3000, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=64), add_pooling_layer=False)
+    with torch.no_grad():  # distinct non-trivial values everywhere (LayerNorms and biases start at 1 / 0)
+        for parameter in bert.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    path = tmp_path / "bert"
+    bert.save_pretrained(path)
+    return bert.eval(), str(path)
+
+
+def _split_network(path, **text):
+    torch.manual_seed(0)
+    config = {**TINY, "text_encoder": {"name": path, **text}}
+    return XVLMNetwork(config).eval()
+
+
+def test_text_and_fusion_layers_come_from_one_saved_bert(tmp_path):
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    bert, path = _saved_bert(tmp_path, layers=4)
+    net = _split_network(path)
+    assert len(net.text_encoder.encoder.layer) == 2 and len(net.cross_encoder.layers) == 2   # half and half
+    assert net.text_encoder.config.num_hidden_layers == 2
+    assert net.cross_encoder.split.tolist() == [2, 2]
+    for index in range(2):
+        lower, own = bert.encoder.layer[index].state_dict(), net.text_encoder.encoder.layer[index].state_dict()
+        assert lower.keys() == own.keys() and all(torch.equal(lower[k], own[k]) for k in lower)
+    for index, fusion in enumerate(net.cross_encoder.layers):
+        assert isinstance(fusion, BertLayer) and hasattr(fusion, "crossattention")
+        upper = bert.encoder.layer[2 + index].state_dict()
+        state = fusion.state_dict()
+        copied = [k for k in state if not k.startswith("crossattention.")]
+        assert sorted(copied) == sorted(upper)          # self-attention + feed-forward, by name
+        for key in copied:
+            assert torch.equal(state[key], upper[key]), key
+        cross = {k[len("crossattention."):]: v for k, v in state.items() if k.startswith("crossattention.")}
+        assert set(cross) == {k[len("attention."):] for k in upper if k.startswith("attention.")}
+        for key, value in cross.items():                # random: not a copy of any BERT attention weight
+            if key.endswith("weight") and "LayerNorm" not in key:
+                assert not any(torch.equal(value, layer.state_dict()["attention." + key])
+                               for layer in bert.encoder.layer)
+    # the text encoder computes what the saved BERT's lower half computes
+    ids = torch.randint(1000, 2000, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        reference = bert(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids),
+                         output_hidden_states=True).hidden_states[2]
+        assert torch.allclose(net.encode_text(ids, mask), reference, atol=1e-5)
+
+
+def test_split_point_is_an_option_and_fusion_self_attention_is_bidirectional(tmp_path):
+    bert, path = _saved_bert(tmp_path, layers=4)
+    net = _split_network(path, fusion_layers=1)
+    assert len(net.text_encoder.encoder.layer) == 3 and len(net.cross_encoder.layers) == 1
+    fusion = net.cross_encoder.layers[0].state_dict()
+    assert torch.equal(fusion["intermediate.dense.weight"], bert.encoder.layer[3].intermediate.dense.weight)
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="text_encoder.fusion_layers"):
+            _split_network(path, fusion_layers=bad)
+    with pytest.raises(ValueError, match="text_encoder.fusion_layers"):
+        XVLMNetwork({**TINY, "cross_encoder": {"num_hidden_layers": 2}})
+    # a fusion layer is a BERT *decoder* layer only to get its cross-attention: no causal mask
+    hidden = torch.randn(1, 6, 32)
+    tokens = torch.randn(1, 17, 32)
+    text_mask, image_mask = torch.ones(1, 6, dtype=torch.long), torch.ones(1, 17, dtype=torch.long)
+    changed = hidden.clone()
+    changed[0, -1] += 3.0
+    with torch.no_grad():
+        first = net.fuse(hidden, text_mask, tokens, image_mask)[0, 0]
+        again = net.fuse(changed, text_mask, tokens, image_mask)[0, 0]
+    assert not torch.allclose(first, again, atol=1e-4)
+
+
+def test_a_checkpoint_of_another_layout_is_refused_by_name(tmp_path, mmf_registry):
+    from mmf_fashion.trainers.checkpointing import apply_state_mapping, load_model_state
+
+    net = _tiny_network()
+    state = net.state_dict()
+    # the old layout: cross layers on top of a whole (here 2-layer) text encoder, no split entry
+    old = {k: v for k, v in state.items() if k != "cross_encoder.split"}
+    for key, value in list(old.items()):
+        if key.startswith("text_encoder.encoder.layer.0."):
+            old[key.replace("layer.0.", "layer.1.")] = value.clone()
+    torch.manual_seed(1)
+    fresh = XVLMNetwork(TINY).eval()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match="old X-VLM layout.*text_encoder.fusion_layers"):
+        fresh.load_state_dict(old, strict=False)
+    # also when a loader first drops the keys the model lacks (pretrained_state_mapping in fashion_trainer)
+    mapped = apply_state_mapping(old, {"text_encoder": "text_encoder", "cross_encoder": "cross_encoder"})
+    with pytest.raises(ValueError, match="text_encoder.fusion_layers"):
+        load_model_state(fresh, mapped, strict=False, source="old.pth")
+    # and on the strict path (resume, runtime.build_model_from_config): the layout, not a key list
+    with pytest.raises(ValueError, match="old X-VLM layout.*text_encoder.fusion_layers"):
+        load_model_state(fresh, old, strict=True, source="old.pth")
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())   # nothing half loaded
+    assert not torch.equal(before["cross_encoder.layers.0.intermediate.dense.weight"],
+                           state["cross_encoder.layers.0.intermediate.dense.weight"])
+    # another split of the same depth: named too
+    other = XVLMNetwork({**TINY, "text_encoder": {**TINY["text_encoder"], "num_hidden_layers": 3,
+                                                   "fusion_layers": 2}}).state_dict()
+    with pytest.raises(ValueError, match="1 text \\+ 2 fusion layers.*text_encoder.fusion_layers"):
+        fresh.load_state_dict(other, strict=False)
+    # the same layout loads; so does a text-only transfer (no fusion weights)
+    fresh.load_state_dict(state, strict=True)
+    text_only = {k: v for k, v in state.items() if k.startswith("text_encoder.")}
+    fresh.load_state_dict(text_only, strict=False)
+    model = _build(mmf_registry, head="retrieval")
+    with pytest.raises(ValueError, match="text_encoder.fusion_layers"):
+        model.load_state_dict(old, strict=False)
+    # the way out the message gives: record the old split, build that layout (2 text + 1 fusion)
+    from mmf_fashion.modules.xvlm import mark_old_layout
+
+    with pytest.raises(ValueError, match="2 text layers \\+ 1 cross layers.*mark_old_layout"):
+        fresh.load_state_dict(old, strict=False)
+    rebuilt = XVLMNetwork({**TINY, "text_encoder": {**TINY["text_encoder"], "num_hidden_layers": 3,
+                                                     "fusion_layers": 1}})
+    rebuilt.load_state_dict(mark_old_layout(old), strict=True)
+    assert torch.equal(rebuilt.cross_encoder.layers[0].crossattention.self.key.weight,
+                       state["cross_encoder.layers.0.crossattention.self.key.weight"])
+
+
+# --------------------------------------------------------------- region MLM
+def test_region_mlm_predicts_phrase_tokens_from_the_box_pooled_concept():
+    net = _tiny_network()
+    image_tokens = torch.randn(2, 17, 32)
+    boxes = torch.tensor([[[0.25, 0.25, 0.5, 0.5]], [[0.875, 0.875, 0.25, 0.25]]])
+    valid = torch.ones(2, 1, dtype=torch.bool)
+    phrase = torch.randint(1000, 2000, (2, 1, LB))
+    phrase[..., 0], phrase[..., -1] = 101, 102
+    phrase_mask = torch.ones(2, 1, LB, dtype=torch.long)
+    inside = net.region_patch_masks(boxes[:, 0])
+
+    def loss(tokens, seed=0):
+        pairs = net.build_pairs(tokens, boxes=boxes, box_valid=valid, box_input_ids=phrase,
+                                box_attention_mask=phrase_mask)
+        return net.region_mlm_loss(pairs, generator=torch.Generator().manual_seed(seed))
+
+    with torch.no_grad():
+        reference = loss(image_tokens)
+        outside = image_tokens.clone()
+        outside[0, 1:][~inside[0]] += 5.0
+        outside[1, 1:][~inside[1]] -= 5.0
+        changed = image_tokens.clone()
+        changed[0, 1 + 5] += 5.0                  # a patch inside the first box
+        assert reference is not None and torch.isfinite(reference)
+        assert torch.allclose(loss(outside), reference, atol=1e-5)
+        assert not torch.allclose(loss(changed), reference, atol=1e-5)
+        # by hand: mask the phrases the same way, fuse with the concepts, predict with the tied head
+        pairs = net.build_pairs(image_tokens, boxes=boxes, box_valid=valid, box_input_ids=phrase,
+                                box_attention_mask=phrase_mask)
+        tokenizer = net.tokenizer
+        masked, labels = X.mask_tokens(pairs.text_ids, pairs.text_mask, tokenizer.all_special_ids,
+                                       tokenizer.mask_token_id, net.text_encoder.config.vocab_size, 0.25, 8,
+                                       torch.Generator().manual_seed(0))
+        fused = net.fuse(net.encode_text(masked, pairs.text_mask), pairs.text_mask, pairs.concept_tokens,
+                         pairs.concept_mask)
+        chosen = labels != -100
+        expected = torch.nn.functional.cross_entropy(net.mlm_head(fused[chosen]), labels[chosen])
+    assert reference.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert chosen.sum(1).tolist() == [1, 1]       # 4 real tokens * 0.25 -> 1 per phrase
+    # captions only: no region MLM
+    captions = net.build_pairs(image_tokens, torch.randint(1000, 2000, (2, 5)), torch.ones(2, 5, dtype=torch.long))
+    assert net.region_mlm_loss(captions) is None
 
 
 # ------------------------------------------------------------------ losses
@@ -260,7 +433,7 @@ def test_grounding_hits_use_iou_half():
 
 # -------------------------------------------------------- through MMF's registry
 @pytest.mark.parametrize("head, expected", [
-    ("pretraining", {"itc", "itm", "mlm", "box_l1", "box_giou"}),
+    ("pretraining", {"itc", "itm", "mlm", "mlm_region", "box_l1", "box_giou"}),
     ("retrieval", {"itc", "itm"}),
     ("grounding", {"box_l1", "box_giou"}),
 ])
@@ -278,7 +451,8 @@ def test_pretraining_without_regions_or_with_data_masking(mmf_registry):
     sample_list["box_valid"] = torch.zeros(B, R, dtype=torch.bool)   # boxes present, none valid
     sample_list["masked_input_ids"], sample_list["mlm_labels"] = sample_list["input_ids"], torch.full((B, L), -100)
     output = model(sample_list)
-    assert set(output["losses"]) == {"train/fashiongen/itc", "train/fashiongen/itm"}  # nothing to mask, no box
+    # nothing to mask in the captions; no region: no box and no region MLM
+    assert set(output["losses"]) == {"train/fashiongen/itc", "train/fashiongen/itm"}
     for key in ("boxes", "box_valid", "box_input_ids", "box_attention_mask", "masked_input_ids", "mlm_labels"):
         del sample_list[key]
     with pytest.raises(KeyError, match="masked_input_ids"):

@@ -12,13 +12,16 @@ Cheatsheet::
     model.match_scores(pairs)  # (P,) ITM margin, for ITC-shortlist + ITM re-rank (rerank.py)
 
 The maths is in mmf_fashion/modules/xvlm.py and xvlm_ops.py; this file reads
-the config and the sample list.
+the config and the sample list. docs/models/xvlm.md describes the model as
+built (the text/fusion split of one BERT, the losses per granularity, options).
 
 Heads (``model_config.xvlm.head``) and their default ``tasks``:
 - ``pretraining``: itc, itm, mlm, box. ITC and ITM run on every (concept,
   text) pair of the batch: whole images with their captions and, when the
-  batch has regions, each region (box-pooled concept) with its phrase. MLM on
-  the captions; the box head (L1 + GIoU) on the regions.
+  batch has regions, each region (box-pooled concept) with its phrase. MLM at
+  both granularities: ``mlm`` on the captions (whole image), ``mlm_region`` on
+  the phrases (their region, always masked in the model); the box head
+  (L1 + GIoU) on the regions.
 - ``retrieval`` (ITR): itc, itm. Evaluation: ``image_embedding`` /
   ``text_embedding`` for r@k_general; with its ``rerank_k: k`` the top k of
   the ITC ranking are re-ranked by ``match_scores`` (the ITM head).
@@ -26,8 +29,9 @@ Heads (``model_config.xvlm.head``) and their default ``tasks``:
   ``grounding_accuracy`` metric (IoU >= 0.5, mmf_fashion/metrics/grounding.py).
 
 Losses are named ``<dataset_type>/<dataset_name>/<task>`` with tasks itc,
-itm, mlm, box_l1, box_giou, each times ``loss_weights.<task>``. A task with
-nothing to learn from in a batch (no regions, no negative) is left out.
+itm, mlm, mlm_region, box_l1, box_giou, each times ``loss_weights.<task>``.
+A task with nothing to learn from in a batch (no regions, no negative) is
+left out.
 
 Sample list keys: ``image`` (B, 3, S, S) with S = image_encoder.image_size;
 ``input_ids``, ``attention_mask`` (B, L) [pretraining, retrieval];
@@ -94,7 +98,7 @@ class XVLM(XVLMMixin, BaseModel):
             raise ValueError(f"model_config.xvlm.mlm.source must be 'model' or 'data', got '{self.mlm_source}'")
         weights = dict(config.get("loss_weights") or {})
         self.loss_weights = {name: float(weights.get(name, 1.0))
-                             for name in ("itc", "itm", "mlm", "box_l1", "box_giou")}
+                             for name in ("itc", "itm", "mlm", "mlm_region", "box_l1", "box_giou")}
         self.build_network(config)
 
     # ------------------------------------------------------------ inputs
@@ -165,6 +169,7 @@ class XVLM(XVLMMixin, BaseModel):
                     raise KeyError("xvlm mlm.source 'data' needs sample keys masked_input_ids and mlm_labels: turn "
                                    "on the dataset's mlm option, or set model_config.xvlm.mlm.source: model")
             losses["mlm"] = self.mlm_loss(pairs, image_tokens, masked, labels)
+            losses["mlm_region"] = self.region_mlm_loss(pairs)
         if "box" in self.tasks:
             losses["box_l1"], losses["box_giou"], predicted = self.box_loss(pairs, image_tokens)
             if report_boxes:

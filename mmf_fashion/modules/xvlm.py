@@ -6,15 +6,16 @@ Cheatsheet::
 
     net = XVLMNetwork({"image_encoder": {"type": "vit", "image_size": 64, "patch_size": 16,
                                          "hidden_size": 64, "num_hidden_layers": 2},
-                       "text_encoder": {"name": "tiny", "hidden_size": 64, "num_hidden_layers": 2},
-                       "cross_encoder": {"num_hidden_layers": 2}, "embed_dim": 256})
+                       "text_encoder": {"name": "tiny", "hidden_size": 64, "num_hidden_layers": 4,
+                                        "fusion_layers": 2},   # or name: bert-base-uncased (6 + 6)
+                       "embed_dim": 256})
     image_tokens = net.encode_image(images)                      # (B, 1 + N, Dv)
     pairs = net.build_pairs(image_tokens, input_ids, attention_mask, product_id=ids,
                             boxes=boxes, box_valid=valid, box_input_ids=phrase_ids,
                             box_attention_mask=phrase_mask)     # images + regions
     losses = {"itc": net.itc_loss(pairs), "itm": net.itm_loss(pairs),
-              "mlm": net.mlm_loss(pairs, image_tokens)}
-    losses["box_l1"], losses["box_giou"] = net.box_loss(pairs, image_tokens)
+              "mlm": net.mlm_loss(pairs, image_tokens), "mlm_region": net.region_mlm_loss(pairs)}
+    losses["box_l1"], losses["box_giou"], _ = net.box_loss(pairs, image_tokens)
     net.embed_images(images), net.embed_texts(["red silk dress"])  # (N, E) L2-normalised
     net.match_scores({"image": images, "input_ids": ids, "attention_mask": mask})  # (P,)
 
@@ -22,11 +23,13 @@ Pieces (submodule names are what YAML lr multipliers target):
 - image_encoder: a ViT returning [CLS] + patch tokens: transformers ViTModel
   from a local ViTConfig (type "vit") or torchvision's vit_b_16 / vit_b_32 /
   vit_l_16 ... (type "torchvision", name, optional pretrained weights).
-- text_encoder: a BertModel (modules/encoders.build_text_encoder).
-- cross_encoder: BERT layers (transformers' BertAttention, BertIntermediate,
-  BertOutput) with a self-attention over the text and a cross-attention to the
-  visual concept's tokens; the concept's attention mask restricts it to the
-  patches inside the box.
+- text_encoder + cross_encoder: ONE BERT-style text model
+  (modules/encoders.build_text_encoder) cut in two, as in X-VLM: text_encoder
+  keeps the lower layers; cross_encoder holds the upper
+  ``text_encoder.fusion_layers`` (default half) as transformers BertLayers with
+  cross-attention, their self-attention and feed-forward weights copied from
+  those upper layers, only the cross-attention random. The concept's attention
+  mask restricts the cross-attention to the patches inside the box.
 - itm_head, box_head: Linear(d, 2d) - LayerNorm - GELU - Linear(2d, 2 | 4).
 - mlm_head: transform + decoder tied to the text encoder's word embeddings.
 - itc_scale: 1 / temperature, learnable, init 1 / 0.07, temperature clamped
@@ -35,11 +38,16 @@ Pieces (submodule names are what YAML lr multipliers target):
 A concept-text pair is a whole image with its caption or a region (box) with
 its phrase. Whole images keep the ViT [CLS] and attend to every patch;
 regions use the masked mean of their patches as [CLS] and attend only to
-them (X-VLM). MLM runs on the captions; the box head sees the full image and
-a region's phrase (whole-image captions have no box and are skipped).
+them (X-VLM). ITC, ITM and MLM run at both granularities (MLM: captions with
+the whole image, phrases with their region); the box head sees the full image
+and a region's phrase (whole-image captions have no box and are skipped).
+A state dict whose fusion weights come from another split (or the old layout,
+fusion layers stacked on a whole text model) is refused by name
+(check_state_dict_layout), not half loaded.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
@@ -129,53 +137,145 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
-class CrossLayer(nn.Module):
-    """One fusion layer: text self-attention, cross-attention to image tokens, feed-forward."""
+SPLIT_OPTION = "text_encoder.fusion_layers"
 
-    def __init__(self, bert_config):
-        super().__init__()
-        from transformers.models.bert.modeling_bert import BertAttention, BertIntermediate, BertOutput
 
-        self.attention = BertAttention(bert_config)
-        self.crossattention = BertAttention(bert_config, is_cross_attention=True)
-        self.intermediate = BertIntermediate(bert_config)
-        self.output = BertOutput(bert_config)
+def fusion_layer_config(text_config, dropout: Optional[float] = None):
+    """A BertConfig for fusion layers shaped like the text model's layers, with cross-attention.
 
-    def forward(self, hidden, text_mask, image_tokens, image_mask):
-        hidden, _ = self.attention(hidden, attention_mask=text_mask)
-        hidden, _ = self.crossattention(hidden, None, encoder_hidden_states=image_tokens,
-                                        encoder_attention_mask=image_mask)
-        return self.output(self.intermediate(hidden), hidden)
+    transformers' BertLayer builds its ``crossattention`` only when the config is a
+    decoder with add_cross_attention; the causal flag that comes with it is switched
+    off per layer (build_fusion_layer): X-VLM's fusion self-attention is bidirectional.
+    """
+    from transformers import BertConfig
+
+    drop = float(text_config.hidden_dropout_prob if dropout is None else dropout)
+    attention_drop = float(text_config.attention_probs_dropout_prob if dropout is None else dropout)
+    return BertConfig(
+        hidden_size=int(text_config.hidden_size),
+        num_attention_heads=int(text_config.num_attention_heads),
+        intermediate_size=int(text_config.intermediate_size),
+        hidden_act=text_config.hidden_act,
+        layer_norm_eps=float(text_config.layer_norm_eps),
+        hidden_dropout_prob=drop,
+        attention_probs_dropout_prob=attention_drop,
+        initializer_range=float(getattr(text_config, "initializer_range", 0.02)),
+        is_decoder=True,
+        add_cross_attention=True,
+        attn_implementation="sdpa",
+    )
+
+
+def build_fusion_layer(config) -> nn.Module:
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    layer = BertLayer(config)
+    layer.attention.self.is_causal = False
+    return layer
+
+
+def split_text_model(text_model: nn.Module, fusion_layers: Optional[int]) -> list:
+    """Cut a BERT-style text model in two: it keeps its lower layers, the upper ones are returned.
+
+    fusion_layers: how many upper layers become fusion layers; None = half
+    (bert-base: 6 text + 6 fusion, X-VLM). The text model's config is updated.
+    """
+    encoder = getattr(text_model, "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"X-VLM splits a BERT-style text model (encoder.layer); "
+                         f"{type(text_model).__name__} has no encoder.layer list")
+    total = len(layers)
+    fusion = total // 2 if fusion_layers is None else int(fusion_layers)
+    if not 1 <= fusion < total:
+        raise ValueError(f"model_config.xvlm.{SPLIT_OPTION}={fusion_layers}: the text model has {total} layers, "
+                         f"so it must be between 1 and {total - 1} (at least one text and one fusion layer)")
+    upper = list(layers[total - fusion:])
+    encoder.layer = nn.ModuleList(layers[:total - fusion])
+    text_model.config.num_hidden_layers = total - fusion
+    return upper
 
 
 class CrossEncoder(nn.Module):
-    """A stack of CrossLayer: text (P, L, D) attending to image tokens (P, K, D) -> (P, L, D)."""
+    """X-VLM's fusion encoder: BertLayers with cross-attention, text (P, L, D) attending to
+    image tokens (P, K, D) -> (P, L, D).
 
-    def __init__(self, text_config, num_layers: int, dropout: Optional[float] = None):
+    Built from the upper layers of the text model (their self-attention and
+    feed-forward weights are copied by name); only the cross-attention starts at
+    random. ``split`` = (text layers, fusion layers) is saved with the weights so
+    a checkpoint of another layout is named, not half loaded.
+    """
+
+    def __init__(self, text_config, upper_layers, num_text_layers: int, dropout: Optional[float] = None):
         super().__init__()
-        from transformers import BertConfig
-
-        hidden = int(text_config.hidden_size)
-        drop = float(text_config.hidden_dropout_prob if dropout is None else dropout)
-        config = BertConfig(
-            hidden_size=hidden,
-            num_attention_heads=int(text_config.num_attention_heads),
-            intermediate_size=int(text_config.intermediate_size),
-            hidden_act=text_config.hidden_act,
-            layer_norm_eps=float(text_config.layer_norm_eps),
-            hidden_dropout_prob=drop,
-            attention_probs_dropout_prob=drop,
-            attn_implementation="sdpa",
-        )
-        self.layers = nn.ModuleList(CrossLayer(config) for _ in range(num_layers))
+        config = fusion_layer_config(text_config, dropout)
+        self.layers = nn.ModuleList(build_fusion_layer(config) for _ in upper_layers)
+        for layer, source in zip(self.layers, upper_layers):
+            missing, unexpected = layer.load_state_dict(source.state_dict(), strict=False)
+            not_cross = [key for key in missing if not key.startswith("crossattention.")]
+            if unexpected or not_cross:
+                raise ValueError(f"X-VLM fusion layers are BERT layers: the text model's layer "
+                                 f"({type(source).__name__}) does not fit (unexpected {unexpected[:5]}, "
+                                 f"missing {not_cross[:5]})")
+            init_bert_style(layer.crossattention, config.initializer_range)
+        self.register_buffer("split", torch.tensor([num_text_layers, len(upper_layers)], dtype=torch.long))
 
     def forward(self, text_hidden, text_mask, image_tokens, image_mask):
         text_additive = additive_mask(text_mask, text_hidden.dtype)
         image_additive = additive_mask(image_mask, text_hidden.dtype)
         hidden = text_hidden
         for layer in self.layers:
-            hidden = layer(hidden, text_additive, image_tokens, image_additive)
+            hidden = layer(hidden, text_additive, encoder_hidden_states=image_tokens,
+                           encoder_attention_mask=image_additive)
         return hidden
+
+
+_TEXT_LAYER = re.compile(r"text_encoder\.encoder\.layer\.(\d+)\.")
+_FUSION_LAYER = re.compile(r"cross_encoder\.layers\.(\d+)\.")
+
+
+def layout_error(state_dict: Mapping[str, Any], num_text_layers: int, num_fusion_layers: int) -> Optional[str]:
+    """Why a state dict cannot load into an X-VLM split (num_text, num_fusion), or None if it can.
+
+    Only state dicts with fusion weights (cross_encoder.*) are checked; the old layout
+    (fusion layers stacked on a whole text model) has no ``cross_encoder.split``.
+    """
+    keys = [str(key) for key in state_dict]
+    if not any(key.startswith("cross_encoder.") for key in keys):
+        return None
+    text = {int(m.group(1)) for m in map(_TEXT_LAYER.match, keys) if m}
+    fusion = {int(m.group(1)) for m in map(_FUSION_LAYER.match, keys) if m}
+    split = state_dict.get("cross_encoder.split")
+    found = (max(text) + 1 if text else 0, max(fusion) + 1 if fusion else 0)
+    if split is not None:
+        found = tuple(int(v) for v in torch.as_tensor(split).tolist())
+        if found == (num_text_layers, num_fusion_layers) and all(i < num_text_layers for i in text) and all(
+                i < num_fusion_layers for i in fusion):
+            return None
+        what = f"a split of {found[0]} text + {found[1]} fusion layers"
+    else:
+        what = (f"the old X-VLM layout (fusion layers stacked on the whole text encoder: at least {found[0]} text "
+                f"layers + {found[1]} cross layers, no cross_encoder.split)")
+    marking = (" after mmf_fashion.modules.xvlm.mark_old_layout(state) on the whole checkpoint (it records "
+               "the split)") if split is None else ""
+    return (f"X-VLM checkpoint has {what}; this model splits its text model into {num_text_layers} text + "
+            f"{num_fusion_layers} fusion layers (model_config.xvlm.{SPLIT_OPTION}). Build the same layout to load "
+            f"it: text_encoder.num_hidden_layers = {found[0] + found[1]} (name: tiny) and {SPLIT_OPTION} = "
+            f"{found[1]}{marking}; a pretrained text model of another depth needs retraining")
+
+
+def mark_old_layout(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
+    """A copy of an old-layout X-VLM state dict (T text layers, then C cross layers with the same
+    BERT layer names) with cross_encoder.split = (T, C) recorded, counted from ALL its keys: it
+    then loads into a model built with text_encoder.num_hidden_layers = T + C, fusion_layers = C."""
+    keys = [str(key) for key in state_dict]
+    text = {int(m.group(1)) for m in map(_TEXT_LAYER.match, keys) if m}
+    fusion = {int(m.group(1)) for m in map(_FUSION_LAYER.match, keys) if m}
+    if not text or not fusion:
+        raise ValueError("mark_old_layout needs text_encoder.encoder.layer.* and cross_encoder.layers.* weights")
+    marked = dict(state_dict)
+    marked["cross_encoder.split"] = torch.tensor([max(text) + 1, max(fusion) + 1], dtype=torch.long)
+    return marked
 
 
 def mlp_head(width: int, outputs: int) -> nn.Sequential:
@@ -261,20 +361,29 @@ class XVLMMixin:
         mlm_config = _config_dict(config.get("mlm"))
         embed_dim = int(config.get("embed_dim", 256))
 
+        if cross_config.get("num_hidden_layers") is not None:
+            raise ValueError(f"model_config.xvlm.cross_encoder.num_hidden_layers is gone: the fusion layers are "
+                             f"the upper layers of the text model; set model_config.xvlm.{SPLIT_OPTION} "
+                             f"(default: half of the text model's layers)")
+        fusion_layers = text_config.pop("fusion_layers", None)
+
         self.image_encoder = build_vit(image_config)
         self.text_encoder = build_text_encoder(text_config)
+        upper = split_text_model(self.text_encoder, fusion_layers)
         bert_config = self.text_encoder.config
         width = int(bert_config.hidden_size)
         vision_width = self.image_encoder.hidden_size
-        self.cross_encoder = CrossEncoder(bert_config, int(cross_config.get("num_hidden_layers", 2)),
+        self.cross_encoder = CrossEncoder(bert_config, upper, int(bert_config.num_hidden_layers),
                                           cross_config.get("dropout"))
+        del upper
         self.vision_to_cross = nn.Linear(vision_width, width) if vision_width != width else nn.Identity()
         self.image_projection = nn.Linear(vision_width, embed_dim)
         self.text_projection = nn.Linear(width, embed_dim)
         self.itm_head = mlp_head(width, 2)
         self.box_head = mlp_head(width, 4)
         self.mlm_head = MLMHead(self.text_encoder.get_input_embeddings(), float(bert_config.layer_norm_eps))
-        for module in (self.cross_encoder, self.vision_to_cross, self.image_projection, self.text_projection,
+        # the fusion layers keep the text model's weights (CrossEncoder starts their cross-attention)
+        for module in (self.vision_to_cross, self.image_projection, self.text_projection,
                        self.itm_head, self.box_head, self.mlm_head):
             init_bert_style(module)
         temperature = float(config.get("temperature", 0.07))
@@ -286,6 +395,18 @@ class XVLMMixin:
         self.tokenizer_name = str(config.get("tokenizer", text_config.get("name", "tiny")))
         self.max_text_length = int(config.get("max_text_length", 40))
         self._tokenizer = None
+
+    # ---- checkpoints ----------------------------------------------------
+    def check_state_dict_layout(self, state_dict: Mapping[str, Any]) -> None:
+        """ValueError naming text_encoder.fusion_layers when state_dict holds fusion weights
+        of another text/fusion split (e.g. the old layout), instead of a partial load."""
+        message = layout_error(state_dict, *(int(v) for v in self.cross_encoder.split.tolist()))
+        if message:
+            raise ValueError(message)
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        self.check_state_dict_layout(state_dict)
+        return super().load_state_dict(state_dict, *args, **kwargs)
 
     # ---- encoders -------------------------------------------------------
     @property
@@ -456,22 +577,40 @@ class XVLMMixin:
             return None
         caption_ids = pairs.text_ids[: pairs.num_whole]
         caption_mask = pairs.text_mask[: pairs.num_whole]
-        if masked_input_ids is None:
-            tokenizer = self.tokenizer
-            masked_input_ids, mlm_labels = X.mask_tokens(
-                caption_ids, caption_mask, tokenizer.all_special_ids, tokenizer.mask_token_id,
-                self.text_encoder.config.vocab_size, self.mlm_probability, self.mlm_max_masks, generator)
-        else:
+        if masked_input_ids is not None:
             # the pairs' captions are cut to the batch's longest real text; so are the data's
             length = caption_ids.shape[1]
             masked_input_ids = _pad_to(masked_input_ids, length)[:, :length]
             mlm_labels = F.pad(mlm_labels, (0, max(0, length - mlm_labels.shape[1])), value=-100)[:, :length]
+        full = torch.ones(pairs.num_whole, image_tokens.shape[1], dtype=torch.long, device=image_tokens.device)
+        return self._masked_lm(caption_ids, caption_mask, image_tokens[: pairs.num_whole], full,
+                               masked_input_ids, mlm_labels, generator)
+
+    def region_mlm_loss(self, pairs: ConceptTextPairs,
+                        generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
+        """Masked language modelling on the region phrases, each fused with its box-pooled concept
+        (X-VLM applies its three losses at every granularity). Masked here (probability 0.25, at
+        most 8). None when the batch has no region or nothing to predict."""
+        start = pairs.num_whole
+        if pairs.num_pairs == start:
+            return None
+        mask = pairs.text_mask[start:]
+        own = max(1, int(mask.sum(-1).max()))  # phrases are short: no need for the captions' length
+        return self._masked_lm(pairs.text_ids[start:, :own], mask[:, :own], pairs.concept_tokens[start:],
+                               pairs.concept_mask[start:], None, None, generator)
+
+    def _masked_lm(self, text_ids, text_mask, concept_tokens, concept_mask, masked_input_ids, mlm_labels,
+                   generator) -> Optional[torch.Tensor]:
+        if masked_input_ids is None:
+            tokenizer = self.tokenizer
+            masked_input_ids, mlm_labels = X.mask_tokens(
+                text_ids, text_mask, tokenizer.all_special_ids, tokenizer.mask_token_id,
+                self.text_encoder.config.vocab_size, self.mlm_probability, self.mlm_max_masks, generator)
         predicted = mlm_labels != -100
         if not bool(predicted.any()):
             return None
-        hidden = self.encode_text(masked_input_ids, caption_mask)
-        full = torch.ones(pairs.num_whole, image_tokens.shape[1], dtype=torch.long, device=image_tokens.device)
-        fused = self.fuse(hidden, caption_mask, image_tokens[: pairs.num_whole], full)
+        hidden = self.encode_text(masked_input_ids, text_mask)
+        fused = self.fuse(hidden, text_mask, concept_tokens, concept_mask)
         # vocabulary logits only where a token is predicted (the decoder is the costly part)
         return F.cross_entropy(self.mlm_head(fused[predicted]), mlm_labels[predicted])
 
@@ -568,5 +707,7 @@ def temperature(scale_module: LogitScale) -> float:
     return 1.0 / float(scale_module().detach())
 
 
-__all__ = ["XVLMNetwork", "XVLMMixin", "ConceptTextPairs", "CrossEncoder", "CrossLayer", "MLMHead",
-           "build_vit", "mlp_head", "additive_mask", "temperature"]
+__all__ = ["XVLMNetwork", "XVLMMixin", "ConceptTextPairs", "CrossEncoder", "MLMHead", "build_vit",
+           "build_fusion_layer", "fusion_layer_config", "split_text_model", "layout_error", "mark_old_layout",
+           "mlp_head",
+           "additive_mask", "temperature"]

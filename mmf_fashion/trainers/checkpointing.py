@@ -224,6 +224,10 @@ def load_model_state(
 ) -> Tuple[list, list]:
     """Load weights; when they do not fit `what` (e.g. "model 'align'"), say exactly which keys differ."""
     state_dict = strip_module_prefix(state_dict)
+    # a model that knows an older layout of its own weights names it (and the option) first
+    check_layout = getattr(model, "check_state_dict_layout", None)
+    if callable(check_layout):
+        check_layout(state_dict)
     own = model.state_dict()
     missing = sorted(k for k in own if k not in state_dict)
     unexpected = sorted(k for k in state_dict if k not in own)
