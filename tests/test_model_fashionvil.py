@@ -1,5 +1,6 @@
 """FashionViL: every head and every pretraining task runs forward + backward at tiny size
-through MMF's registry; each loss equals its formula; ITM negatives; MPFC masking; PAC targets."""
+through MMF's registry; each loss equals its formula; ITM negatives; MPFC masking; PAC targets;
+ITC / MVC projection heads; OCIR same-category negatives; CR (category targets)."""
 import math
 import os
 
@@ -9,10 +10,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from mmf_fashion.modules.fashionvil import tasks as T
-from mmf_fashion.modules.fashionvil.heads import CategorySubspaces, CosineClassifier
+from mmf_fashion.modules.fashionvil.heads import CategorySubspaces, CosineClassifier, resolve_contrastive_dim
 from mmf_fashion.modules.losses import batch_classification_loss
 from tiny_models import (
     FASHIONVIL_BATCH as BATCH,
+    FASHIONVIL_CONTRASTIVE_DIM as CONTRASTIVE_DIM,
     FASHIONVIL_GRID as GRID,
     FASHIONVIL_TOKENIZER as TOKENIZER,
     build_fashionvil as build,
@@ -35,12 +37,14 @@ TEXT_TOWER = ["text_encoder.embeddings.", "text_encoder.encoder."]
 IMAGE_TOWER = ["image_encoder.", "image_projection."]
 FUSION = IMAGE_TOWER + TEXT_TOWER + ["visual_embeddings."]
 EXPECTED = {
-    "itc": (IMAGE_TOWER + TEXT_TOWER + ["logit_scale."], ["visual_embeddings.", "text_encoder.pooler.", "itm_head."]),
-    "itm": (FUSION + ["text_encoder.pooler.", "itm_head."], ["logit_scale.", "mlm_head.", "pac_head."]),
+    "itc": (IMAGE_TOWER + TEXT_TOWER + ["logit_scale.", "itc_projection."],
+            ["visual_embeddings.", "text_encoder.pooler.", "itm_head.", "mvc_projection."]),
+    "itm": (FUSION + ["text_encoder.pooler.", "itm_head."], ["logit_scale.", "mlm_head.", "pac_head.", "itc_projection."]),
     "mlm": (FUSION + ["mlm_head."], ["itm_head.", "mpfc_head.", "logit_scale."]),
     "mpfc": (FUSION + ["mpfc_head."], ["mpfc_tokenizer.", "itm_head.", "mlm_head."]),
-    "mvc": (FUSION + ["logit_scale."], ["itm_head.", "text_encoder.pooler.", "pac_head."]),
-    "pac": (IMAGE_TOWER + TEXT_TOWER + ["pac_head."], ["visual_embeddings.", "itm_head.", "logit_scale."]),
+    "mvc": (FUSION + ["logit_scale.", "mvc_projection."], ["itm_head.", "text_encoder.pooler.", "pac_head.", "itc_projection."]),
+    "pac": (IMAGE_TOWER + TEXT_TOWER + ["pac_head."],
+            ["visual_embeddings.", "itm_head.", "logit_scale.", "itc_projection.", "mvc_projection."]),
 }
 
 
@@ -149,7 +153,8 @@ def test_missing_key_names_the_task_and_the_option(pretraining_model):
 # ---------------------------------------------------------------- downstream heads
 HEAD_CASES = {
     "contrastive": (lambda: sample_list(), "contrastive",
-                    IMAGE_TOWER + TEXT_TOWER + ["logit_scale."], ["visual_embeddings.", "text_encoder.pooler."]),
+                    IMAGE_TOWER + TEXT_TOWER + ["logit_scale.", "itc_projection."],
+                    ["visual_embeddings.", "text_encoder.pooler."]),
     "composition": (fashionvil_composition_batch, "batch_classification", FUSION + ["logit_scale."], ["text_encoder.pooler."]),
     "classification": (fashionvil_classification_batch, "cross_entropy",
                        FUSION + ["text_encoder.pooler.", "classification_head."], ["logit_scale."]),
@@ -170,14 +175,161 @@ def test_downstream_head_forward_backward(mmf_registry, head):
 
 
 def test_composition_and_ocir_losses_equal_their_formula(mmf_registry):
-    for head, make_batch, name in (("composition", HEAD_CASES["composition"][0], "batch_classification"),
-                                   ("ocir", ocir_batch, "ocir")):
-        model = build(mmf_registry, tiny_config(head)).eval()
+    # ocir with negatives "all" is the plain batch classification; the default masks: see below
+    for head, make_batch, name, extra in (
+        ("composition", HEAD_CASES["composition"][0], "batch_classification", {}),
+        ("ocir", ocir_batch, "ocir", {"ocir": {"negatives": "all"}}),
+    ):
+        model = build(mmf_registry, tiny_config(head, **extra)).eval()
         with torch.no_grad():
             output = model(make_batch())
         logits = float(model.logit_scale().detach()) * output["query_embedding"] @ output["target_embedding"].t()
         expected = -torch.log_softmax(logits, dim=1).diagonal().mean()
         assert torch.allclose(output["losses"][f"train/fashiongen/{name}"], expected, atol=1e-5)
+
+
+def _masked_ocir_by_hand(logits, categories):
+    rows = []
+    for i in range(len(categories)):
+        same = [j for j in range(len(categories)) if categories[j] == categories[i]]
+        rows.append(-(logits[i, i] - logits[i, same].exp().sum().log()))
+    return torch.stack(rows).mean()
+
+
+def test_ocir_training_negatives_are_the_blanks_of_the_same_category(mmf_registry):
+    batch = ocir_batch()
+    categories = batch["blank_category"].tolist()
+    assert len(set(categories)) > 1 and len(set(categories)) < len(categories)  # mixed, with shared ones
+    model = build(mmf_registry, tiny_config("ocir")).eval()  # default: same_category
+    with torch.no_grad():
+        output = model(batch)
+    logits = float(model.logit_scale().detach()) * output["query_embedding"] @ output["target_embedding"].t()
+    loss = output["losses"]["train/fashiongen/ocir"]
+    assert torch.allclose(loss, _masked_ocir_by_hand(logits, categories), atol=1e-5)
+    unmasked = -torch.log_softmax(logits, dim=1).diagonal().mean()
+    assert not torch.allclose(loss, unmasked, atol=1e-4)
+
+
+def test_ocir_loss_ignores_candidates_of_other_categories():
+    generator = torch.Generator().manual_seed(11)
+    query = F.normalize(torch.randn(5, 6, generator=generator), dim=-1)
+    target = F.normalize(torch.randn(5, 6, generator=generator), dim=-1)
+    category = torch.tensor([0, 1, 0, 2, 1])
+    scale = torch.tensor(4.0)
+    loss = T.ocir_loss(query, target, category, scale)
+    assert torch.allclose(loss, _masked_ocir_by_hand(scale * query @ target.t(), category.tolist()), atol=1e-6)
+    # moving the blanks of categories 1 and 2 does not change the loss of the category-0 queries
+    moved = target.clone()
+    moved[[1, 3, 4]] = F.normalize(torch.randn(3, 6, generator=generator), dim=-1)
+    rows = torch.tensor([0, 2])
+    assert torch.allclose(T.ocir_loss(query[rows], target[rows], category[rows], scale),
+                          T.ocir_loss(query[rows], moved[rows], category[rows], scale))
+    # a query whose category has no other blank has nothing to rank against: zero loss
+    assert torch.allclose(T.ocir_loss(query[3:4], target[3:4], category[3:4], scale), torch.tensor(0.0))
+    everything = T.ocir_loss(query, target, category, scale, same_category=False)
+    assert torch.allclose(everything, batch_classification_loss(query, target, scale), atol=1e-6)
+
+
+def test_ocir_negatives_option_is_checked(mmf_registry):
+    with pytest.raises(ValueError, match="ocir.negatives"):
+        build(mmf_registry, tiny_config("ocir", ocir={"negatives": "other"}))
+
+
+# ---------------------------------------------------------------- ITC / MVC projections
+def _symmetric_infonce(a, b, scale):
+    logits = scale * F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t()
+    labels = torch.arange(a.shape[0])
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+@pytest.mark.parametrize("head", ["contrastive", "pretraining"])
+def test_retrieval_embeddings_are_the_itc_projections(mmf_registry, tokenizer_path, head):
+    extra = {"tokenizer_checkpoint": tokenizer_path, "tokenizer_config": TOKENIZER} if head == "pretraining" else {}
+    model = build(mmf_registry, tiny_config(head, **extra)).eval()
+    hidden = model.hidden_size
+    assert CONTRASTIVE_DIM < hidden
+    batch = sample_list()
+    with torch.no_grad():
+        output = model(batch)
+        image_hidden = model.image_embedding(batch["image"])
+        text_hidden = model.text_embedding(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        image = model.itc_projection.f(image_hidden)
+        text = model.itc_projection.g(text_hidden)
+        loss_name = "itc" if head == "pretraining" else "contrastive"
+        expected = _symmetric_infonce(image, text, model.logit_scale())
+        assert torch.allclose(output["losses"][f"train/fashiongen/{loss_name}"], expected, atol=1e-5)
+        # the hidden space would give another loss: the logits come from the projections
+        assert not torch.allclose(_symmetric_infonce(image_hidden, text_hidden, model.logit_scale()), expected)
+        for key, projected in (("image_embedding", image), ("text_embedding", text)):
+            assert output[key].shape == (BATCH, CONTRASTIVE_DIM)
+            assert torch.allclose(output[key], F.normalize(projected, dim=-1), atol=1e-6)
+        assert torch.allclose(model.embed_images(batch["image"]), output["image_embedding"], atol=1e-5)
+        assert model.embed_texts(["red silk dress", "black boots"]).shape == (2, CONTRASTIVE_DIM)
+
+
+def test_mvc_uses_its_own_projection_not_the_itc_one(pretraining_model):
+    model = pretraining_model.train()
+    assert model.mvc_projection is not model.itc_projection
+    assert model.mvc_projection.f.weight.shape == (CONTRASTIVE_DIM, model.hidden_size)
+    batch = pretraining_batch()
+    with torch.no_grad():
+        model.eval()  # no dropout: two forwards give the same numbers
+        output = T.run_mvc(model, batch)
+        image = model.mvc_projection.f(model.image_embedding(batch["image"]))
+        fused = model.fuse(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                           model.image_tokens(batch["image_2"]))
+        composed = model.mvc_projection.g(fused.visual_mean())
+        assert torch.allclose(output["losses"]["mvc"], _symmetric_infonce(image, composed, model.logit_scale()), atol=1e-5)
+        assert output["mvc_image_embedding"].shape == (BATCH, CONTRASTIVE_DIM)
+        # changing ITC's head leaves MVC unchanged
+        saved = {k: v.clone() for k, v in model.itc_projection.state_dict().items()}
+        for parameter in model.itc_projection.parameters():
+            parameter.add_(1.0)
+        try:
+            assert torch.allclose(T.run_mvc(model, batch)["losses"]["mvc"], output["losses"]["mvc"], atol=1e-6)
+        finally:
+            model.itc_projection.load_state_dict(saved)
+    model.train()
+
+
+def test_contrastive_dim_default_and_no_projection(mmf_registry):
+    assert resolve_contrastive_dim(None, 768) == 256  # the paper's BERT-base size
+    assert resolve_contrastive_dim(0, 768) == 0
+    with pytest.raises(ValueError, match="contrastive_dim"):
+        resolve_contrastive_dim(-1, 768)
+    model = build(mmf_registry, tiny_config("contrastive", contrastive_dim=0)).eval()
+    assert not list(model.itc_projection.parameters())
+    with torch.no_grad():
+        output = model(sample_list())
+    assert output["image_embedding"].shape == (BATCH, model.hidden_size)
+
+
+# ---------------------------------------------------------------- CR / SCR targets
+@pytest.mark.parametrize("target,key", [("subcategory", "subcategory_id"), ("category", "category_id")])
+def test_classification_takes_the_configured_labels(mmf_registry, target, key):
+    batch = fashionvil_classification_batch()
+    assert not torch.equal(batch["category_id"], batch["subcategory_id"])
+    model = build(mmf_registry, tiny_config("classification", classification={"target": target})).eval()
+    with torch.no_grad():
+        output = model(batch)
+    expected = F.cross_entropy(output["scores"], batch[key])
+    assert torch.allclose(output["losses"]["train/fashiongen/cross_entropy"], expected)
+    # accuracy / macro_f1 read `targets` from the output before the batch: the same labels
+    assert torch.equal(output["targets"], batch[key])
+    from mmf_fashion.trainers.evaluation import Accumulator
+
+    accumulator = Accumulator(["scores", "targets"])
+    accumulator.add(batch, output)
+    assert torch.equal(accumulator.report()["targets"], batch[key])
+
+
+def test_category_recognition_reads_category_id_not_targets(mmf_registry):
+    batch = fashionvil_classification_batch()
+    del batch["targets"]  # CR needs only category_id
+    model = build(mmf_registry, tiny_config("classification", classification={"target": "category"}))
+    assert "train/fashiongen/cross_entropy" in model(batch)["losses"]
+    with pytest.raises(ValueError, match="classification.target"):
+        build(mmf_registry, tiny_config("classification", classification={"target": "colour"}))
 
 
 def test_match_scores_is_the_itm_margin(mmf_registry):
@@ -323,7 +475,7 @@ def test_itm_choice_never_labels_the_positive_as_negative(seed):
 # ---------------------------------------------------------------- project configs
 PROJECT = os.path.join(ROOT, "projects", "fashionvil", "configs")
 TASK_HEADS = {"pretrain": "pretraining", "itr": "contrastive", "tgir": "composition",
-              "scr": "classification", "ocir": "ocir"}
+              "scr": "classification", "cr": "classification", "ocir": "ocir"}
 
 
 @pytest.mark.parametrize("task", sorted(TASK_HEADS))
@@ -336,7 +488,32 @@ def test_project_config_selects_its_head_and_a_buildable_model_config(task):
         assert config.checkpoint.resume_pretrained
         assert config.checkpoint.resume_file.endswith("fashionvil_pretrain/fashionvil_final.pth")
         assert set(config.checkpoint.pretrained_state_mapping) <= {
-            "image_encoder", "image_projection", "text_encoder", "visual_embeddings", "logit_scale", "itm_head"}
+            "image_encoder", "image_projection", "text_encoder", "visual_embeddings", "logit_scale", "itm_head",
+            "itc_projection"}
+
+
+def test_itr_reports_full_ranking_and_the_100_negative_protocol():
+    metrics = OmegaConf.load(os.path.join(PROJECT, "itr.yaml")).evaluation.metrics
+    by_type = {metric.type: metric.get("params", {}) for metric in metrics}
+    assert set(by_type) == {"r@k_general", "r@k_kaleido"}
+    kaleido = by_type["r@k_kaleido"]
+    assert (kaleido.num_queries, kaleido.num_negatives, list(kaleido.seeds)) == (1000, 100, [0, 1, 2, 3, 4])
+    assert list(kaleido.ks) == list(by_type["r@k_general"].ks) == [1, 5, 10]
+
+
+def test_itr_keeps_the_pretraining_itc_space():
+    # itc_projection is carried over by pretrained_state_mapping: its size must match
+    pretrain = OmegaConf.load(os.path.join(PROJECT, "pretrain.yaml")).model_config.fashionvil
+    itr = OmegaConf.load(os.path.join(PROJECT, "itr.yaml"))
+    assert "contrastive_dim" in pretrain and pretrain.contrastive_dim == itr.model_config.fashionvil.contrastive_dim
+    assert itr.checkpoint.pretrained_state_mapping.itc_projection == "itc_projection"
+
+
+def test_classification_configs_pick_their_labels():
+    scr = OmegaConf.load(os.path.join(PROJECT, "scr.yaml")).model_config.fashionvil.classification
+    cr = OmegaConf.load(os.path.join(PROJECT, "cr.yaml")).model_config.fashionvil.classification
+    assert (scr.target, scr.num_classes) == ("subcategory", 121)
+    assert (cr.target, cr.num_classes) == ("category", 48)
 
 
 def test_pretraining_uses_the_tokenizer_sizes_it_was_trained_with():
@@ -363,6 +540,7 @@ def test_paper_override_gives_the_paper_sizes(tmp_path, mmf_registry):
     assert config.dataset_config.fashiongen.processors.text_processor.params.max_length == 75
     assert config.optimizer.params.lr == 1e-5 and config.optimizer.params.weight_decay == 1e-4
     assert config.optimizer.lr_multipliers.image_encoder == 20.0
+    assert model.contrastive_dim == 256 and config.optimizer.lr_multipliers.itc_projection == 20.0
     assert (config.training.batch_size, config.training.max_updates) == (256, 120000)
     assert config.scheduler.params.num_warmup_steps == 15000
     assert config.dataset_config.fashiongen.mlm  # the task's own switches survive

@@ -5,7 +5,8 @@ Cheatsheet::
     mmf-fashion data synth --out data/synthetic --products 600 --image-size 64 --seed 0
     mmf-fashion data synth --out /tmp/noisy --products 200 --noise 0.2
     mmf-fashion data check data/synthetic [--no-images] [--json report.json]
-    mmf-fashion data mine-attributes --data-dir data/synthetic --min-count 5
+    mmf-fashion data mine-attributes --data-dir data/synthetic            # threshold scaled to the corpus
+    mmf-fashion data mine-attributes --data-dir /data/fashion --paper     # FashionViL's rule
 
 mmf_fashion/cli/main.py calls ``add_parser(subparsers)``; every command sets
 ``func`` (args -> exit code).
@@ -58,13 +59,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     check.set_defaults(func=run_check)
 
     mine = commands.add_parser("mine-attributes", help="mine the PAC attribute vocabulary",
-                               description="Tag product texts with NLTK, keep frequent nouns "
-                                           "and adjectives, write fashiongen/attributes.json "
-                                           "and each product's attributes_id.")
+                               description="Tag the TRAIN product texts with NLTK, keep frequent "
+                                           "nouns and adjectives, write fashiongen/attributes.json "
+                                           "and every split's attributes_id. A text counts once "
+                                           "per image, as FashionGen's rows.")
     mine.add_argument("--data-dir", required=True, help="the data directory")
-    mine.add_argument("--min-count", type=int, default=5, help="minimum occurrences")
-    mine.add_argument("--max-doc-fraction", type=float, default=0.8,
-                      help="drop words found in more than this fraction of products")
+    threshold = mine.add_mutually_exclusive_group()
+    threshold.add_argument("--min-count", type=int, default=None,
+                           help="minimum occurrences (default: the paper's 'more than 100 per "
+                                "260,480 texts' scaled to the train texts, at least 2)")
+    threshold.add_argument("--paper", action="store_true",
+                           help="the paper's rule exactly: more than 100 occurrences (min count "
+                                "101), nouns and adjectives, no fraction cap, no stop words")
+    mine.add_argument("--max-doc-fraction", type=float, default=None,
+                      help="drop words found in more than this fraction of texts (default 0.8; "
+                           "not with --paper)")
     mine.set_defaults(func=run_mine_attributes)
     return data
 
@@ -118,13 +127,22 @@ def run_check(args: argparse.Namespace) -> int:
 def run_mine_attributes(args: argparse.Namespace) -> int:
     from mmf_fashion.data.attributes import mine_attributes
 
+    if args.paper and args.max_doc_fraction is not None:
+        print("error: --paper has no document-fraction cap; drop --max-doc-fraction", file=sys.stderr)
+        return 2
+    options = {} if args.max_doc_fraction is None else {"max_doc_fraction": args.max_doc_fraction}
     try:
-        summary = mine_attributes(args.data_dir, min_count=args.min_count,
-                                  max_doc_fraction=args.max_doc_fraction)
+        summary = mine_attributes(args.data_dir, min_count=args.min_count, paper=args.paper, **options)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{summary['attributes']} attributes (min count {args.min_count}) written to "
-          f"{Path(args.data_dir) / 'fashiongen' / 'attributes.json'}; attributes_id of "
+    print(f"{summary['attributes']} attributes (min count {summary['min_count']}, "
+          f"{summary['preset']}; {summary['texts']} train texts of {Path(summary['source']).name}) "
+          f"written to {Path(args.data_dir) / 'fashiongen' / 'attributes.json'}; attributes_id of "
           f"{summary['products']} products rewritten; tagger: {summary['tagger']}")
+    if summary["tagger_fallback"]:
+        # the tags (and so the vocabulary) differ from those of NLTK's own tagger
+        print(f"note: NLTK's averaged_perceptron_tagger data is not installed; tagged with the "
+              f"fallback tagger ({summary['tagger']}). For NLTK's tags: "
+              "python -m nltk.downloader averaged_perceptron_tagger_eng")
     return 0

@@ -8,15 +8,16 @@ Cheatsheet::
 
     model = registry.get_model_class("fashionvil")(config); model.build()
     out = model(sample_list)      # train: {"losses": {"train/fashiongen/itc": ...}, ...}
-    model.embed_images(images); model.embed_texts(["red dress"])       # (N, H), unit norm
+    model.embed_images(images); model.embed_texts(["red dress"])       # (N, contrastive_dim), unit norm
     model.embed_composed(images, ["make it blue"]); model.match_scores(pairs)
 
 `model_config.fashionvil.head` picks the head: pretraining (ITC, ITM, MLM,
 MPFC, MVC, PAC; one task per update, drawn from pretraining.tasks ratios by
 TaskSampler with the update number, so every rank runs the same task),
-contrastive (ITR/TIR), composition (TGIR), classification (SCR), ocir.
-Input keys and outputs: see mmf_fashion/modules/fashionvil/network.py and
-tasks.py. Loss keys are "<dataset_type>/<dataset_name>/<loss>".
+contrastive (ITR/TIR), composition (TGIR), classification (SCR; CR with
+classification.target: category), ocir. Input keys and outputs: see
+mmf_fashion/modules/fashionvil/network.py and tasks.py; for users:
+docs/models/fashionvil.md. Loss keys are "<dataset_type>/<dataset_name>/<loss>".
 """
 from __future__ import annotations
 
@@ -52,8 +53,8 @@ class FashionViL(FashionViLMethods, BaseModel):
         """sample_list: the ARCHITECTURE.md keys of the head (network.py docstring).
 
         Returns {"losses": {...}} plus image_embedding / text_embedding
-        (pretraining eval, contrastive), query_embedding / target_embedding
-        (composition, ocir) or scores (classification)."""
+        (pretraining eval, contrastive: ITC's projections), query_embedding /
+        target_embedding (composition, ocir) or scores and targets (classification)."""
         update = registry.get("num_updates", no_warning=True) or 0
         output = self.run_head(sample_list, update=int(update))
         output["losses"] = {loss_key(sample_list, name): value for name, value in output["losses"].items()}

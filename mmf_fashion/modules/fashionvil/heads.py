@@ -2,6 +2,7 @@
 
 Cheatsheet::
 
+    itc = ContrastiveProjection(hidden, 256)      # f: image (B, H) -> (B, 256); g: text -> (B, 256)
     itm = ITMHead(hidden)                         # fused pooled (B, H) -> (B, 2) logits
     mlm = MLMHead(hidden)                         # text states (M, H), word embedding (V, H) -> (M, V)
     mpfc = MPFCHead(hidden, codebook_size)        # visual states (B, N, H) -> (B, N, K)
@@ -24,6 +25,33 @@ class PredictionTransform(nn.Sequential):
 
     def __init__(self, hidden: int):
         super().__init__(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden))
+
+
+def resolve_contrastive_dim(value, hidden: int) -> int:
+    """contrastive_dim option -> the size of the contrastive space.
+
+    null: a third of the hidden size, the paper's ratio (BERT-base 768 -> 256);
+    0: no projection, the hidden space itself (as the official code)."""
+    if value is None:
+        return max(1, int(hidden) // 3)
+    value = int(value)
+    if value < 0:
+        raise ValueError(f"contrastive_dim must be >= 0 (0 = no projection), got {value}")
+    return value
+
+
+class ContrastiveProjection(nn.Module):
+    """The two linear maps of one contrastive task into its own space: the
+    paper's f (image side) and g (text side for ITC, composed side for MVC).
+
+    dim 0 keeps the hidden space (identity, no parameters). ITC and MVC each
+    own one, so MVC never moves the space that retrieval ranks in."""
+
+    def __init__(self, hidden: int, dim: int):
+        super().__init__()
+        self.dim = int(dim) if dim else int(hidden)
+        self.f = nn.Linear(hidden, dim) if dim else nn.Identity()
+        self.g = nn.Linear(hidden, dim) if dim else nn.Identity()
 
 
 class ITMHead(nn.Module):

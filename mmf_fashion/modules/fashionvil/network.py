@@ -16,16 +16,19 @@ Cheatsheet::
 Modes (chosen by the head):
 - early fusion, single stream (classification): fused pooled [CLS] -> MLP;
 - late fusion, two streams (contrastive, pretraining eval): image emb vs
-  text emb, L2-normalised, cosine * learnable s (logit_scale, init 4.0);
+  text emb, each projected by ITC's f / g to contrastive_dim (256 for
+  BERT-base), L2-normalised, cosine * learnable s (logit_scale, init 4.0);
 - early-fusion two streams (composition): query = fused(text + reference
   image) averaged over the visual outputs; target = the candidate's image emb.
 
 Batch keys per head (see tasks.py for the pretraining tasks):
 - contrastive: image (B, 3, H, W), input_ids / attention_mask (B, L)
 - composition: reference_image, target_image (B, 3, H, W), input_ids, attention_mask
-- classification: image, input_ids, attention_mask [, targets (B,)]
+- classification: image, input_ids, attention_mask [, targets (B,) for
+  classification.target subcategory, category_id (B,) for category]
 - ocir: outfit_images (B, K, 3, H, W), outfit_mask (B, K), outfit_categories (B, K),
-  blank_image (B, 3, H, W), blank_category (B,)
+  blank_image (B, 3, H, W), blank_category (B,); in-batch negatives of another
+  category than the query's blank are masked (ocir.negatives: same_category | all)
 """
 from __future__ import annotations
 
@@ -42,17 +45,21 @@ from mmf_fashion.modules.fashionvil.encoder import FashionViLEncoding
 from mmf_fashion.modules.fashionvil.heads import (
     CategorySubspaces,
     ClassificationHead,
+    ContrastiveProjection,
     CosineClassifier,
     ITMHead,
     MLMHead,
     MPFCHead,
+    resolve_contrastive_dim,
 )
-from mmf_fashion.modules.fashionvil.tasks import PRETRAINING_TASKS, require, run_itc
+from mmf_fashion.modules.fashionvil.tasks import PRETRAINING_TASKS, ocir_loss, require, run_itc
 from mmf_fashion.modules.losses import LogitScale, batch_classification_loss
 from mmf_fashion.modules.task_sampler import TaskSampler
 from mmf_fashion.modules.vqvae import load_frozen_tokenizer
 
 HEADS = ("pretraining", "contrastive", "composition", "classification", "ocir")
+CLASSIFICATION_TARGETS = {"subcategory": "targets", "category": "category_id"}  # option -> batch key
+OCIR_NEGATIVES = ("same_category", "all")
 # official task ratios (MODELS.md)
 DEFAULT_TASK_RATIOS = {"itc": 0.2, "itm": 0.15, "mlm": 0.15, "mpfc": 0.15, "mvc": 0.2, "pac": 0.15}
 
@@ -98,6 +105,8 @@ class FashionViLMethods(FashionViLEncoding):
         self.task_sampler = None
         self._text_tokenizer = None
 
+        self.contrastive_dim = resolve_contrastive_dim(config.get("contrastive_dim"), hidden)
+
         tasks = set()
         if self.head_type == "pretraining":
             ratios = pretraining.get("tasks") or DEFAULT_TASK_RATIOS
@@ -106,6 +115,11 @@ class FashionViLMethods(FashionViLEncoding):
                 raise ValueError(f"pretraining.tasks: unknown tasks {unknown}; known: {sorted(PRETRAINING_TASKS)}")
             self.task_sampler = TaskSampler(ratios, seed=int(pretraining.get("seed") or 0))
             tasks = set(self.task_sampler.tasks)
+        if self.head_type in ("pretraining", "contrastive"):
+            # late fusion ranks in ITC's space (pretraining evaluates with ITC)
+            self.itc_projection = ContrastiveProjection(hidden, self.contrastive_dim)
+        if "mvc" in tasks:
+            self.mvc_projection = ContrastiveProjection(hidden, self.contrastive_dim)
         if "itm" in tasks or config.get("build_itm_head", False):
             self.itm_head = ITMHead(hidden)
         if "mlm" in tasks:
@@ -125,11 +139,23 @@ class FashionViLMethods(FashionViLEncoding):
             self.pac_head = CosineClassifier(hidden, int(num_attributes), scale=float(pac.get("scale") or 10.0))
         if self.head_type == "classification":
             classification = _section(config, "classification")
+            self.classification_target = str(classification.get("target") or "subcategory")
+            if self.classification_target not in CLASSIFICATION_TARGETS:
+                raise ValueError(
+                    f"model_config.fashionvil.classification.target must be one of "
+                    f"{sorted(CLASSIFICATION_TARGETS)}, got '{self.classification_target}'"
+                )
             self.classification_head = ClassificationHead(
                 hidden, int(classification.get("num_classes") or 121), float(classification.get("dropout", 0.1))
             )
         if self.head_type == "ocir":
             ocir = _section(config, "ocir")
+            self.ocir_negatives = str(ocir.get("negatives") or "same_category")
+            if self.ocir_negatives not in OCIR_NEGATIVES:
+                raise ValueError(
+                    f"model_config.fashionvil.ocir.negatives must be one of {OCIR_NEGATIVES}, "
+                    f"got '{self.ocir_negatives}'"
+                )
             self.ocir_head = CategorySubspaces(
                 hidden,
                 int(ocir.get("num_categories") or 16),
@@ -180,23 +206,31 @@ class FashionViLMethods(FashionViLEncoding):
         return {"losses": {"batch_classification": loss}, "query_embedding": query, "target_embedding": target}
 
     def run_classification(self, batch: Mapping[str, Any]) -> Dict[str, Any]:
-        """SCR: early fusion single stream; cross entropy when `targets` is present."""
+        """SCR / CR: early fusion single stream; cross entropy when the labels are present.
+
+        classification.target subcategory reads `targets` (the builders' subcategory
+        label), category reads `category_id`. The labels used are returned as
+        `targets`, so accuracy / macro_f1 score the same labels as the loss."""
         require(batch, ["image", "input_ids", "attention_mask"], "classification")
         fused = self.fuse(
             batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), self.image_tokens(batch["image"])
         )
         scores = self.classification_head(fused.pooled)
         losses = {}
-        targets = batch.get("targets")
+        output = {"losses": losses, "scores": scores}
+        key = CLASSIFICATION_TARGETS[self.classification_target]
+        targets = batch.get(key)
         if targets is not None:
             targets = targets.view(-1).long()
             if int(targets.max()) >= scores.shape[1] or int(targets.min()) < 0:
                 raise ValueError(
-                    f"classification targets in [{int(targets.min())}, {int(targets.max())}] but the head has "
-                    f"{scores.shape[1]} classes (model_config.fashionvil.classification.num_classes)"
+                    f"classification targets ({key}, {self.classification_target}) in [{int(targets.min())}, "
+                    f"{int(targets.max())}] but the head has {scores.shape[1]} classes "
+                    "(model_config.fashionvil.classification.num_classes)"
                 )
             losses["cross_entropy"] = F.cross_entropy(scores, targets)
-        return {"losses": losses, "scores": scores}
+            output["targets"] = targets
+        return output
 
     def outfit_item_embeddings(self, outfit_images: torch.Tensor, outfit_mask: torch.Tensor) -> torch.Tensor:
         """outfit_images (B, K, 3, H, W), outfit_mask (B, K) -> (B, K, hidden); padding rows stay zero."""
@@ -218,7 +252,8 @@ class FashionViLMethods(FashionViLEncoding):
             items, batch["outfit_categories"].long(), batch["outfit_mask"].bool(), batch["blank_category"].long()
         )
         target = F.normalize(self.image_embedding(batch["blank_image"]), dim=-1)
-        loss = batch_classification_loss(query, target, self.logit_scale(), self.gather_negatives)
+        loss = ocir_loss(query, target, batch["blank_category"], self.logit_scale(), self.gather_negatives,
+                         same_category=self.ocir_negatives == "same_category")
         return {"losses": {"ocir": loss}, "query_embedding": query, "target_embedding": target}
 
     # ------------------------------------------------------------ retrieval interface
@@ -235,17 +270,23 @@ class FashionViLMethods(FashionViLEncoding):
         device = self._device()
         return {key: encoded[key].to(device) for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded}
 
+    def _itc_side(self, side: str):
+        """ITC's f or g where the head ranks in ITC's space, else the hidden space (TGIR, OCIR targets)."""
+        projection = getattr(self, "itc_projection", None)
+        return getattr(projection, side) if projection is not None else (lambda x: x)
+
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """images (N, 3, H, W) -> (N, hidden) L2-normalised (late-fusion image stream)."""
-        return F.normalize(self.image_embedding(images.to(self._device())), dim=-1)
+        """images (N, 3, H, W) -> (N, D) L2-normalised: the late-fusion image stream,
+        D = contrastive_dim (pretraining, contrastive) or hidden (composition, ocir targets)."""
+        return F.normalize(self._itc_side("f")(self.image_embedding(images.to(self._device()))), dim=-1)
 
     @torch.no_grad()
     def embed_texts(self, texts: List[str]) -> torch.Tensor:
-        """texts (N,) -> (N, hidden) L2-normalised (late-fusion text stream)."""
+        """texts (N,) -> (N, D) L2-normalised (late-fusion text stream, ITC's g where built)."""
         tokens = self.tokenize(texts)
-        return F.normalize(self.text_embedding(tokens["input_ids"], tokens["attention_mask"],
-                                               tokens.get("token_type_ids")), dim=-1)
+        text = self.text_embedding(tokens["input_ids"], tokens["attention_mask"], tokens.get("token_type_ids"))
+        return F.normalize(self._itc_side("g")(text), dim=-1)
 
     @torch.no_grad()
     def embed_composed(self, images: torch.Tensor, texts: List[str]) -> torch.Tensor:

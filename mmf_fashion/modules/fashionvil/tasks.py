@@ -18,6 +18,10 @@ the ARCHITECTURE.md keys (B = batch, L = text length, N = grid cells):
 | mvc  | image, image_2, input_ids, attention_mask                    |
 | pac  | image, input_ids, attention_mask, attribute_targets (B, A)   |
 token_type_ids is used when present.
+
+ITC and MVC compare their two sides in a space of their own
+(`contrastive_dim`): ITC through net.itc_projection (f image, g text), MVC
+through net.mvc_projection (f image, g composed), as the paper's f and g.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from mmf_fashion.modules.distributed import all_gather_nograd, gather_with_grad, get_rank
 from mmf_fashion.modules.losses import contrastive_loss, soft_cross_entropy
 
 IGNORE_INDEX = -100
@@ -115,6 +120,33 @@ def mvc_loss(image_embedding, composed_embedding, scale, gather: bool = True) ->
     )
 
 
+def ocir_loss(
+    query: torch.Tensor,
+    target: torch.Tensor,
+    category: torch.Tensor,
+    scale: torch.Tensor,
+    gather: bool = True,
+    same_category: bool = True,
+) -> torch.Tensor:
+    """One-way InfoNCE of outfit queries (B, D) against the batch's blank items (B, D).
+
+    With same_category, a candidate whose category (B,) differs from the
+    query's blank is not a negative (masked out): evaluation ranks each
+    blank among the items of its own category only, so training does too.
+    Inputs are L2-normalised; negatives come from every rank when training."""
+    gather = bool(gather) and torch.is_grad_enabled()
+    all_target = gather_with_grad(target) if gather else target
+    offset = get_rank() * query.shape[0] if gather else 0
+    labels = torch.arange(query.shape[0], device=query.device) + offset
+    logits = scale * query @ all_target.t()
+    if same_category:
+        category = category.view(-1).long()
+        all_category = all_gather_nograd(category) if gather else category
+        other = category.unsqueeze(1) != all_category.unsqueeze(0)
+        logits = logits.masked_fill(other, float("-inf"))
+    return F.cross_entropy(logits, labels)
+
+
 def check_soft_targets(targets: torch.Tensor, tolerance: float = 1e-3) -> None:
     """PAC targets must be probability rows: non-negative, each summing to 1 (or all zero = no attribute)."""
     sums = targets.sum(dim=-1)
@@ -138,9 +170,10 @@ def _text_inputs(batch: Mapping[str, Any], ids_key: str = "input_ids"):
 
 
 def run_itc(net, batch: Mapping[str, Any]) -> Dict[str, Any]:
+    """Returns the ITC loss and the projected, normalised retrieval embeddings (B, contrastive_dim)."""
     require(batch, ["image", "input_ids", "attention_mask"], "itc")
-    image_embedding = net.image_embedding(batch["image"])
-    text_embedding = net.text_embedding(*_text_inputs(batch))
+    image_embedding = net.itc_projection.f(net.image_embedding(batch["image"]))
+    text_embedding = net.itc_projection.g(net.text_embedding(*_text_inputs(batch)))
     loss = itc_loss(image_embedding, text_embedding, net.logit_scale(), net.gather_negatives)
     return {
         "losses": {"itc": loss},
@@ -162,8 +195,10 @@ def run_itm(net, batch: Mapping[str, Any]) -> Dict[str, Any]:
     input_ids, attention_mask, token_type_ids = _text_inputs(batch)
     visual_tokens = net.image_tokens(batch["image"])
     with torch.no_grad():
-        image_embedding = F.normalize(visual_tokens.mean(dim=1), dim=-1)
-        text_embedding = F.normalize(net.text_embedding(input_ids, attention_mask, token_type_ids), dim=-1)
+        # hardest negatives by the ITC similarity, i.e. in the ITC space
+        image_embedding = F.normalize(net.itc_projection.f(visual_tokens.mean(dim=1)), dim=-1)
+        text = net.text_embedding(input_ids, attention_mask, token_type_ids)
+        text_embedding = F.normalize(net.itc_projection.g(text), dim=-1)
         similarity = image_embedding @ text_embedding.t()
     text_index, labels = itm_text_choice(similarity, net.itm_swap_probability, _same_item(batch))
     token_type_ids = token_type_ids[text_index] if token_type_ids is not None else None
@@ -202,10 +237,13 @@ def run_mpfc(net, batch: Mapping[str, Any]) -> Dict[str, Any]:
 
 def run_mvc(net, batch: Mapping[str, Any]) -> Dict[str, Any]:
     require(batch, ["image", "image_2", "input_ids", "attention_mask"], "mvc")
-    image_embedding = net.image_embedding(batch["image"])
+    # MVC's own f and g: the ITC space that retrieval ranks in is not shared
+    image_embedding = net.mvc_projection.f(net.image_embedding(batch["image"]))
     fused = net.fuse(*_text_inputs(batch), net.image_tokens(batch["image_2"]))
-    loss = mvc_loss(image_embedding, fused.visual_mean(), net.logit_scale(), net.gather_negatives)
-    return {"losses": {"mvc": loss}}
+    composed = net.mvc_projection.g(fused.visual_mean())
+    loss = mvc_loss(image_embedding, composed, net.logit_scale(), net.gather_negatives)
+    return {"losses": {"mvc": loss}, "mvc_image_embedding": F.normalize(image_embedding, dim=-1),
+            "mvc_composed_embedding": F.normalize(composed, dim=-1)}
 
 
 def run_pac(net, batch: Mapping[str, Any]) -> Dict[str, Any]:
