@@ -425,10 +425,23 @@ def test_mlm_masks_a_quarter_of_real_tokens_at_most_eight():
 
 
 def test_grounding_hits_use_iou_half():
-    target = torch.tensor([[0.5, 0.5, 0.4, 0.4]] * 3)
-    pred = torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.5, 0.5, 0.4, 0.2], [0.5, 0.5, 0.4, 0.19]])
-    # IoU 1, 0.5 (half the height), 0.475
+    # dyadic coordinates: every IoU below is exact in float32, so the tie at 0.5 is a real tie
+    target = torch.tensor([[0.5, 0.5, 0.5, 0.5]] * 3)
+    pred = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, 0.5, 0.25], [0.5, 0.5, 0.5, 0.125]])
+    assert X.paired_box_iou(pred, target).tolist() == [1.0, 0.5, 0.25]
     assert X.grounding_hits(pred, target, 0.5).tolist() == [True, True, False]
+
+
+def test_paired_box_iou_is_the_diagonal_of_torchvision_box_iou():
+    from torchvision.ops import box_iou
+
+    g = torch.Generator().manual_seed(0)
+    pred = torch.cat([torch.rand(50, 2, generator=g), 0.05 + 0.5 * torch.rand(50, 2, generator=g)], dim=1)
+    target = torch.cat([torch.rand(50, 2, generator=g), 0.05 + 0.5 * torch.rand(50, 2, generator=g)], dim=1)
+    target[:10] = pred[:10]  # some identical, most partly or not overlapping
+    expected = box_iou(box_convert(pred, "cxcywh", "xyxy"), box_convert(target, "cxcywh", "xyxy")).diagonal()
+    torch.testing.assert_close(X.paired_box_iou(pred, target), expected)
+    assert bool((expected == 0).any()) and bool(((expected > 0) & (expected < 1)).any())
 
 
 # -------------------------------------------------------- through MMF's registry

@@ -24,7 +24,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss
+from torchvision.ops import box_area, box_convert, generalized_box_iou_loss
 
 from mmf_fashion.modules.distributed import all_gather_variable, gather_with_grad, get_rank, get_world_size
 from mmf_fashion.modules.encoders import masked_mean
@@ -217,7 +217,15 @@ def grounding_hits(pred_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor, thres
     """(K,) bool: IoU(pred_k, target_k) >= threshold, boxes (K, 4) normalised (cx, cy, w, h)."""
     if pred_cxcywh.numel() == 0:
         return torch.zeros(0, dtype=torch.bool, device=pred_cxcywh.device)
-    pred_xyxy = box_convert(pred_cxcywh.float(), "cxcywh", "xyxy")
-    target_xyxy = box_convert(target_cxcywh.float(), "cxcywh", "xyxy")
-    iou = box_iou(pred_xyxy, target_xyxy).diagonal()
-    return iou >= threshold
+    return paired_box_iou(pred_cxcywh, target_cxcywh) >= threshold
+
+
+def paired_box_iou(pred_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor) -> torch.Tensor:
+    """(K,) IoU of each box with its partner: the diagonal of torchvision's box_iou,
+    in O(K) memory (box_iou builds the K x K matrix of every pair)."""
+    pred = box_convert(pred_cxcywh.float(), "cxcywh", "xyxy")
+    target = box_convert(target_cxcywh.float(), "cxcywh", "xyxy")
+    overlap = (torch.minimum(pred[:, 2:], target[:, 2:]) - torch.maximum(pred[:, :2], target[:, :2])).clamp(min=0)
+    intersection = overlap.prod(dim=1)
+    union = box_area(pred) + box_area(target) - intersection
+    return intersection / union
