@@ -1,5 +1,6 @@
 """COTS: queues, EMA, task-level KL, the adaptive momentum filter, resume, and the MMF model."""
 import math
+import os
 
 import pytest
 import torch
@@ -8,7 +9,10 @@ from torch import nn
 
 from mmf_fashion.modules import cots as cots_ops
 from mmf_fashion.modules.two_stream import average_by_group, average_view_embeddings
-from tiny_models import build_cots, cots_all_tasks_batch, cots_batch as make_batch
+from tiny_models import (
+    COTS_TINY, COTS_TOKENIZER, COTS_VIT, ROOT, build_cots, build_model, cots_all_tasks_batch, cots_batch as make_batch,
+    cots_vit_batch, default_config,
+)
 
 
 # ------------------------------------------------------------------ queues
@@ -182,9 +186,9 @@ def test_token_masking_fallback_masks_only_real_tokens():
 
 
 # --------------------------------------------------------------- MMF model
-def test_every_task_trains_with_a_filled_queue(mmf_registry):
+def test_every_task_trains_with_a_filled_queue(mmf_registry, tmp_path):
     # the first step (empty queue), eval keys and unit rows: tests/test_registry.py
-    model = build_cots(mmf_registry)
+    model = build_cots(mmf_registry, tmp_path)
     batch = cots_all_tasks_batch()  # two views of product 1
     output = model(batch)
     output = model(batch)  # second step: the queue now holds this batch's products
@@ -244,7 +248,7 @@ def test_filtered_pairs_leave_the_loss_but_enter_the_queues(mmf_registry):
 
 
 def test_state_dict_round_trip_restores_queues_and_momentum_towers(mmf_registry, tmp_path):
-    model = build_cots(mmf_registry, momentum=0.5)
+    model = build_cots(mmf_registry, tmp_path, momentum=0.5)
     for seed in range(2):
         output = model(make_batch(seed=seed))
         sum(output["losses"].values()).backward()
@@ -258,7 +262,7 @@ def test_state_dict_round_trip_restores_queues_and_momentum_towers(mmf_registry,
     path = tmp_path / "cots.pth"
     torch.save({"model": model.state_dict()}, path)
 
-    restored = build_cots(mmf_registry, momentum=0.5)
+    restored = build_cots(mmf_registry, tmp_path, momentum=0.5)
     torch.manual_seed(123)
     for parameter in restored.parameters():
         parameter.data.normal_()
@@ -275,7 +279,7 @@ def test_state_dict_round_trip_restores_queues_and_momentum_towers(mmf_registry,
     torch.testing.assert_close(model.embed_images(make_batch()["image"]), restored.embed_images(make_batch()["image"]))
 
 
-def test_switches_written_on_the_command_line_are_read_as_booleans(mmf_registry):
+def test_switches_written_on_the_command_line_are_read_as_booleans(mmf_registry, tmp_path):
     """`mmf_run ... model_config.cots.filter.enabled=false` reaches the model as the string
     'false' (MMF decodes Python literals only); it must switch the filter off."""
     from mmf_fashion.modules.two_stream import config_flag
@@ -284,24 +288,24 @@ def test_switches_written_on_the_command_line_are_read_as_booleans(mmf_registry)
                        learnable_temperature="no", loss_weights={"cmlm": 0.0, "cmvm": 0.0})
     assert model.momentum_filter is None and model.mask_same_product is False
     assert not model.logit_scale.log_scale.requires_grad
-    assert build_cots(mmf_registry, filter={"enabled": "true"}).momentum_filter is not None
+    assert build_cots(mmf_registry, tmp_path, filter={"enabled": "true"}).momentum_filter is not None
     assert [config_flag(v) for v in (True, "TRUE", "on", 1, "1", False, "false", "Off", 0, None)] == [True] * 5 + [False] * 5
     with pytest.raises(ValueError, match="filter.enabled"):
-        build_cots(mmf_registry, filter={"enabled": "maybe"})
+        build_cots(mmf_registry, tmp_path, filter={"enabled": "maybe"})
 
 
-def test_online_towers_loaded_alone_become_the_momentum_towers(mmf_registry):
+def test_online_towers_loaded_alone_become_the_momentum_towers(mmf_registry, tmp_path):
     """A warm start from a two-tower checkpoint without momentum copies (ALIGN's
     layout, through pretrained_state_mapping) must not leave random momentum towers."""
     from mmf_fashion.modules.two_stream import TOWER_NAMES
     from mmf_fashion.trainers import checkpointing as ckpt
 
-    source = build_cots(mmf_registry)
+    source = build_cots(mmf_registry, tmp_path)
     torch.manual_seed(7)
     for parameter in source.parameters():
         parameter.data.normal_()
     towers_only = {key: value for key, value in source.state_dict().items() if key.split(".")[0] in TOWER_NAMES}
-    model = build_cots(mmf_registry)
+    model = build_cots(mmf_registry, tmp_path)
     mapping = {name: name for name in TOWER_NAMES}
     missing, _ = ckpt.load_model_state(model, ckpt.apply_state_mapping(towers_only, mapping), strict=False, source="x")
     assert any(key.startswith("momentum_encoders.") for key in missing)
@@ -324,3 +328,148 @@ def test_queue_size_zero_means_in_batch_negatives_only(mmf_registry):
     output = model(make_batch())
     assert math.isfinite(float(output["losses"]["train/fashiongen/itc"]))
     assert "kept_fraction" not in output
+
+
+# ------------------------------------------------------- CMVM's tokenizer
+def test_cmvm_without_a_trained_tokenizer_is_an_error_that_says_how_to_get_one(mmf_registry, tmp_path):
+    from omegaconf import OmegaConf
+
+    bare = OmegaConf.merge(default_config("cots"), COTS_TINY)  # cmvm on, tokenizer_checkpoint null
+    with pytest.raises(ValueError) as error:
+        build_model(mmf_registry, "cots", bare)
+    message = str(error.value)
+    for needed in ("model_config.cots.cmvm.tokenizer_checkpoint", "projects/vqvae/configs/train.yaml",
+                   "model_config.fashionvil.tokenizer_checkpoint", "model_config.cots.cmvm.tokenizer=random",
+                   "loss_weights.cmvm=0"):
+        assert needed in message
+    absent = OmegaConf.merge(bare, {"cmvm": {"tokenizer_checkpoint": str(tmp_path / "nothing.pth")}})
+    with pytest.raises(FileNotFoundError, match="projects/vqvae/configs/train.yaml"):
+        build_model(mmf_registry, "cots", absent)
+    with pytest.raises(ValueError, match="cmvm.tokenizer must be one of"):
+        build_model(mmf_registry, "cots", OmegaConf.merge(bare, {"cmvm": {"tokenizer": "untrained"}}))
+    # no CMVM: no tokenizer needed; the random one only when named
+    assert not hasattr(build_model(mmf_registry, "cots", OmegaConf.merge(bare, {"loss_weights": {"cmvm": 0.0}})),
+                       "image_tokenizer")
+    model = build_model(mmf_registry, "cots", OmegaConf.merge(bare, {"cmvm": {"tokenizer": "random"}}))
+    model.train()
+    assert torch.isfinite(model(cots_all_tasks_batch())["losses"]["train/fashiongen/cmvm"])
+
+
+def test_the_tokenizer_checkpoint_is_loaded_and_its_codes_are_the_targets(mmf_registry, tmp_path):
+    from mmf_fashion.modules.vqvae import load_frozen_tokenizer
+
+    model = build_cots(mmf_registry, tmp_path)
+    path = model.config.cmvm.tokenizer_checkpoint
+    expected = load_frozen_tokenizer(path, COTS_TOKENIZER)
+    images = make_batch()["image"]
+    assert torch.equal(model.image_tokenizer.encode_codes(images), expected.encode_codes(images))
+
+
+def test_pretrain_config_reads_the_tokenizer_the_vqvae_project_writes():
+    from omegaconf import OmegaConf
+
+    cots = OmegaConf.load(os.path.join(ROOT, "projects/cots/configs/pretrain.yaml")).model_config.cots
+    vqvae = OmegaConf.load(os.path.join(ROOT, "projects/vqvae/configs/train.yaml"))
+    fashionvil = OmegaConf.load(os.path.join(ROOT, "projects/fashionvil/configs/pretrain.yaml"))
+    written = os.path.normpath(os.path.join(vqvae.env.save_dir, "fashion_vqvae_final.pth"))
+    assert os.path.normpath(cots.cmvm.tokenizer_checkpoint) == written
+    assert os.path.normpath(fashionvil.model_config.fashionvil.tokenizer_checkpoint) == written
+    assert dict(cots.cmvm.tokenizer_config) == dict(vqvae.model_config.fashion_vqvae)
+    assert float(cots.loss_weights.cmvm) > 0 and cots.cmvm.get("tokenizer", "checkpoint") == "checkpoint"
+    header = open(os.path.join(ROOT, "projects/cots/configs/pretrain.yaml")).read().split("model_config:")[0]
+    assert "projects/vqvae/configs/train.yaml" in header
+
+
+# ------------------------------------------------------------ CMLM fusion
+def test_token_head_adds_the_projected_global_feature_to_each_token():
+    torch.manual_seed(0)
+    head = cots_ops.CrossModalTokenHead(token_dim=6, other_dim=4, num_classes=11, hidden_size=8)
+    tokens, other = torch.randn(3, 6), torch.randn(3, 4)
+    fused = tokens + other @ head.other_projection.weight.t() + head.other_projection.bias
+    torch.testing.assert_close(head.fuse_tokens(tokens, other), fused)
+    expected = head.decoder(F.layer_norm(F.gelu(head.transform(fused)), (8,), head.norm.weight, head.norm.bias))
+    torch.testing.assert_close(head(tokens, other), expected)
+    same_width = cots_ops.CrossModalTokenHead(token_dim=6, other_dim=6, num_classes=11)
+    other6 = torch.randn(3, 6)
+    torch.testing.assert_close(same_width.fuse_tokens(tokens, other6), tokens + other6)  # no projection needed
+    concat = cots_ops.CrossModalTokenHead(token_dim=6, other_dim=4, num_classes=11, fusion="concat")
+    torch.testing.assert_close(concat.fuse_tokens(tokens, other), torch.cat([tokens, other], -1))
+    with pytest.raises(ValueError, match="fusion"):
+        cots_ops.CrossModalTokenHead(6, 4, 11, fusion="attention")
+
+
+def test_cmlm_fuses_text_tokens_plus_the_projected_image_embedding(mmf_registry, tmp_path):
+    model = build_cots(mmf_registry, tmp_path, loss_weights={"itc": 0.0, "kl": 0.0, "cmvm": 0.0})
+    assert model.cmlm_head.fusion == "add"
+    seen = []
+    model.cmlm_head.transform.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    batch = make_batch(mlm=True)
+    output = model(batch)
+    assert set(output["losses"]) == {"train/fashiongen/cmlm"}
+    labels = batch["mlm_labels"]
+    rows, columns = (labels != -100).nonzero(as_tuple=True)
+    with torch.no_grad():
+        hidden = model.text_encoder(
+            input_ids=batch["masked_input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+        image = model.encode_image(batch["image"])  # train mode: the same batch statistics as in forward
+        expected = hidden[rows, columns] + model.cmlm_head.other_projection(image[rows])
+    torch.testing.assert_close(seen[0], expected, rtol=1e-4, atol=1e-5)
+    concat = build_cots(mmf_registry, tmp_path, loss_weights={"itc": 0.0, "kl": 0.0, "cmvm": 0.0},
+                        cmlm={"fusion": "concat"})
+    assert concat.cmlm_head.transform.in_features == 32 + 16
+    assert torch.isfinite(concat(batch)["losses"]["train/fashiongen/cmlm"])
+
+
+# --------------------------------------------------------- the ViT tower
+def test_vit_tower_masks_tokens_and_cmvm_predicts_exactly_the_masked_patches(mmf_registry, tmp_path):
+    model = build_cots(mmf_registry, tmp_path, **{**COTS_VIT, "loss_weights": {"itc": 0.0, "kl": 0.0, "cmlm": 0.0}})
+    vit = model.image_encoder
+    assert isinstance(vit, cots_ops.MaskedPatchViT) and vit.grid_size == (4, 4)
+    encoder_inputs, tower_outputs, head_inputs = [], [], []
+    # the embeddings' output is what the transformer layers read
+    vit.vit.embeddings.register_forward_hook(lambda module, args, output: encoder_inputs.append(output.detach()))
+    vit.register_forward_hook(lambda module, args, output: tower_outputs.append(output))
+    model.cmvm_head.register_forward_pre_hook(lambda module, args: head_inputs.append(args))
+    batch = cots_vit_batch()
+    mask, images = batch["patch_mask"], batch["image"]
+    output = model(batch)
+    loss = output["losses"]["train/fashiongen/cmvm"]
+
+    # the transformer's input: the mask token (+ position) at the masked patches, the patch embedding elsewhere
+    embeddings = vit.vit.embeddings
+    entered = encoder_inputs[-1][:, 1:]
+    with torch.no_grad():
+        patches = embeddings.patch_embeddings(images) + embeddings.position_embeddings[:, 1:]
+        masked = (embeddings.mask_token + embeddings.position_embeddings[:, 1:]).expand_as(patches)
+    torch.testing.assert_close(entered[mask], masked[mask])
+    torch.testing.assert_close(entered[~mask], patches[~mask])
+    assert not torch.allclose(entered[mask], patches[mask])
+
+    # the head saw the masked patches' features only, and their targets are their VQ codes
+    tokens, text_global = head_inputs[-1]
+    assert tokens.shape[0] == int(mask.sum())
+    torch.testing.assert_close(tokens, tower_outputs[-1][:, 1:][mask])
+    codes = model.image_tokenizer.encode_codes(images)
+    assert codes.shape == mask.shape  # one code per patch
+    expected = F.cross_entropy(model.cmvm_head(tokens, text_global), codes[mask])
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+    loss.backward()
+    mask_token = embeddings.mask_token
+    assert mask_token.grad is not None and mask_token.grad.abs().sum() > 0
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert model.momentum_encoders["image_encoder"].vit.embeddings.mask_token.requires_grad is False
+
+
+def test_vit_tower_needs_one_code_per_patch_and_builds_no_idle_mask_token(mmf_registry, tmp_path):
+    with pytest.raises(ValueError, match="patch_size"):
+        build_cots(mmf_registry, tmp_path, **{**COTS_VIT, "vit": {**COTS_VIT["vit"], "patch_size": 32}})
+    without_cmvm = build_cots(mmf_registry, tmp_path, **{**COTS_VIT, "loss_weights": {"cmvm": 0.0}})
+    assert without_cmvm.image_encoder.vit.embeddings.mask_token is None
+    output = without_cmvm(cots_vit_batch())
+    sum(output["losses"].values()).backward()
+    assert all(p.grad is not None for p in without_cmvm.image_encoder.parameters())
+    without_cmvm.eval()
+    assert without_cmvm.embed_images(torch.randn(2, 3, 64, 64)).shape == (2, 16)

@@ -65,6 +65,7 @@ def _sample_list(fields: Dict[str, Any], dataset_type: str = "train"):
 
 # ------------------------------------------------------------------ fashionvil
 FASHIONVIL_BATCH, FASHIONVIL_LENGTH, FASHIONVIL_IMAGE, FASHIONVIL_GRID, FASHIONVIL_ATTRIBUTES = 4, 10, 64, 4, 6
+FASHIONVIL_CONTRASTIVE_DIM = 16
 FASHIONVIL_TOKENIZER = {"codebook_size": 16, "codebook_dim": 8, "hidden_channels": 8, "max_channels": 16,
                         "downsample": 32}
 
@@ -75,9 +76,10 @@ def fashionvil_config(head, **extra):
     config.image_encoder = {"name": "resnet18", "pretrained": None}
     config.text_encoder = {"name": "tiny", "hidden_size": 32, "num_hidden_layers": 1,
                            "num_attention_heads": 2, "intermediate_size": 64}
+    config.contrastive_dim = FASHIONVIL_CONTRASTIVE_DIM  # below the hidden size, as 256 < 768
     config.pac = {"num_attributes": FASHIONVIL_ATTRIBUTES, "scale": 10.0}
-    config.classification = {"num_classes": 5, "dropout": 0.1}
-    config.ocir = {"num_categories": 4, "num_subspaces": 3, "category_dim": 8}
+    config.classification = {"num_classes": 5, "dropout": 0.1, "target": "subcategory"}
+    config.ocir = {"num_categories": 4, "num_subspaces": 3, "category_dim": 8, "negatives": "same_category"}
     return OmegaConf.merge(config, OmegaConf.create(extra))
 
 
@@ -158,7 +160,10 @@ def fashionvil_composition_batch():
 
 
 def fashionvil_classification_batch():
-    return fashionvil_batch(targets=torch.tensor([0, 4, 2, 1]))
+    # as the fashiongen builder: targets = subcategory_id, beside category_id
+    subcategory = torch.tensor([0, 4, 2, 1])
+    return fashionvil_batch(targets=subcategory, subcategory_id=subcategory.clone(),
+                            category_id=torch.tensor([1, 3, 0, 1]))
 
 
 def fashionvil_ocir_batch():
@@ -176,6 +181,8 @@ def fashionvil_ocir_batch():
 
 
 # ------------------------------------------------------------------------ cots
+COTS_TOKENIZER = {"codebook_size": 16, "codebook_dim": 8, "hidden_channels": 8, "max_channels": 16,
+                  "downsample": 32}
 COTS_TINY = {
     "image_encoder": "mobilenet_v3_small",
     "text_encoder": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -183,17 +190,43 @@ COTS_TINY = {
     "embed_dim": 16,
     "queue_size": 8,
     "filter": {"size": 16, "min_count": 4},
-    "cmvm": {"hidden_size": 16, "tokenizer_config": {"codebook_size": 16, "codebook_dim": 8,
-                                                      "hidden_channels": 8, "max_channels": 16}},
+    "cmvm": {"hidden_size": 16, "tokenizer_config": COTS_TOKENIZER},
+}
+# the paper's image tower at tiny size: 64 px in 16 px patches (4x4), one VQ code per patch
+COTS_VIT = {
+    "image_tower": "vit",
+    "vit": {"image_size": 64, "patch_size": 16, "hidden_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 64, "dropout": 0.0},
+    "cmvm": {"tokenizer_config": {"downsample": 16}},
 }
 
 
-def cots_config(**overrides):
-    return OmegaConf.merge(default_config("cots"), COTS_TINY, overrides)
+def write_cots_tokenizer(path, sizes) -> str:
+    """A tiny VQ-VAE saved as the fashion_vqvae model writes it: CMVM's frozen tokenizer."""
+    from mmf_fashion.modules.vqvae import VQVAE, vqvae_options
+
+    torch.manual_seed(0)
+    vqvae = VQVAE(**vqvae_options(sizes))
+    torch.save({"vqvae." + key: value for key, value in vqvae.state_dict().items()}, path)
+    return str(path)
 
 
-def build_cots(registry, **overrides):
-    model = build_model(registry, "cots", cots_config(**overrides))
+def cots_config(tmp_path=None, **overrides):
+    """The tiny COTS config; with CMVM on, a tokenizer checkpoint of the configured
+    sizes is written under tmp_path (as projects/vqvae would) and pointed at."""
+    config = OmegaConf.merge(default_config("cots"), COTS_TINY, overrides)
+    cmvm = config.cmvm
+    if float(config.loss_weights.cmvm) > 0 and cmvm.tokenizer == "checkpoint" and not cmvm.tokenizer_checkpoint:
+        if tmp_path is None:
+            raise ValueError("cots_config: CMVM needs a tokenizer; pass tmp_path to write one")
+        sizes = OmegaConf.to_container(cmvm.tokenizer_config)
+        name = "cots_vqvae_ds{}.pth".format(sizes.get("downsample"))
+        cmvm.tokenizer_checkpoint = write_cots_tokenizer(Path(tmp_path) / name, sizes)
+    return config
+
+
+def build_cots(registry, tmp_path=None, **overrides):
+    model = build_model(registry, "cots", cots_config(tmp_path, **overrides))
     model.train()
     return model
 
@@ -226,13 +259,25 @@ def cots_all_tasks_batch():
     return batch
 
 
+def cots_vit_batch():
+    """All tasks with a patch_mask on the ViT's 4x4 patch grid (= the tokenizer's grid)."""
+    batch = cots_batch(mlm=True)
+    mask = torch.zeros(4, 16, dtype=torch.bool)
+    mask[:, [0, 5, 10, 15]] = True
+    mask[1, 3] = True
+    batch.add_field("patch_mask", mask)
+    batch.add_field("product_id", torch.tensor([1, 2, 3, 1]))
+    return batch
+
+
 # ------------------------------------------------------------------------ xvlm
 XVLM_TINY = {
     "image_encoder": {"type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 1,
                       "num_attention_heads": 2, "intermediate_size": 64},
-    "text_encoder": {"name": "tiny", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+    # one BERT split in half: 1 text layer + 1 fusion layer
+    "text_encoder": {"name": "tiny", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                      "intermediate_size": 64},
-    "cross_encoder": {"num_hidden_layers": 1}, "embed_dim": 16, "tokenizer": "tiny", "max_text_length": 16,
+    "embed_dim": 16, "tokenizer": "tiny", "max_text_length": 16,
 }
 XVLM_B, XVLM_L, XVLM_R, XVLM_LB = 4, 10, 3, 6
 
@@ -363,6 +408,40 @@ def _one_update(model) -> Sequence[int]:
     return (0,)
 
 
+# ------------------------------------------------------------------ clip
+def clip_config(tmp_path, head="contrastive"):
+    """clip from a tiny random CLIPModel saved in tmp_path (the released-weights path)."""
+    from test_model_clip import save_tiny_clip
+
+    directory = tmp_path / "tiny_clip"
+    if not (directory / "config.json").exists():
+        save_tiny_clip(directory)
+    config = default_config("clip")
+    config.pretrained = str(directory)
+    config.head = head
+    config.zeroshot.class_names = ["maxi dress", "sneakers", "tote bag", "denim jacket"]
+    config.ocir = {"num_categories": 4, "num_subspaces": 3, "category_dim": 8}
+    return config
+
+
+def clip_batch(**extra):
+    from test_model_clip import make_batch
+
+    return make_batch(**extra)
+
+
+def clip_composition_batch():
+    g = torch.Generator().manual_seed(7)
+    return clip_batch(reference_image=torch.randn(4, 3, 32, 32, generator=g),
+                      target_image=torch.randn(4, 3, 32, 32, generator=g))
+
+
+def clip_ocir_batch():
+    from test_model_clip import _outfit_batch
+
+    return _outfit_batch()
+
+
 @dataclass(frozen=True)
 class TinyCase:
     """One head of a registered model at tiny size.
@@ -400,7 +479,8 @@ MODEL_CASES: Dict[str, Tuple[TinyCase, ...]] = {
                  no_gradient=("text_encoder.", "visual_embeddings.")),
     ),
     "cots": (
-        TinyCase("all_tasks", lambda tmp: cots_config(), cots_all_tasks_batch, RETRIEVAL),
+        TinyCase("all_tasks", cots_config, cots_all_tasks_batch, RETRIEVAL),
+        TinyCase("vit_all_tasks", lambda tmp: cots_config(tmp, **COTS_VIT), cots_vit_batch, RETRIEVAL),
     ),
     "xvlm": tuple(
         TinyCase(head, lambda tmp, head=head: xvlm_config(head=head), xvlm_batch,
@@ -418,5 +498,12 @@ MODEL_CASES: Dict[str, Tuple[TinyCase, ...]] = {
     ),
     "fashion_vqvae": (
         TinyCase("tokenizer", lambda tmp: vqvae_config(), vqvae_batch, LOSSES),
+    ),
+    "clip": (
+        TinyCase("contrastive", lambda tmp: clip_config(tmp), clip_batch, RETRIEVAL),
+        TinyCase("zeroshot", lambda tmp: clip_config(tmp, "zeroshot"),
+                 lambda: clip_batch(targets=torch.tensor([0, 1, 2, 3])), CLASSIFICATION),
+        TinyCase("composition", lambda tmp: clip_config(tmp, "composition"), clip_composition_batch, COMPOSED),
+        TinyCase("ocir", lambda tmp: clip_config(tmp, "ocir"), clip_ocir_batch, COMPOSED),
     ),
 }

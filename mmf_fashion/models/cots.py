@@ -2,6 +2,7 @@
 
 Cheatsheet::
 
+    mmf_run config=projects/vqvae/configs/train.yaml model=fashion_vqvae dataset=fashiongen  # CMVM's tokenizer
     mmf_run config=projects/cots/configs/pretrain.yaml model=cots dataset=fashiongen
     mmf_run config=projects/cots/configs/itr.yaml model=cots dataset=fashiongen
 
@@ -20,10 +21,16 @@ What one training step does (the maths lives in mmf_fashion.modules.cots):
 4. instance level ``itc``: online features against [momentum features of
    the global batch ; queue], both ways; task level ``kl``: symmetric KL
    between the i2t and t2i distributions over the same candidates;
-5. token level ``cmlm`` (masked words from the text tokens + the image's
-   global feature) and ``cmvm`` (VQ codes of masked patches from the
-   masked image + the text's global feature; the streams never attend to
-   each other);
+5. token level ``cmlm`` (masked words from the text tokens, the image's
+   global feature added to each: ``cmlm.fusion``) and ``cmvm`` (the frozen
+   tokenizer's VQ codes of the masked patches from the masked image's patch
+   features, the text's global feature added; the streams never attend to
+   each other). CMVM's targets come from a trained tokenizer
+   (``cmvm.tokenizer_checkpoint``, written by projects/vqvae; missing = an
+   error; ``cmvm.tokenizer: random`` only by name). Image tower
+   (``image_tower``): ``cnn`` (default; CMVM blanks the masked patches'
+   pixels) or ``vit`` (the paper's: a ViT over patch tokens, the masked
+   patches replaced by a learned mask token before the transformer);
 6. every pair's momentum features (filtered or not) are gathered from all
    ranks and pushed into the queues; every similarity into the filter.
 Filtered pairs leave all four losses. A loss weight of 0 skips that task.
@@ -37,7 +44,9 @@ Input keys (sample list, B = batch): ``image`` (B, 3, H, W); ``input_ids``,
 ``image_2`` (B, 3, H, W); cmlm: ``masked_input_ids``, ``mlm_labels`` (B, L)
 (made here by token-level masking when the dataset does not send them);
 cmvm: ``patch_mask`` (B, N) bool (random cells at ``cmvm.mask_ratio``
-when absent; resized to the VQ grid when N differs).
+when absent; resized to the VQ grid when N differs; with the ViT tower the
+VQ grid is the patch grid). docs/models/cots.md describes the model and its
+options for users.
 Outputs: ``losses`` (only in training the queue-based ones; in eval an
 in-batch ``itc``), ``image_embedding`` and ``text_embedding`` (B, D).
 
@@ -66,6 +75,7 @@ from mmf_fashion.modules.two_stream import (
     config_flag,
     frozen_copy,
     image_features,
+    l2_normalize,
     text_features,
 )
 
@@ -78,15 +88,43 @@ def loss_key(sample_list, name: str) -> str:
     return f"{dataset_type}/{dataset_name}/{name}"
 
 
+TOKENIZER_SOURCES = ("checkpoint", "random")
+HOW_TO_GET_A_TOKENIZER = (
+    "train one first: `mmf_run config=projects/vqvae/configs/train.yaml model=fashion_vqvae dataset=fashiongen` "
+    "writes ./save/vqvae/fashion_vqvae_final.pth (the tokenizer FashionViL's pretraining reads as "
+    "model_config.fashionvil.tokenizer_checkpoint: the same file serves both), then set "
+    "model_config.cots.cmvm.tokenizer_checkpoint to it, with cmvm.tokenizer_config repeating the sizes it was "
+    "trained with (projects/cots/configs/pretrain.yaml does both). Without CMVM: "
+    "model_config.cots.loss_weights.cmvm=0. For tests and ablations only, model_config.cots.cmvm.tokenizer=random "
+    "uses a random frozen VQ-VAE (weak, meaningless targets)"
+)
+
+
 def build_image_tokenizer(config) -> nn.Module:
-    """The frozen VQ tokenizer of cmvm: the checkpoint at ``tokenizer_checkpoint`` when set,
-    else a randomly initialised frozen VQ-VAE (a random-projection quantiser: a fixed,
-    weaker target that lets the demo run before a tokenizer is trained)."""
+    """The frozen VQ tokenizer whose codes CMVM predicts (``config`` = model_config.cots.cmvm).
+
+    ``tokenizer: checkpoint`` (default): the trained VQ-VAE at
+    ``tokenizer_checkpoint``; none set, or no such file, is an error that says
+    how to get one. ``tokenizer: random``: a randomly initialised frozen
+    VQ-VAE (seeded, the same on every rank), only when asked for by name.
+    """
     from mmf_fashion.modules.vqvae import VQVAE, VQTokenizer, load_frozen_tokenizer, vqvae_options
 
     tokenizer_config = config.get("tokenizer_config", None) or {}
-    path = config.get("tokenizer_checkpoint", None)
-    if path:
+    source = str(config.get("tokenizer", "checkpoint") or "checkpoint").strip().lower()
+    if source not in TOKENIZER_SOURCES:
+        raise ValueError(f"model_config.cots.cmvm.tokenizer must be one of {TOKENIZER_SOURCES}, got {source!r}")
+    if source == "checkpoint":
+        path = config.get("tokenizer_checkpoint", None)
+        if not path:
+            raise ValueError(
+                "CMVM (model_config.cots.loss_weights.cmvm > 0) predicts the codes of a trained image tokenizer, "
+                f"but model_config.cots.cmvm.tokenizer_checkpoint is not set: {HOW_TO_GET_A_TOKENIZER}."
+            )
+        if not os.path.isfile(str(path)):
+            raise FileNotFoundError(
+                f"model_config.cots.cmvm.tokenizer_checkpoint={path}: no such file; {HOW_TO_GET_A_TOKENIZER}."
+            )
         return load_frozen_tokenizer(str(path), tokenizer_config)
     seed_state = torch.random.get_rng_state()
     torch.manual_seed(int(config.get("random_tokenizer_seed", 0)))  # the same random tokenizer on every rank
@@ -95,6 +133,9 @@ def build_image_tokenizer(config) -> nn.Module:
     finally:
         torch.random.set_rng_state(seed_state)
     return tokenizer
+
+
+IMAGE_TOWERS = ("cnn", "vit")
 
 
 @registry.register_model("cots")
@@ -117,6 +158,19 @@ class COTS(TwoStreamMixin, BaseModel):
             embed_dim=int(config.get("embed_dim", 256)),
             text_pooling=str(config.get("text_pooling", "cls")),
         )
+        weights = config.get("loss_weights", None) or {}
+        unknown = sorted(set(weights) - set(TASKS))
+        if unknown:
+            raise ValueError(f"model_config.cots.loss_weights: unknown tasks {unknown}; known: {TASKS}")
+        self.loss_weights = {task: float(weights.get(task, 1.0)) for task in TASKS}
+        self.image_tower = str(config.get("image_tower", "cnn") or "cnn").strip().lower()
+        if self.image_tower not in IMAGE_TOWERS:
+            raise ValueError(f"model_config.cots.image_tower must be one of {IMAGE_TOWERS}, got {self.image_tower!r}")
+        if self.image_tower == "vit":
+            # replaces the CNN tower built above; the mask token only exists where CMVM uses it
+            vit = dict(config.get("vit", None) or {})
+            self.image_encoder = cots_ops.MaskedPatchViT(**vit, use_mask_token=self.loss_weights["cmvm"] > 0)
+            self.image_projection = nn.Linear(self.image_encoder.out_channels, self.embed_dim)
         self.momentum_encoders = nn.ModuleDict({name: frozen_copy(getattr(self, name)) for name in TOWER_NAMES})
         self.momentum = float(config.get("momentum", 0.995))
         if not 0.0 <= self.momentum <= 1.0:
@@ -141,11 +195,6 @@ class COTS(TwoStreamMixin, BaseModel):
             if config_flag(filter_config.get("enabled", True), "model_config.cots.filter.enabled")
             else None
         )
-        weights = config.get("loss_weights", None) or {}
-        unknown = sorted(set(weights) - set(TASKS))
-        if unknown:
-            raise ValueError(f"model_config.cots.loss_weights: unknown tasks {unknown}; known: {TASKS}")
-        self.loss_weights = {task: float(weights.get(task, 1.0)) for task in TASKS}
         self.average_views = config_flag(config.get("average_views", False), "model_config.cots.average_views")
         self.max_text_length = int(config.get("max_text_length", 40))
 
@@ -153,18 +202,46 @@ class COTS(TwoStreamMixin, BaseModel):
         self.mlm_probability = float(cmlm.get("probability", 0.15))
         if self.loss_weights["cmlm"] > 0:
             self.cmlm_head = cots_ops.CrossModalTokenHead(
-                self.text_hidden_size, self.embed_dim, int(self.text_encoder.config.vocab_size)
+                self.text_hidden_size, self.embed_dim, int(self.text_encoder.config.vocab_size),
+                fusion=str(cmlm.get("fusion", "add")),
             )
         cmvm = config.get("cmvm", None) or {}
         self.patch_mask_ratio = float(cmvm.get("mask_ratio", 0.4))
         if self.loss_weights["cmvm"] > 0:
             self.image_tokenizer = build_image_tokenizer(cmvm)
+            if self.image_tower == "vit":
+                self._check_vit_matches_tokenizer()
             self.cmvm_head = cots_ops.CrossModalTokenHead(
                 self.image_channels, self.embed_dim, int(self.image_tokenizer.codebook_size),
-                hidden_size=int(cmvm.get("hidden_size", 256)),
+                hidden_size=int(cmvm.get("hidden_size", 256)), fusion=str(cmvm.get("fusion", "add")),
+            )
+
+    def _check_vit_matches_tokenizer(self) -> None:
+        """CMVM with the ViT predicts one code per patch: the VQ grid must be the patch grid."""
+        size = self.image_encoder.image_size
+        code_hw = tuple(self.image_tokenizer.grid_shape(size, size))
+        if code_hw != tuple(self.image_encoder.grid_size):
+            raise ValueError(
+                f"model_config.cots.vit: a {size} px image gives {self.image_encoder.grid_size} patches of "
+                f"{self.image_encoder.patch_size} px but {code_hw} VQ codes: set vit.patch_size to the tokenizer's "
+                "downsample (model_config.cots.cmvm.tokenizer_config.downsample)"
             )
 
     # ----------------------------------------------------------- features
+    def _tower_features(self, encoder, projection, images, patch_mask=None) -> Dict[str, torch.Tensor]:
+        """The image features of a tower (online or momentum). CNN: the pooled grid;
+        ViT: [CLS] is the global feature, the patch tokens the grid (masked with
+        the mask token where ``patch_mask`` is True)."""
+        if self.image_tower != "vit":
+            return image_features(encoder, projection, images)
+        hidden = encoder(images, patch_mask)
+        cls = hidden[:, 0]
+        return {"grid": hidden[:, 1:], "grid_size": encoder.grid_size, "pooled": cls,
+                "embedding": l2_normalize(projection(cls))}
+
+    def image_features(self, images: torch.Tensor, patch_mask=None) -> Dict[str, torch.Tensor]:
+        return self._tower_features(self.image_encoder, self.image_projection, images, patch_mask)
+
     def _online_image(self, sample_list) -> Dict[str, torch.Tensor]:
         features = self.image_features(sample_list["image"])
         if self.average_views and sample_list.get("image_2", None) is not None:
@@ -175,9 +252,11 @@ class COTS(TwoStreamMixin, BaseModel):
     @torch.no_grad()
     def _momentum_embeddings(self, sample_list):
         encoders = self.momentum_encoders
-        image = image_features(encoders["image_encoder"], encoders["image_projection"], sample_list["image"])["embedding"]
+        image = self._tower_features(
+            encoders["image_encoder"], encoders["image_projection"], sample_list["image"]
+        )["embedding"]
         if self.average_views and sample_list.get("image_2", None) is not None:
-            second = image_features(encoders["image_encoder"], encoders["image_projection"], sample_list["image_2"])
+            second = self._tower_features(encoders["image_encoder"], encoders["image_projection"], sample_list["image_2"])
             image = average_view_embeddings(torch.stack([image, second["embedding"]], 1))
         text = text_features(
             encoders["text_encoder"], encoders["text_projection"], sample_list["input_ids"],
@@ -305,9 +384,13 @@ class COTS(TwoStreamMixin, BaseModel):
         else:
             source = _square_grid(patch_mask.shape[1])
             patch_mask = cots_ops.resize_patch_mask(patch_mask.bool(), source, code_hw)
-        masked_images = cots_ops.mask_image_patches(images, patch_mask, code_hw)
-        features = self.image_features(masked_images)
-        grid = cots_ops.resize_grid_tokens(features["grid"], features["grid_size"], code_hw)
+        if self.image_tower == "vit":
+            # token masking: the masked patches enter the transformer as the mask token
+            grid = self.image_features(images, patch_mask)["grid"]
+        else:
+            masked_images = cots_ops.mask_image_patches(images, patch_mask, code_hw)
+            features = self.image_features(masked_images)
+            grid = cots_ops.resize_grid_tokens(features["grid"], features["grid_size"], code_hw)
         labels = codes.masked_fill(~patch_mask, cots_ops.IGNORE_INDEX)
         return cots_ops.masked_token_loss(self.cmvm_head, grid, text_global, labels, keep)
 

@@ -13,14 +13,21 @@ Cheatsheet::
     logits_i2t, labels = cots.queue_logits(img, txt_m, queue.valid("text"), scale)
     loss = cots.masked_cross_entropy(logits_i2t, labels, keep)
     kl = cots.symmetric_kl(logits_i2t, logits_t2i, keep)
+    head = cots.CrossModalTokenHead(token_dim=128, other_dim=256, num_classes=30522)   # fusion="add"
+    cmlm = cots.masked_token_loss(head, text_hidden, image_embedding, mlm_labels, keep)
+    vit = cots.MaskedPatchViT(image_size=64, patch_size=16)   # 4x4 patches
+    hidden = vit(images, patch_mask)                # (B, 1 + 16, C); masked patches = mask token
 
 The three levels of the paper:
 - instance: InfoNCE of the online features against the momentum features of
   the batch (all ranks) followed by the queue of older momentum features;
 - token: ``CrossModalTokenHead`` + ``masked_token_loss`` for CMLM (masked
-  words from text tokens + the paired image's global feature) and CMVM (VQ codes of masked
-  patches from the unmasked image + the paired text's global feature); the
-  streams never attend to each other;
+  words from the text tokens with the paired image's global feature ADDED to
+  each) and CMVM (VQ codes of the masked patches from the patch features of
+  the masked image with the paired text's global feature added); the streams
+  never attend to each other. ``MaskedPatchViT`` is the paper's image tower:
+  masked patches become a learned mask token before the transformer (the CNN
+  tower masks pixels instead: ``mask_image_patches``);
 - task: ``symmetric_kl`` between the i2t and t2i distributions over the
   queue. Entry j of the image and of the text queue is the same pair (they
   share one pointer), so the two distributions live on the same index set.
@@ -277,26 +284,47 @@ def momentum_contrastive_losses(
 
 
 # ------------------------------------------------------------ token level
-class CrossModalTokenHead(nn.Module):
-    """Predict a token's class from its own feature plus the OTHER modality's global feature.
+FUSIONS = ("add", "concat")
 
-    forward(tokens (..., T), other_global (..., G)) -> logits (..., num_classes):
-    the two are concatenated (no attention across streams), then
+
+class CrossModalTokenHead(nn.Module):
+    """Predict a token's class from its own feature and the OTHER modality's global feature.
+
+    forward(tokens (..., T), other_global (..., G)) -> logits (..., num_classes).
+    fusion "add" (the paper): the global feature, projected to the token width
+    when G != T, is ADDED to every token feature; "concat": [token ; global]
+    (the earlier form, kept as an option). No attention across streams. Then
     Linear-GELU-LayerNorm-Linear. CMLM: tokens = text hidden states, other =
     the paired image's embedding, classes = the vocabulary. CMVM: tokens =
-    image grid cells of the masked image, other = the paired text's
+    image patch features of the masked image, other = the paired text's
     embedding, classes = the VQ codebook.
     """
 
-    def __init__(self, token_dim: int, other_dim: int, num_classes: int, hidden_size: Optional[int] = None):
+    def __init__(
+        self, token_dim: int, other_dim: int, num_classes: int, hidden_size: Optional[int] = None, fusion: str = "add"
+    ):
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"CrossModalTokenHead fusion must be one of {FUSIONS}, got {fusion!r}")
+        self.fusion = fusion
         hidden_size = int(hidden_size or token_dim)
-        self.fuse = nn.Linear(token_dim + other_dim, hidden_size)
+        if fusion == "add":
+            self.other_projection = nn.Linear(other_dim, token_dim) if other_dim != token_dim else nn.Identity()
+            fused_dim = token_dim
+        else:
+            fused_dim = token_dim + other_dim
+        self.transform = nn.Linear(fused_dim, hidden_size)
         self.norm = nn.LayerNorm(hidden_size)
         self.decoder = nn.Linear(hidden_size, num_classes)
 
+    def fuse_tokens(self, tokens: torch.Tensor, other_global: torch.Tensor) -> torch.Tensor:
+        """The token features the classifier reads: tokens + proj(other) ("add") or [tokens ; other]."""
+        if self.fusion == "add":
+            return tokens + self.other_projection(other_global)
+        return torch.cat([tokens, other_global], dim=-1)
+
     def forward(self, tokens: torch.Tensor, other_global: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.norm(F.gelu(self.fuse(torch.cat([tokens, other_global], dim=-1)))))
+        return self.decoder(self.norm(F.gelu(self.transform(self.fuse_tokens(tokens, other_global)))))
 
 
 def masked_token_loss(
@@ -320,6 +348,58 @@ def masked_token_loss(
         return _zero_with_graph(tokens) + _zero_with_graph(other_global)
     logits = head(tokens[rows, columns], other_global[rows])
     return F.cross_entropy(logits, labels[rows, columns])
+
+
+# ------------------------------------------------------------ image tower
+class MaskedPatchViT(nn.Module):
+    """The paper's image tower: a ViT over patch tokens, masked on tokens (not pixels).
+
+    transformers' ViTModel (no pooler). forward(images (B, 3, S, S),
+    patch_mask (B, N) bool or None) -> last hidden states (B, 1 + N, C):
+    position 0 is [CLS] (the global feature), 1..N the patches in row-major
+    order. A masked patch's embedding is replaced by a learned mask token
+    BEFORE the position embeddings and the transformer, so the tower sees
+    that a patch is missing rather than a black square. ``use_mask_token``
+    False (no CMVM) builds no mask token, so no parameter is left idle.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        patch_size: int = 32,
+        hidden_size: int = 128,
+        num_hidden_layers: int = 2,
+        num_attention_heads: int = 2,
+        intermediate_size: Optional[int] = None,
+        dropout: float = 0.0,
+        use_mask_token: bool = True,
+    ):
+        super().__init__()
+        from transformers import ViTConfig, ViTModel
+
+        image_size, patch_size = int(image_size), int(patch_size)
+        if image_size % patch_size:
+            raise ValueError(f"ViT image_size {image_size} is not divisible by patch_size {patch_size}")
+        config = ViTConfig(
+            image_size=image_size, patch_size=patch_size, hidden_size=int(hidden_size),
+            num_hidden_layers=int(num_hidden_layers), num_attention_heads=int(num_attention_heads),
+            intermediate_size=int(intermediate_size or 4 * int(hidden_size)),
+            hidden_dropout_prob=float(dropout), attention_probs_dropout_prob=float(dropout),
+        )
+        self.vit = ViTModel(config, add_pooling_layer=False, use_mask_token=bool(use_mask_token))
+        self.image_size, self.patch_size = image_size, patch_size
+        self.grid_size = (image_size // patch_size, image_size // patch_size)
+        self.out_channels = int(hidden_size)
+
+    def forward(self, images: torch.Tensor, patch_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if patch_mask is not None:
+            if self.vit.embeddings.mask_token is None:
+                raise ValueError("MaskedPatchViT was built without a mask token (use_mask_token=False)")
+            cells = self.grid_size[0] * self.grid_size[1]
+            if patch_mask.shape[-1] != cells:
+                raise ValueError(f"patch_mask has {patch_mask.shape[-1]} cells; the ViT has {cells} patches")
+            patch_mask = patch_mask.bool()
+        return self.vit(pixel_values=images, bool_masked_pos=patch_mask).last_hidden_state
 
 
 # ---------------------------------------------------------------- masking
