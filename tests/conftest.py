@@ -40,3 +40,17 @@ def mmf_registry():
 
         registry.register("writer", Logger(registry.get("config")))
     return registry
+
+
+@pytest.fixture
+def restore_mmf_state(mmf_registry):
+    """Commands and runtime.load_config register their config as MMF's global one,
+    as mmf_run does; put back what the rest of the session had."""
+    keys = ("config", "configuration", "current_device")
+    saved = {key: mmf_registry.get(key, no_warning=True) for key in keys}
+    yield mmf_registry
+    for key, value in saved.items():
+        if value is None:
+            mmf_registry.unregister(key)
+        else:
+            mmf_registry.register(key, value)

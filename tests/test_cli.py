@@ -168,20 +168,6 @@ training:
 
 
 @pytest.fixture
-def restore_mmf_state(mmf_registry):
-    """runtime.load_config registers its config as MMF's global one, as mmf_run
-    does; put back what the rest of the session had."""
-    keys = ("config", "configuration", "current_device")
-    saved = {key: mmf_registry.get(key, no_warning=True) for key in keys}
-    yield mmf_registry
-    for key, value in saved.items():
-        if value is None:
-            mmf_registry.unregister(key)
-        else:
-            mmf_registry.register(key, value)
-
-
-@pytest.fixture
 def tiny_fixture(tmp_path):
     from mmf_fashion.data.synth import make_fixture
 

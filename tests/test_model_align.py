@@ -7,40 +7,14 @@ import torch
 import torch.nn.functional as F
 from fixtures_data import build_fashion_dataset, synthetic_world  # noqa: F401
 from omegaconf import OmegaConf
-
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "mmf_fashion", "models", "configs", "align.yaml")
-TINY = {
-    "image_encoder": "mobilenet_v3_small",
-    "text_encoder": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "intermediate_size": 64, "dropout": 0.0},
-    "embed_dim": 16,
-}
-CLASSES = ["maxi dress", "sneakers", "tote bag", "denim jacket"]
+from tiny_models import ALIGN_CLASSES, align_batch, align_config, build_model
 
 
 def build_align(registry, **overrides):
-    torch.manual_seed(0)
-    config = OmegaConf.merge(OmegaConf.load(CONFIG).model_config.align, TINY, overrides)
-    model = registry.get_model_class("align")(config)
-    model.build()
-    model.init_losses()
-    model.train()
-    return model
+    return build_model(registry, "align", align_config(**overrides)).train()
 
 
-def make_batch(batch=4, length=10, seed=0, **extra):
-    from mmf.common.sample import SampleList
-
-    generator = torch.Generator().manual_seed(seed)
-    sample_list = SampleList()
-    sample_list.add_field("image", torch.randn(batch, 3, 64, 64, generator=generator))
-    sample_list.add_field("input_ids", torch.randint(1000, 5000, (batch, length), generator=generator))
-    sample_list.add_field("attention_mask", torch.ones(batch, length, dtype=torch.long))
-    for key, value in extra.items():
-        sample_list.add_field(key, value)
-    sample_list.dataset_type = "train"
-    sample_list.dataset_name = "fashiongen"
-    return sample_list
+make_batch = align_batch
 
 
 def test_contrastive_forward_backward_gives_finite_gradients(mmf_registry):
@@ -94,7 +68,7 @@ def _steer_image_tower(model, images, class_embeddings, targets):
 
 def test_zeroshot_picks_the_class_whose_prompt_matches(mmf_registry):
     model = build_align(mmf_registry, head="zeroshot",
-                        zeroshot={"class_names": CLASSES, "templates": ["a photo of a {}", "a {} for sale"]})
+                        zeroshot={"class_names": ALIGN_CLASSES, "templates": ["a photo of a {}", "a {} for sale"]})
     model.eval()
     prompts = model.prompts()
     assert prompts[:3] == ["a photo of a maxi dress", "a maxi dress for sale", "a photo of a sneakers"]
@@ -107,7 +81,7 @@ def test_zeroshot_picks_the_class_whose_prompt_matches(mmf_registry):
     targets = torch.tensor([2, 0, 3, 1])
     _steer_image_tower(model, images, class_embeddings, targets)
     output = model(_with(images, targets))
-    assert output["scores"].shape == (4, len(CLASSES))
+    assert output["scores"].shape == (4, len(ALIGN_CLASSES))
     assert output["scores"].argmax(1).tolist() == targets.tolist()
     assert "train/fashiongen/zeroshot_ce" in output["losses"]
 
@@ -119,7 +93,7 @@ def _with(images, targets):
 
 
 def test_zeroshot_trains_by_prompts_and_checks_labels(mmf_registry):
-    model = build_align(mmf_registry, head="zeroshot", zeroshot={"class_names": CLASSES})
+    model = build_align(mmf_registry, head="zeroshot", zeroshot={"class_names": ALIGN_CLASSES})
     output = model(make_batch(targets=torch.tensor([0, 1, 2, 3])))
     output["losses"]["train/fashiongen/zeroshot_ce"].backward()
     assert model.text_projection.weight.grad is not None  # the prompts go through the text tower
@@ -342,7 +316,7 @@ def test_released_align_equals_transformers_align(mmf_registry, align_dir):
     from transformers import AlignModel, AutoTokenizer
 
     model = build_align(mmf_registry, pretrained=align_dir, head="zeroshot",
-                        zeroshot={"class_names": CLASSES, "templates": ["a photo of a {}"]}).eval()
+                        zeroshot={"class_names": ALIGN_CLASSES, "templates": ["a photo of a {}"]}).eval()
     peer = AlignModel.from_pretrained(align_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(align_dir)
     images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))

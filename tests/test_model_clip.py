@@ -137,15 +137,9 @@ def _grad_problems(model):
 
 
 def _outfit_batch():
-    generator = torch.Generator().manual_seed(5)
-    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)
-    return make_batch(
-        outfit_images=torch.randn(BATCH, 3, 3, SIDE, SIDE, generator=generator),
-        outfit_mask=mask,
-        outfit_categories=torch.tensor([[0, 1, 2], [1, 2, 0], [3, 0, 0], [2, 3, 1]]),
-        blank_image=torch.randn(BATCH, 3, SIDE, SIDE, generator=generator),
-        blank_category=torch.tensor([3, 0, 1, 0]),
-    )
+    from tiny_models import outfit_fields
+
+    return make_batch(**outfit_fields(SIDE, 5, [[0, 1, 2], [1, 2, 0], [3, 0, 0], [2, 3, 1]], [3, 0, 1, 0]))
 
 
 @pytest.mark.parametrize("head,freeze", [("contrastive", False), ("zeroshot", False), ("composition", False),

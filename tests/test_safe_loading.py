@@ -55,20 +55,6 @@ def test_the_payload_is_live(tmp_path):
 
 # ------------------------------------------------------------------ helpers
 @pytest.fixture
-def restore_mmf_state(mmf_registry):
-    """Commands register their config as MMF's global one, as mmf_run does;
-    put back what the rest of the session had."""
-    keys = ("config", "configuration", "current_device")
-    saved = {key: mmf_registry.get(key, no_warning=True) for key in keys}
-    yield mmf_registry
-    for key, value in saved.items():
-        if value is None:
-            mmf_registry.unregister(key)
-        else:
-            mmf_registry.register(key, value)
-
-
-@pytest.fixture
 def env(tmp_path, capsys, request, restore_mmf_state):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"

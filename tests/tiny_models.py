@@ -166,18 +166,22 @@ def fashionvil_classification_batch():
                             category_id=torch.tensor([1, 3, 0, 1]))
 
 
-def fashionvil_ocir_batch():
-    generator = torch.Generator().manual_seed(3)
-    batch, image = FASHIONVIL_BATCH, FASHIONVIL_IMAGE
+def outfit_fields(side: int, seed: int, outfit_categories, blank_category) -> Dict[str, torch.Tensor]:
+    """OCIR inputs of 4 outfits of up to 3 items (3, 2, 1 and 3 present) and their blanks."""
+    generator = torch.Generator().manual_seed(seed)
     mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)
-    return fashionvil_batch(
-        outfit_images=torch.randn(batch, 3, 3, image, image, generator=generator),
-        outfit_mask=mask,
-        outfit_categories=torch.tensor([[0, 1, 2], [1, 2, 0], [3, 0, 0], [0, 2, 3]]),
-        blank_image=torch.randn(batch, 3, image, image, generator=generator),
-        blank_category=torch.tensor([3, 0, 1, 1]),
-        blank_id=torch.arange(batch),
-    )
+    return {
+        "outfit_images": torch.randn(4, 3, 3, side, side, generator=generator),
+        "outfit_mask": mask,
+        "outfit_categories": torch.tensor(outfit_categories),
+        "blank_image": torch.randn(4, 3, side, side, generator=generator),
+        "blank_category": torch.tensor(blank_category),
+    }
+
+
+def fashionvil_ocir_batch():
+    fields = outfit_fields(FASHIONVIL_IMAGE, 3, [[0, 1, 2], [1, 2, 0], [3, 0, 0], [0, 2, 3]], [3, 0, 1, 1])
+    return fashionvil_batch(**fields, blank_id=torch.arange(FASHIONVIL_BATCH))
 
 
 # ------------------------------------------------------------------------ cots
