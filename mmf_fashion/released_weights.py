@@ -43,6 +43,9 @@ RELEASED_WEIGHTS: Dict[str, Tuple[WeightSource, ...]] = {
     "fashionvil": (
         WeightSource(_TORCHVISION_IMAGE, "image_encoder.pretrained", "imagenet | <file.pth>"),
         _TEXT,
+        WeightSource("the official FashionViL checkpoint, converted (mmf-fashion convert fashionvil, or given "
+                     "as checkpoint.resume_file: converted on load); see docs/models/fashionvil_checkpoints.md",
+                     "contrastive_dim", "0 (the official model has no ITC/MVC projection)"),
         WeightSource("the VQ-VAE image tokenizer trained by projects/vqvae (MPFC targets)",
                      "tokenizer_checkpoint", "save/vqvae/fashion_vqvae_final.pth"),
     ),
@@ -64,8 +67,8 @@ RELEASED_WEIGHTS: Dict[str, Tuple[WeightSource, ...]] = {
 }
 
 NOT_YET = (
-    "official FashionViL and X-VLM checkpoints (torch <= 1.9 code) need a key conversion that is not "
-    "available yet; start from the encoders above or from an mmf-fashion checkpoint"
+    "official X-VLM checkpoints (torch <= 1.9 code) need a key conversion that is not available yet; "
+    "start from the encoders above or from an mmf-fashion checkpoint"
 )
 
 

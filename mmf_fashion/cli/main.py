@@ -22,7 +22,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-GROUPS = ("data", "index", "plot", "info", "new_builder")
+GROUPS = ("data", "index", "plot", "info", "new_builder", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

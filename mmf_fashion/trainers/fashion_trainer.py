@@ -211,6 +211,14 @@ class FashionTrainer(BaseTrainer):
             if not os.path.exists(config.resume_file):
                 raise FileNotFoundError(f"checkpoint.resume_file={config.resume_file}: no such file")
             state = ckpt.safe_torch_load(config.resume_file, allow_unsafe=allow_unsafe)
+            from mmf_fashion.convert import fashionvil as official_fashionvil
+
+            if official_fashionvil.is_official(state):
+                # a released FashionViL file (the authors' MMF fork): weights only, renamed to ours;
+                # its optimizer state is for another parameter layout
+                report = official_fashionvil.load_official(self.model, state, source=config.resume_file)
+                self.writer.write("\n".join(report.lines()), "info")
+                return
             if config.resume_pretrained:
                 weights = state.get("model", state) if isinstance(state, dict) else state
                 mapping = dict(config.get("pretrained_state_mapping", {}) or {})

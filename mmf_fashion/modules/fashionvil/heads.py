@@ -24,7 +24,8 @@ class PredictionTransform(nn.Sequential):
     """dense -> GELU -> LayerNorm, as in BERT's prediction heads."""
 
     def __init__(self, hidden: int):
-        super().__init__(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden))
+        # eps 1e-12: BERT's (and the official FashionViL's) head, so converted weights give the same logits
+        super().__init__(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden, eps=1e-12))
 
 
 def resolve_contrastive_dim(value, hidden: int) -> int:

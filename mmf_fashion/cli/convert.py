@@ -1,0 +1,36 @@
+"""`mmf-fashion convert <model>`: released checkpoints of other code bases -> this package's layout.
+
+Cheatsheet::
+
+    mmf-fashion convert fashionvil --from fashionvil_official.pth --out fashionvil_ours.pth
+    mmf_run ... model=fashionvil checkpoint.resume_file=fashionvil_ours.pth checkpoint.resume_pretrained=True
+
+The mapping and where the maths differ: docs/models/fashionvil_checkpoints.md.
+Files are read weights-only unless --allow-unsafe-load (full unpickling can run code).
+"""
+from __future__ import annotations
+
+
+def run_fashionvil(args) -> int:
+    from mmf_fashion.convert import fashionvil
+
+    report = fashionvil.convert_file(
+        args.source, args.out, allow_unsafe=args.allow_unsafe_load, visual_token_type=args.visual_token_type
+    )
+    for line in report.lines():
+        print(line)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    group = subparsers.add_parser("convert", help="convert released checkpoints of other code bases to ours")
+    commands = group.add_subparsers(dest="convert_command", required=True)
+    command = commands.add_parser("fashionvil", help="an official FashionViL (MMF fork) checkpoint")
+    command.add_argument("--from", dest="source", required=True, help="the official .pth / .ckpt file")
+    command.add_argument("--out", required=True, help="state dict file to write, in our fashionvil names")
+    command.add_argument("--visual-token-type", type=int, default=1,
+                         help="model_config.fashionvil.visual_token_type of the model to load it into (default 1)")
+    command.add_argument("--allow-unsafe-load", action="store_true",
+                         help="allow full unpickling of the file (only for a file you trust)")
+    command.set_defaults(func=run_fashionvil)
