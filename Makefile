@@ -11,14 +11,14 @@ DEMO_DATA ?= data/synthetic
 
 setup: $(STAMP)
 
-$(STAMP): setup.py requirements/platform.txt requirements/base.txt requirements/test.txt
+$(STAMP): pyproject.toml setup.py requirements/platform.txt requirements/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q 'setuptools>=70' wheel
-	$(PIP) install -q -r requirements/platform.txt
+	# ranges: pyproject.toml; the tested versions: requirements/constraints.txt
+	$(PIP) install -q -c requirements/constraints.txt setuptools wheel
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/platform.txt
 	# rc10 pins torch==1.5.0 & co: install it without its dependencies
 	$(PIP) install -q --no-deps mmf==1.0.0rc10
-	$(PIP) install -q -r requirements/base.txt -r requirements/test.txt
-	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PIP) install -q -c requirements/constraints.txt --no-build-isolation -e '.[index,plot,attributes,tensorboard,test]'
 	$(PY) -m mmf_fashion.bridge.install_hook
 	touch $(STAMP)
 

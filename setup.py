@@ -1,21 +1,28 @@
-"""mmf-fashion: fashion vision-and-language models for MMF.
+"""Build step for mmf-fashion; all metadata lives in pyproject.toml.
 
-MMF itself (1.0.0rc10) and torch are NOT in install_requires: rc10 pins
-torch==1.5.0 and friends, which makes pip's resolver fail on Python 3.11.
-The Makefile installs torch and `mmf==1.0.0rc10 --no-deps` first (README).
+This file only adds to build_py: it writes the start-up hook
+(mmf_fashion_hook.pth) at the wheel's root and copies projects/ into
+mmf_fashion/projects. An editable install leaves the .pth out, so
+`make setup` runs `python -m mmf_fashion.bridge.install_hook` as well.
 """
+import importlib.util
 import os
 import shutil
 
-from setuptools import find_packages, setup
+from setuptools import setup
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def read_requirements(name):
-    with open(os.path.join(HERE, "requirements", name)) as f:
-        return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
+def _hook_module():
+    # Loaded from its file: the build backend does not put the source tree on
+    # sys.path, and importing the package here must not need its dependencies.
+    path = os.path.join(HERE, "mmf_fashion", "bridge", "install_hook.py")
+    spec = importlib.util.spec_from_file_location("_mmf_fashion_install_hook", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class BuildWithHook(build_py):
@@ -23,28 +30,13 @@ class BuildWithHook(build_py):
 
     def run(self):
         super().run()
-        from mmf_fashion.bridge.install_hook import HOOK_LINE, HOOK_NAME
-
-        with open(os.path.join(self.build_lib, HOOK_NAME), "w") as f:
-            f.write(HOOK_LINE)
+        hook = _hook_module()
+        with open(os.path.join(self.build_lib, hook.HOOK_NAME), "w") as f:
+            f.write(hook.HOOK_LINE)
         target = os.path.join(self.build_lib, "mmf_fashion", "projects")
         if os.path.isdir(target):
             shutil.rmtree(target)
         shutil.copytree(os.path.join(HERE, "projects"), target)
 
 
-setup(
-    name="mmf-fashion",
-    version="0.1.0",
-    description="Fashion vision-and-language models (FashionViL, FashionBERT, X-VLM, COTS, ALIGN) for MMF",
-    long_description=open(os.path.join(HERE, "README.md")).read(),
-    long_description_content_type="text/markdown",
-    license="BSD-3-Clause",
-    python_requires=">=3.11",
-    packages=find_packages(include=["mmf_fashion", "mmf_fashion.*"]),
-    package_data={"mmf_fashion": ["configs/*.yaml", "models/configs/*.yaml", "datasets/builders/*/*.yaml", "data/*.json"]},
-    install_requires=read_requirements("base.txt"),
-    extras_require={"test": read_requirements("test.txt")},
-    entry_points={"console_scripts": ["mmf-fashion=mmf_fashion.cli.main:main"]},
-    cmdclass={"build_py": BuildWithHook},
-)
+setup(cmdclass={"build_py": BuildWithHook})

@@ -8,16 +8,23 @@ Cheatsheet::
 
 Each step is a plain `mmf_run` of a project config (what a user would type),
 run as a subprocess; the table is read back from each step's metrics.json.
+While a step runs, a bar follows its updates (rate, ETA, last loss) from the
+train.jsonl and train.log it writes; when it ends, its key metric is printed.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
+
+POLL_SECONDS = 0.5
+# what fashion_trainer logs once the run knows its length (train.log of the save_dir)
+START_LINE = re.compile(r"Starting training at update (\d+) of (\d+)")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,6 +54,110 @@ def ensure_data(data_dir: str, products: int, image_size: int, seed: int) -> Non
     generate(data_dir, products=products, image_size=image_size, seed=seed, progress=True)
 
 
+class FileTail:
+    """The complete lines appended to a file since this object was made: a
+    save_dir reused by an earlier demo already holds that run's lines."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.offset = os.path.getsize(path) if os.path.exists(path) else 0
+        self.partial = ""
+
+    def new_lines(self) -> List[str]:
+        if not os.path.exists(self.path):
+            return []
+        if os.path.getsize(self.path) < self.offset:  # replaced by a fresh file
+            self.offset, self.partial = 0, ""
+        with open(self.path, encoding="utf-8", errors="replace") as handle:
+            handle.seek(self.offset)
+            text = handle.read()
+            self.offset = handle.tell()
+        text = self.partial + text
+        lines = text.split("\n")
+        self.partial = lines.pop()  # a line still being written waits for its newline
+        return [line for line in lines if line.strip()]
+
+
+def bar_update(records: List[Dict], position: int) -> Tuple[int, Optional[str]]:
+    """train.jsonl records -> (updates to add to a bar standing at `position`,
+    postfix text or None). Records from before `position` (a resume) add nothing."""
+    advance, postfix = 0, None
+    for record in records:
+        updates = int(record.get("num_updates", 0))
+        if updates > position + advance:
+            advance = updates - position
+        if "train/total_loss" in record:
+            postfix = f"loss {record['train/total_loss']:.4f}"
+            if "train/lr" in record:
+                postfix += f", lr {record['train/lr']:.1e}"
+    return advance, postfix
+
+
+class StepProgress:
+    """Follows one step's save_dir while mmf_run writes it: the length of the run
+    from train.log, the updates done and the last loss from train.jsonl."""
+
+    def __init__(self, save_dir: str):
+        self.records = FileTail(os.path.join(save_dir, "train.jsonl"))
+        self.log = FileTail(os.path.join(save_dir, "train.log"))
+        self.total: Optional[int] = None
+        self.start: Optional[int] = None
+
+    def poll(self, position: int) -> Tuple[Optional[int], int, Optional[str]]:
+        """(total updates or None while unknown, updates to add, postfix or None)."""
+        for line in self.log.new_lines():
+            match = START_LINE.search(line)
+            if match:
+                self.start, self.total = int(match.group(1)), int(match.group(2))
+        records = []
+        for line in self.records.new_lines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # not ours to judge: the step's own tests check the file
+        advance, postfix = bar_update(records, max(position, self.start or 0))
+        if self.start and position < self.start:
+            advance += self.start - position  # a resumed run starts at its checkpoint
+        return self.total, advance, postfix
+
+
+def key_metric(metrics: Dict[str, float]) -> Optional[Tuple[str, float]]:
+    """The number a step is judged by: an average recall, else an accuracy-like
+    value, else the first non-loss metric, else the first loss."""
+    keys = [key for key in sorted(metrics) if key != "num_updates"]
+    non_loss = [key for key in keys if len(key.split("/")) >= 4]
+    for wanted in ("/avg", "/value"):
+        found = [key for key in non_loss if key.endswith(wanted)]
+        if found:
+            return found[0], float(metrics[found[0]])
+    chosen = (non_loss or keys or [None])[0]
+    return (chosen, float(metrics[chosen])) if chosen else None
+
+
+def _follow(process, save_dir: str, name: str) -> None:
+    """A bar of the step's updates until its process exits."""
+    from tqdm import tqdm
+
+    progress = StepProgress(save_dir)
+    bar = tqdm(total=None, unit="update", desc=f"[demo] {name}", file=sys.stderr, dynamic_ncols=True)
+    try:
+        while True:
+            finished = process.poll() is not None
+            total, advance, postfix = progress.poll(bar.n)
+            if total is not None and bar.total != total:
+                bar.total = total
+                bar.refresh()
+            if advance:
+                bar.update(advance)
+            if postfix:
+                bar.set_postfix_str(postfix)
+            if finished:
+                return
+            time.sleep(POLL_SECONDS)
+    finally:
+        bar.close()
+
+
 def run_step(name, config, model, dataset, overrides, save_root, data_dir, log_dir) -> Dict:
     save_dir = os.path.join(save_root, name)
     args = [f"env.save_dir={save_dir}", f"env.data_dir={os.path.abspath(data_dir)}", "run_type=train_val", *overrides]
@@ -62,15 +173,26 @@ def run_step(name, config, model, dataset, overrides, save_root, data_dir, log_d
     print(f"[demo] {name}: mmf_run config={config} model={model} dataset={dataset}  (log: {log_path})", flush=True)
     start = time.time()
     with open(log_path, "w") as log:
-        result = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        # stderr is the log file, not a terminal: mmf_run writes plain progress lines there
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _follow(process, save_dir, name)
+        finally:
+            if process.poll() is None:  # interrupted: do not leave the run behind
+                process.terminate()
+            returncode = process.wait()
     elapsed = time.time() - start
-    if result.returncode != 0:
-        with open(log_path) as f:
+    if returncode != 0:
+        with open(log_path, errors="replace") as f:
             tail = f.read()[-3000:]
-        raise SystemExit(f"[demo] step {name} failed (exit {result.returncode}) after {elapsed:.0f}s:\n{tail}")
+        full_log = os.path.join(save_dir, "train.log")
+        raise SystemExit(f"[demo] step {name} failed (exit {returncode}) after {elapsed:.0f}s:\n{tail}\n"
+                         f"[demo] log: {log_path} (MMF's log of the run: {full_log})")
     with open(os.path.join(save_dir, "metrics.json")) as f:
         metrics = json.load(f)
-    print(f"[demo] {name}: done in {elapsed:.0f}s", flush=True)
+    best = key_metric(metrics)
+    shown = f"; {best[0]} = {best[1]:.2f}" if best else ""
+    print(f"[demo] {name}: done in {elapsed:.0f}s{shown}", flush=True)
     return {"step": name, "seconds": elapsed, "metrics": metrics}
 
 

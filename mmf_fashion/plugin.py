@@ -8,8 +8,7 @@ Cheatsheet::
 
 Every module under the packages below that registers something is imported
 here by walking the package, so a new model file or builder folder needs no
-edit of this file; tests/test_registration.py checks every contract name
-resolves.
+edit of this file; tests/test_registry.py walks every registered name.
 """
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ from typing import Dict, List
 REGISTERING_PACKAGES = (
     "mmf_fashion.processors",
     "mmf_fashion.datasets.builders",
-    "mmf_fashion.losses",
     "mmf_fashion.metrics",
     "mmf_fashion.models",
     "mmf_fashion.trainers",
@@ -59,7 +57,6 @@ _KINDS = {
     "model": "model_name_mapping",
     "builder": "builder_name_mapping",
     "metric": "metric_name_mapping",
-    "loss": "loss_name_mapping",
     "processor": "processor_name_mapping",
     "trainer": "trainer_name_mapping",
     "optimizer": "optimizer_name_mapping",

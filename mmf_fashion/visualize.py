@@ -22,8 +22,10 @@ around them is `mmf-fashion plot curves|embeddings` (mmf_fashion/cli/plot.py).
 
 Metric families: a key "<split>/<dataset>/<metric>/<key>" belongs to the
 family "<metric>" (e.g. "r@k_general"); a three-part key
-"<split>/<dataset>/<loss>" is a loss and goes to the family "loss". One
-subplot per family, one line per key, against num_updates.
+"<split>/<dataset>/<loss>" is a loss and goes to the family "loss". Keys of
+train.jsonl ("train/...") go to "train losses" (each task's loss and
+train/total_loss), "lr" and "samples_per_s". One subplot per family, one line
+per key, against num_updates; `curve_panels` is that grouping.
 """
 from __future__ import annotations
 
@@ -37,7 +39,13 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from mmf_fashion.utils.optional import require
+
 LOSS_FAMILY = "loss"
+TRAIN_LOSS_FAMILY = "train losses"
+LR_FAMILY = "lr"
+THROUGHPUT_FAMILY = "samples_per_s"
+TOTAL_LOSS_KEY = "train/total_loss"
 STEP_KEY = "num_updates"
 KIND_MARKERS = {"image": "o", "text": "^", "fused": "s"}
 SINGLE_THREAD_TSNE_POINTS = 5000
@@ -48,8 +56,8 @@ class PlotError(ValueError):
 
 
 # ---------------------------------------------------------------- curves
-def read_metrics_jsonl(path: str) -> List[Dict[str, float]]:
-    """Records of a metrics.jsonl file, one dict per non-empty line."""
+def read_metrics_jsonl(path: str, allow_empty: bool = False) -> List[Dict[str, float]]:
+    """Records of a metrics.jsonl (or train.jsonl) file, one dict per non-empty line."""
     if not os.path.isfile(path):
         raise PlotError(f"{path}: no such metrics file")
     records = []
@@ -64,7 +72,7 @@ def read_metrics_jsonl(path: str) -> List[Dict[str, float]]:
             if not isinstance(record, dict):
                 raise PlotError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
             records.append(_checked_record(record, f"{path}, line {number}"))
-    if not records:
+    if not records and not allow_empty:
         raise PlotError(f"{path}: no records (the run has not evaluated yet?)")
     return records
 
@@ -82,8 +90,15 @@ def _checked_record(record: Mapping, where: str) -> Dict[str, float]:
 
 
 def metric_family(key: str) -> str:
-    """'val/fashiongen/r@k_general/t2i_r@10' -> 'r@k_general'; losses -> 'loss'."""
+    """'val/fashiongen/r@k_general/t2i_r@10' -> 'r@k_general'; losses -> 'loss';
+    train.jsonl keys -> 'train losses', 'lr' or 'samples_per_s'."""
     parts = key.split("/")
+    if parts[0] == "train":
+        if parts[-1] == "lr":
+            return LR_FAMILY
+        if parts[-1] == "samples_per_s":
+            return THROUGHPUT_FAMILY
+        return TRAIN_LOSS_FAMILY
     if len(parts) >= 4:
         return parts[2]
     if len(parts) == 3 or "loss" in key.lower():
@@ -140,17 +155,8 @@ def plot_curves(
 
     Returns {family: [keys drawn]} in the order of the subplots.
     """
-    if not records:
-        raise PlotError("no records to plot")
-    records = [_checked_record(record, f"record {index}") for index, record in enumerate(records)]
-    available = set().union(*(record.keys() for record in records))
-    series = curve_series(records, select_keys(available, keys))
-    if not series:
-        raise PlotError("the selected keys hold no values")
-    families: "OrderedDict[str, List[str]]" = OrderedDict()
-    # losses first, then the metric families alphabetically
-    for key in sorted(series, key=lambda k: (metric_family(k) != LOSS_FAMILY, metric_family(k), k)):
-        families.setdefault(metric_family(key), []).append(key)
+    panels = curve_panels(records, keys)
+    families = OrderedDict((family, list(panel)) for family, panel in panels.items())
 
     columns = min(2, len(families))
     rows = math.ceil(len(families) / columns)
@@ -158,11 +164,12 @@ def plot_curves(
     axes = figure.subplots(rows, columns, squeeze=False)
     for axis, (family, family_keys) in zip(axes.flat, families.items()):
         for key in family_keys:
-            points = series[key]
-            axis.plot(points[:, 0], points[:, 1], marker="o", markersize=3, label=_short_label(key, family))
+            points = panels[family][key]
+            style = {"color": "black", "linewidth": 2.0} if key == TOTAL_LOSS_KEY else {}
+            axis.plot(points[:, 0], points[:, 1], marker="o", markersize=3, label=_short_label(key, family), **style)
         axis.set_title(family)
         axis.set_xlabel(STEP_KEY)
-        axis.set_ylabel("loss" if family == LOSS_FAMILY else "value")
+        axis.set_ylabel("loss" if family in (LOSS_FAMILY, TRAIN_LOSS_FAMILY) else "value")
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=7, loc="best")
     for axis in list(axes.flat)[len(families):]:
@@ -171,6 +178,36 @@ def plot_curves(
         figure.suptitle(title)
     _save(figure, out_path)
     return dict(families)
+
+
+_FAMILY_ORDER = {TRAIN_LOSS_FAMILY: 0, LR_FAMILY: 1, LOSS_FAMILY: 2, THROUGHPUT_FAMILY: 4}
+
+
+def curve_panels(
+    records: Sequence[Mapping[str, float]], keys: Optional[Sequence[str]] = None
+) -> "OrderedDict[str, OrderedDict[str, np.ndarray]]":
+    """{panel: {key: (M, 2) series}}: what plot_curves draws, in its order
+    (train losses, lr, evaluation losses, metric families alphabetically,
+    samples_per_s). Records may mix train.jsonl and metrics.jsonl lines. A
+    task logged only at some updates (FashionViL samples one task per update)
+    keeps just those points: its line joins its own updates."""
+    if not records:
+        raise PlotError("no records to plot")
+    records = [_checked_record(record, f"record {index}") for index, record in enumerate(records)]
+    available = set().union(*(record.keys() for record in records))
+    series = curve_series(records, select_keys(available, keys))
+    if not series:
+        raise PlotError("the selected keys hold no values")
+
+    def order(key):
+        family = metric_family(key)
+        # the total last in its panel, drawn over the tasks
+        return (_FAMILY_ORDER.get(family, 3), family, key == TOTAL_LOSS_KEY, key)
+
+    panels: "OrderedDict[str, OrderedDict[str, np.ndarray]]" = OrderedDict()
+    for key in sorted(series, key=order):
+        panels.setdefault(metric_family(key), OrderedDict())[key] = series[key]
+    return panels
 
 
 def _short_label(key: str, family: str) -> str:
@@ -189,8 +226,6 @@ def default_perplexity(num_points: int) -> float:
 
 def tsne_2d(points: np.ndarray, seed: int = 0, perplexity: Optional[float] = None, max_iter: int = 500) -> np.ndarray:
     """(N, D) -> (N, 2) with scikit-learn's t-SNE (perplexity adapted to N)."""
-    import inspect
-
     from sklearn.manifold import TSNE
 
     points = np.asarray(points, dtype=np.float32)
@@ -210,9 +245,7 @@ def tsne_2d(points: np.ndarray, seed: int = 0, perplexity: Optional[float] = Non
         "learning_rate": "auto",
         "random_state": seed,
     }
-    # scikit-learn renamed n_iter to max_iter in 1.5
-    iterations_name = "max_iter" if "max_iter" in inspect.signature(TSNE).parameters else "n_iter"
-    options[iterations_name] = max(250, int(max_iter))
+    options["max_iter"] = max(250, int(max_iter))
     tsne = TSNE(**options)
     if points.shape[0] > SINGLE_THREAD_TSNE_POINTS:
         return tsne.fit_transform(points).astype(np.float64)
@@ -411,7 +444,7 @@ def _labels_for(kind: str, labels, count: int) -> np.ndarray:
 
 
 def _colours(count: int) -> List:
-    import matplotlib
+    matplotlib = require("matplotlib", "plotting")
 
     palette = matplotlib.colormaps["tab20" if count > 10 else "tab10"]
     if count <= palette.N:
@@ -429,6 +462,7 @@ def _legend_dot(colour, marker: str, label: str):
 # ---------------------------------------------------------------- helpers
 def _figure(size):
     """A Figure on an Agg canvas: no pyplot, no global backend switch, no display."""
+    require("matplotlib", "plotting")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -123,6 +123,67 @@ def test_plot_curves_resumed_run_keeps_the_last_value_per_update():
     assert series.tolist() == [[10.0, 2.5], [20.0, 2.0]]
 
 
+PRETRAIN_TASKS = ("itc", "itm", "mlm", "mpfr", "pac", "mvlm")
+
+
+def pretrain_train_records(updates=60, log_interval=5):
+    """train.jsonl as FashionViL pretraining writes it: one sampled task per
+    update, so each line holds one task's loss (the others have gaps)."""
+    records = []
+    for step in range(log_interval, updates + 1, log_interval):
+        task = PRETRAIN_TASKS[(step // log_interval) % len(PRETRAIN_TASKS)]
+        loss = 5.0 / (1 + step / 20)
+        records.append({f"train/fashiongen/{task}": loss, "train/total_loss": loss,
+                        "train/lr": 1e-4 * (1 - step / updates), "train/samples_per_s": 90.0 + step,
+                        "num_updates": step})
+    return records
+
+
+def test_plot_curves_reads_train_jsonl_beside_metrics(tmp_path, capsys):
+    from mmf_fashion.cli.plot import read_run_records
+    from mmf_fashion.visualize import curve_panels
+
+    save_dir = tmp_path / "run"
+    save_dir.mkdir()
+    write_metrics(save_dir / "metrics.jsonl", training_records())
+    write_metrics(save_dir / "train.jsonl", pretrain_train_records())
+    out = tmp_path / "curves.png"
+    # the metrics file alone finds train.jsonl beside it
+    code, stdout, stderr = run_cli(capsys, "plot", "curves", save_dir / "metrics.jsonl", "--out", out)
+    assert code == 0, stderr
+    assert_real_png(out)
+    records, paths = read_run_records(str(save_dir))
+    assert sorted(os.path.basename(p) for p in paths) == ["metrics.jsonl", "train.jsonl"]
+    panels = curve_panels(records)
+    assert list(panels) == ["train losses", "lr", "loss", "accuracy", "r@k_general", "samples_per_s"]
+    assert f"in {len(panels)} panel(s) ({', '.join(panels)})" in stdout
+    train_losses = panels["train losses"]
+    assert set(train_losses) == {f"train/fashiongen/{task}" for task in PRETRAIN_TASKS} | {"train/total_loss"}
+    assert list(train_losses)[-1] == "train/total_loss"  # drawn last, over the tasks
+    # every task is a line of its own over the updates it was logged at, never a single dot
+    assert all(len(points) > 1 for points in train_losses.values())
+    assert len(train_losses["train/total_loss"]) == 12
+    itc = train_losses["train/fashiongen/itc"]
+    assert np.all(np.diff(itc[:, 0]) > 5)  # its gaps: updates where another task was sampled
+    assert list(panels["lr"]) == ["train/lr"]
+    assert set(panels["loss"]) == {"val/fashiongen/itc", "val/fashiongen/itm"}
+
+
+def test_plot_curves_train_jsonl_alone_and_key_selection(tmp_path, capsys):
+    save_dir = tmp_path / "fresh"  # no evaluation yet
+    save_dir.mkdir()
+    write_metrics(save_dir / "train.jsonl", pretrain_train_records())
+    (save_dir / "metrics.jsonl").write_text("")
+    out = tmp_path / "train.png"
+    code, stdout, stderr = run_cli(capsys, "plot", "curves", save_dir, "--keys", "train losses,lr", "--out", out)
+    assert code == 0, stderr
+    assert_real_png(out)
+    assert "8 curve(s) from 12 record(s) in 2 panel(s) (train losses, lr)" in stdout
+    (tmp_path / "empty").mkdir()
+    code, _, stderr = run_cli(capsys, "plot", "curves", tmp_path / "empty", "--out", out)
+    assert code == 2 and "no metrics.jsonl or train.jsonl" in stderr
+
+
 # ---------------------------------------------------------------- embeddings (pure part)
 def test_plot_embeddings_adapts_perplexity_to_a_handful_of_points(tmp_path):
     from mmf_fashion.visualize import default_perplexity, plot_embeddings

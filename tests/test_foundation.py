@@ -91,3 +91,50 @@ def test_legacy_transformers_paths_alias_the_new_modules(mmf_registry):
 
     assert BertEmbeddings is Real
     assert BertLayerNorm is torch.nn.LayerNorm
+
+
+def _packaging_metadata():
+    """(requirements from pyproject.toml, {extra: requirements}, {name: pinned version})."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    required = [Requirement(line) for line in project["dependencies"]]
+    extras = {name: [Requirement(line) for line in lines] for name, lines in project["optional-dependencies"].items()}
+    pins = {}
+    with open(os.path.join(REPO, "requirements", "constraints.txt")) as f:
+        for raw in f:
+            line = raw.split("#")[0].strip()
+            if line:
+                name, _, version = line.partition("==")
+                assert version, f"constraints.txt: {line!r} is not an exact pin"
+                pins[canonicalize_name(name)] = version.strip()
+    return required, extras, pins
+
+
+def test_metadata_has_ranges_and_every_tested_pin_lies_inside_them():
+    from packaging.utils import canonicalize_name
+
+    required, extras, pins = _packaging_metadata()
+    assert {"index", "plot", "attributes", "tensorboard", "test"} <= set(extras)
+    everything = required + [req for reqs in extras.values() for req in reqs]
+    for req in everything:
+        # an exact pin in the metadata would stop the package installing beside anything else
+        assert all(spec.operator not in ("==", "===") for spec in req.specifier), str(req)
+        assert req.specifier, f"{req}: give a range (and pin the tested version in constraints.txt)"
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} has no tested version in requirements/constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} is outside {req}"
+    assert "mmf" not in {canonicalize_name(req.name) for req in everything}  # installed with --no-deps
+
+
+def test_a_missing_optional_dependency_names_its_extra(monkeypatch):
+    from mmf_fashion.utils.optional import require
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: its import fails
+    with pytest.raises(ImportError, match=r"plotting needs matplotlib.*pip install 'mmf-fashion\[plot\]'"):
+        require("matplotlib", "plotting")
+    assert require("json", "reading").dumps([]) == "[]"

@@ -107,3 +107,62 @@ def test_accumulator_concatenates_tensors_and_lists():
     report = acc.report()
     assert report["image_embedding"].shape == (3, 3)
     assert report["product_id"].tolist() == [1, 2, 3] and report["text"] == ["a", "b", "c"]
+
+
+# ---------------------------------------------------------------- tensorboard
+def _read_scalars(log_dir):
+    """{tag: [(step, value)]} of every event file in log_dir, with tensorboard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_write_scalars_puts_a_train_record_in_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    from mmf_fashion.trainers.evaluation import write_scalars, write_train_record
+
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    record = write_train_record(str(tmp_path), {"fashiongen/itc": 2.5, "fashiongen/itm": 0.5}, 1e-4, 64.0, 10)
+    write_scalars(writer, record)
+    write_scalars(None, record)  # tensorboard off: nothing, no error
+    writer.close()
+    scalars = _read_scalars(tmp_path / "tb")
+    assert set(scalars) == {"train/fashiongen/itc", "train/fashiongen/itm", "train/total_loss", "train/lr",
+                            "train/samples_per_s"}
+    assert scalars["train/total_loss"] == [(10, pytest.approx(3.0))]
+
+
+@pytest.mark.slow
+def test_mmf_run_with_training_tensorboard_writes_the_jsonl_records(tmp_path):
+    """training.tensorboard=true through mmf_run: every train.jsonl and metrics.jsonl
+    value is a scalar at its update, in <save_dir>/tensorboard (no tensorboard_logdir)."""
+    pytest.importorskip("tensorboard")
+    import subprocess
+    import sys
+
+    from mmf_fashion.data.synth import make_fixture
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data_dir = str(make_fixture(str(tmp_path / "world"), products=40, image_size=32, seed=0))
+    save_dir = tmp_path / "run"
+    command = [sys.executable, "-c", "from mmf_cli.run import run; run()",
+               f"config={os.path.join(repo, 'tests', 'configs', 'tiny_align.yaml')}", "model=align",
+               "dataset=fashiongen", f"env.save_dir={save_dir}", f"env.data_dir={data_dir}", "run_type=train_val",
+               "training.max_updates=4", "training.tensorboard=true"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    scalars = _read_scalars(save_dir / "tensorboard")
+    expected = {}
+    for name in ("train.jsonl", "metrics.jsonl"):
+        for line in open(save_dir / name):
+            record = json.loads(line)
+            for key, value in record.items():
+                if key != "num_updates":
+                    expected.setdefault(key, []).append((record["num_updates"], pytest.approx(value, rel=1e-5)))
+    assert "train/total_loss" in expected and "val/fashiongen/r@k_general/avg" in expected
+    assert scalars == expected

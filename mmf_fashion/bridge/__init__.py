@@ -10,16 +10,64 @@ The installed start-up hook (mmf_fashion_hook.pth -> mmf_fashion.bridge.hook)
 calls install() on the first `import mmf` of any interpreter, so plain
 `mmf_run`, torchrun workers and spawned processes all get it. What is patched
 and why: mmf_fashion/bridge/patches.py and legacy.py; `applied()` lists the
-patches that were needed in this process.
+patches that were needed in this process (`mmf-fashion info --patches`).
+install() refuses an MMF other than SUPPORTED_MMF_VERSIONS with
+UnsupportedMMFVersion, and a patch that cannot read the rc10 source it checks
+raises patches.PatchProbeError instead of skipping.
 """
 from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import importlib.metadata
+import importlib.util
+import os
+import re
 import sys
-from typing import List
+from typing import List, Optional
 
 _INSTALLED = None
+# The patches read and replace rc10's own code: another MMF is not safe to patch.
+SUPPORTED_MMF_VERSIONS = ("1.0.0rc10",)
+
+
+class UnsupportedMMFVersion(RuntimeError):
+    """The installed MMF is not one the bridge's patches were written for."""
+
+
+def installed_mmf_version() -> Optional[str]:
+    """MMF's version without importing mmf (that import needs the bridge first).
+
+    None when MMF is not installed at all."""
+    try:
+        return importlib.metadata.version("mmf")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    # a source checkout on sys.path has no metadata: read mmf/version.py
+    spec = importlib.util.find_spec("mmf")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = os.path.join(folder, "version.py")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                found = re.search(r"__version__\s*=\s*[\"']([^\"']+)[\"']", f.read())
+            if found:
+                return found.group(1)
+    return "unknown"
+
+
+def check_mmf_version(version: Optional[str] = None) -> None:
+    """Raise UnsupportedMMFVersion unless MMF is absent or a supported version."""
+    version = installed_mmf_version() if version is None else version
+    if version is None or version in SUPPORTED_MMF_VERSIONS:
+        return
+    raise UnsupportedMMFVersion(
+        f"mmf-fashion supports MMF {', '.join(SUPPORTED_MMF_VERSIONS)} only; this environment has "
+        f"mmf {version}. Its compatibility patches (mmf_fashion/bridge) are written against that "
+        f"release's code. Install it with: pip install --no-deps mmf=={SUPPORTED_MMF_VERSIONS[-1]} "
+        f"(make setup does this)."
+    )
 
 
 class _PatchingLoader(importlib.abc.Loader):
@@ -65,6 +113,7 @@ def install() -> PatchingFinder:
     global _INSTALLED
     if _INSTALLED is not None:
         return _INSTALLED
+    check_mmf_version()
     from mmf_fashion.bridge.legacy import LegacyAliasFinder
     from mmf_fashion.bridge.patches import PATCHES
 

@@ -21,7 +21,13 @@ class _ArmOnFirstMMFImport:
             pass
         from mmf_fashion.bridge import install
 
-        finder = install()
+        try:
+            finder = install()
+        except Exception:
+            # e.g. an unsupported MMF version: stay armed so every later
+            # `import mmf` raises the same clear error instead of running unpatched
+            sys.meta_path.insert(0, self)
+            raise
         # The patching finder installed by install() must handle this very
         # import too, so ask it directly instead of returning None.
         return finder.find_spec(fullname, path, target)

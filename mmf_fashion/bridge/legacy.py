@@ -32,18 +32,8 @@ def _bert_extras():
     return {"BertLayerNorm": torch.nn.LayerNorm}
 
 
-def _optimization_extras():
-    import torch
-
-    # transformers.optimization.AdamW was removed; torch's AdamW is the same algorithm
-    return {"AdamW": torch.optim.AdamW}
-
-
 EXTRAS = {
     "transformers.modeling_bert": _bert_extras,
-}
-ATTRIBUTE_PATCHES = {
-    "transformers.optimization": _optimization_extras,
 }
 
 

@@ -16,6 +16,9 @@ from typing import Callable, Dict, List
 
 PATCHES: Dict[str, List[Callable]] = {}
 APPLIED: List[str] = []
+# what MMF's setup_imports() also calls; named here rather than imported so
+# the bridge never imports the plugin (the plugin imports the bridge)
+PLUGIN_REGISTRATION = "mmf_fashion.plugin:register_all"
 
 
 def patch(module_name: str):
@@ -26,15 +29,39 @@ def patch(module_name: str):
     return register
 
 
+class PatchProbeError(RuntimeError):
+    """A patch could not read the rc10 source it checks before changing anything."""
+
+
 def _source(obj) -> str:
+    # Each patch decides from the source whether rc10's behaviour is there.
+    # Without the source it cannot tell, and skipping would leave MMF broken
+    # far from here, so say so now.
     try:
         return inspect.getsource(obj)
-    except (OSError, TypeError):
-        return ""
+    except (OSError, TypeError) as error:
+        where = getattr(obj, "__module__", None) or getattr(obj, "__name__", "?")
+        name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", repr(obj))
+        raise PatchProbeError(
+            f"mmf_fashion.bridge cannot read the source of {where}.{name} ({error}), so it cannot "
+            f"tell whether MMF 1.0.0rc10's behaviour it patches is there. Install MMF with its "
+            f".py files: pip install --no-deps --force-reinstall mmf==1.0.0rc10"
+        ) from error
 
 
 def _record(name: str) -> None:
     APPLIED.append(name)
+
+
+def _record_replacement(target: str, why: str) -> None:
+    # whole-function replacements are the patches most likely to drift from
+    # MMF's code: `mmf-fashion info --patches` shows them with their reason
+    _record(f"{target}: whole function replaced - {why}")
+
+
+def _registered_names(registry, mapping_key: str) -> str:
+    # read MMF's registry directly, so the bridge does not import mmf_fashion.plugin
+    return ", ".join(sorted(registry.mapping[mapping_key].keys()))
 
 
 # ---------------------------------------------------------------- transformers
@@ -56,7 +83,8 @@ def own_defaults_file(module):
 
     if not os.path.isfile(module.get_default_config_path()):
         module.get_default_config_path = lambda: DEFAULTS_YAML
-        _record("configuration.get_default_config_path -> mmf_fashion/configs/defaults.yaml")
+        _record_replacement("configuration.get_default_config_path",
+                            "rc10's file is missing; returns mmf_fashion/configs/defaults.yaml")
 
 
 @patch("mmf.utils.configuration")
@@ -87,7 +115,8 @@ def includes_from_our_roots(module):
 
     load_yaml.__mmf_fashion__ = True
     module.load_yaml = load_yaml
-    _record("configuration.load_yaml: includes also resolved in mmf_fashion roots")
+    _record_replacement("configuration.load_yaml",
+                        "`includes:` also resolved in mmf_fashion's roots (projects/<model>/...)")
 
 
 @patch("mmf.utils.configuration")
@@ -112,7 +141,8 @@ def resolvers_for_omegaconf_2_1(module):
         register("resolve_dir", module.resolve_dir, replace=True)
 
     module.Configuration._register_resolvers = _register_resolvers
-    _record("Configuration._register_resolvers: register_new_resolver, keep oc.env")
+    _record_replacement("Configuration._register_resolvers",
+                        "rc10 clears omegaconf's oc.env resolver and registers without replace=True")
 
 
 @patch("mmf.utils.configuration")
@@ -155,10 +185,9 @@ def clear_unknown_names(module):
 
     def _build_model_config(self, config):
         if config.model is not None and registry.get_model_class(config.model) is None:
-            from mmf_fashion.plugin import registered_names
-
             raise ValueError(
-                f"Unknown model '{config.model}'. Registered models: {', '.join(registered_names('model'))}"
+                f"Unknown model '{config.model}'. Registered models: "
+                f"{_registered_names(registry, 'model_name_mapping')}"
             )
         return original_model(self, config)
 
@@ -166,11 +195,9 @@ def clear_unknown_names(module):
         names = config.datasets or config.dataset
         for name in (names or "").split(","):
             if name and registry.get_builder_class(name) is None:
-                from mmf_fashion.plugin import registered_names
-
                 raise ValueError(
                     f"Unknown dataset '{name}'. Registered dataset builders: "
-                    f"{', '.join(registered_names('builder'))}"
+                    f"{_registered_names(registry, 'builder_name_mapping')}"
                 )
         return original_dataset(self, config)
 
@@ -198,9 +225,11 @@ def register_plugin_in_setup_imports(module):
             # still running; our modules import mmf, so register on the next
             # call (mmf_run and our entry points call it again first thing).
             return
-        import mmf_fashion.plugin
+        import importlib
 
-        mmf_fashion.plugin.register_all()
+        # the one place the bridge reaches the plugin: by name, at run time
+        module_name, _, function_name = PLUGIN_REGISTRATION.partition(":")
+        getattr(importlib.import_module(module_name), function_name)()
 
     setup_imports.__mmf_fashion__ = True
     module.setup_imports = setup_imports
@@ -237,7 +266,8 @@ def config_to_yaml(module):
                 f.write(OmegaConf.to_yaml(self.config, resolve=True))
 
         module.Checkpoint.save_config = save_config
-        _record("Checkpoint.save_config: OmegaConf.to_yaml")
+        _record_replacement("Checkpoint.save_config", "rc10 calls DictConfig.pretty(), removed from omegaconf; "
+                            "writes config.yaml with OmegaConf.to_yaml")
 
 
 def _reads_torch_files(function) -> bool:
@@ -356,7 +386,9 @@ def distributed_without_nccl_or_cuda(module):
         return dict(zip(keys, values))
 
     module.reduce_dict = reduce_dict
-    _record("distributed: rank/world size/barrier for any backend; gloo on CPU")
+    _record_replacement("distributed.get_rank, get_world_size, is_master, synchronize, distributed_init, "
+                        "reduce_dict", "rc10 reports rank 0 / world 1 without NCCL, needs CUDA for the "
+                        "process-group check and reduces to rank 0 only; any backend, gloo on CPU")
 
 
 @patch("mmf_cli.run")
@@ -377,7 +409,8 @@ def local_rank_device(module):
 
     distributed_main.__mmf_fashion__ = True
     module.distributed_main = distributed_main
-    _record("mmf_cli.run.distributed_main: device from LOCAL_RANK")
+    _record_replacement("mmf_cli.run.distributed_main",
+                        "under torchrun rc10 gives device 0 to every rank; the device comes from LOCAL_RANK")
 
 
 # ---------------------------------------------------------------- metrics / losses
@@ -387,33 +420,15 @@ def metric_params(module):
     silently dropped; metrics may also return a dict of values."""
     if "metric = metric.type" not in _source(module.Metrics._init_metrics):
         return
-    registry = module.registry
 
+    # A thin adapter, not a second builder: fashion_trainer's MetricSet and
+    # this patch (MMF's own trainers) both call evaluation.build_metrics, the
+    # one place metrics are built from the config; MMF keeps only its loop.
     def _init_metrics(self, metric_list):
-        metrics = {}
-        self.required_params = {"dataset_name", "dataset_type"}
-        for metric in metric_list:
-            params = {}
-            if isinstance(metric, collections.abc.Mapping):
-                if "type" not in metric:
-                    raise ValueError(f"Metric {metric} needs to have 'type' attribute")
-                params = dict(metric.get("params", None) or {})
-                name = metric.get("key", None) or metric["type"]
-                metric_type = metric["type"]
-            elif isinstance(metric, str):
-                name = metric_type = metric
-            else:
-                raise TypeError(f"Metric {metric} has inappropriate type: 'dict' or 'str' allowed")
-            metric_cls = registry.get_metric_class(metric_type)
-            if metric_cls is None:
-                from mmf_fashion.plugin import registered_names
+        from mmf_fashion.trainers.evaluation import build_metrics
 
-                raise ValueError(
-                    f"No metric named '{metric_type}' is registered. Registered metrics: "
-                    f"{', '.join(registered_names('metric'))}"
-                )
-            metrics[name] = metric_cls(**params)
-            self.required_params.update(metrics[name].required_params)
+        metrics, required = build_metrics(metric_list)
+        self.required_params = {"dataset_name", "dataset_type"} | required
         return metrics
 
     module.Metrics._init_metrics = _init_metrics
@@ -436,4 +451,5 @@ def losses_without_targets(module):
         return output
 
     module.Losses.forward = forward
-    _record("Losses.forward: no longer requires sample_list.targets")
+    _record_replacement("Losses.forward", "rc10 computes no loss when the batch has no `targets` "
+                        "(pretraining batches have none)")

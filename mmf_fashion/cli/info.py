@@ -14,7 +14,7 @@ def run(args) -> int:
     setup_imports()
     registered = mmf_fashion.plugin.ours()
     print(f"mmf-fashion {mmf_fashion.__version__}")
-    for kind in ("model", "builder", "metric", "loss", "processor", "trainer"):
+    for kind in ("model", "builder", "metric", "processor", "trainer"):
         names = registered.get(kind, {})
         plural = kind + ("es" if kind.endswith("s") else "s")
         print(f"\n{plural} ({len(names)}):")
@@ -34,7 +34,7 @@ def run(args) -> int:
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("info", help="list the registered models, builders, metrics, losses, processors")
+    parser = subparsers.add_parser("info", help="list the registered models, builders, metrics, processors")
     parser.add_argument("--patches", action="store_true", help="also list the MMF compatibility patches applied")
     parser.add_argument("--weights", action="store_true",
                         help="also list the released weights each model accepts and the option naming them")

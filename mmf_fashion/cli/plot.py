@@ -2,8 +2,10 @@
 
 Cheatsheet::
 
-    # loss and metric curves against num_updates, one subplot per metric family
+    # training losses, lr (train.jsonl) and evaluation metrics (metrics.jsonl)
+    # against num_updates, one subplot per group; either file finds the other
     mmf-fashion plot curves save/align_itr/metrics.jsonl --out curves.png
+    mmf-fashion plot curves save/align_itr --keys "train losses,lr" --out train.png
     mmf-fashion plot curves save/align_itr --keys loss,r@k_general --out curves.png
     mmf-fashion plot curves save/align_itr/metrics.jsonl --keys "*t2i_r@10" --out t2i.png
 
@@ -30,21 +32,42 @@ import os
 import sys
 
 
-def _metrics_path(source: str) -> str:
-    """A metrics.jsonl file, or a save_dir holding one."""
+RESULT_FILES = ("metrics.jsonl", "train.jsonl")
+
+
+def read_run_records(source: str):
+    """(records, paths read): evaluations and training records of a run. The
+    source is a save_dir, its metrics.jsonl or its train.jsonl; the other file
+    beside it is read too when it exists (a run may not have evaluated yet)."""
+    from mmf_fashion.visualize import PlotError, read_metrics_jsonl
+
     if os.path.isdir(source):
-        return os.path.join(source, "metrics.jsonl")
-    return source
+        folder, named = source, None
+    else:
+        folder, named = os.path.dirname(source) or ".", source
+    paths = [named] if named else []
+    if named is None or os.path.basename(named) in RESULT_FILES:
+        paths += [os.path.join(folder, name) for name in RESULT_FILES
+                  if os.path.isfile(os.path.join(folder, name)) and os.path.join(folder, name) != named]
+    if not paths:
+        raise PlotError(f"{source}: no {' or '.join(RESULT_FILES)} in it")
+    records = []
+    for path in paths:
+        # a file named on the command line must hold records; a found one may still be empty
+        records += read_metrics_jsonl(path, allow_empty=path != named)
+    if not records:
+        raise PlotError(f"{source}: no records (the run has not logged yet?)")
+    return records, paths
 
 
 def run_curves(args) -> int:
-    from mmf_fashion.visualize import PlotError, plot_curves, read_metrics_jsonl
+    from mmf_fashion.visualize import PlotError, plot_curves
 
     keys = [key.strip() for key in (args.keys or "").split(",") if key.strip()] or None
-    path = _metrics_path(args.metrics)
     try:
-        records = read_metrics_jsonl(path)
-        families = plot_curves(records, args.out, keys=keys, title=args.title or os.path.abspath(path))
+        records, paths = read_run_records(args.metrics)
+        title = args.title or os.path.abspath(paths[0] if len(paths) == 1 else os.path.dirname(paths[0]))
+        families = plot_curves(records, args.out, keys=keys, title=title)
     except PlotError as error:
         print(f"mmf-fashion plot curves: {error}", file=sys.stderr)
         return 2
@@ -114,10 +137,12 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("plot", help="loss/metric curves and t-SNE embedding maps, to PNG")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    curves = commands.add_parser("curves", help="loss and metric curves from metrics.jsonl")
-    curves.add_argument("metrics", metavar="METRICS_JSONL", help="a metrics.jsonl file, or the save_dir holding it")
+    curves = commands.add_parser("curves", help="training and metric curves from train.jsonl and metrics.jsonl")
+    curves.add_argument("metrics", metavar="METRICS_JSONL",
+                        help="a save_dir, or its metrics.jsonl or train.jsonl (the other file beside it is read too)")
     curves.add_argument("--keys", default=None,
-                        help="comma-separated keys, families (loss, r@k_general) or globs; default: all")
+                        help="comma-separated keys, families (loss, r@k_general, 'train losses', lr) or globs; "
+                             "default: all")
     curves.add_argument("--out", required=True, help="PNG file to write")
     curves.add_argument("--title", default=None, help="figure title (default: the metrics file)")
     curves.set_defaults(func=run_curves)

@@ -45,6 +45,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from mmf_fashion.utils.optional import require
+
 KEPT_TAGS = frozenset({"NN", "NNS", "NNP", "NNPS", "JJ", "JJR", "JJS"})
 INFO_FILES = ("train_info.json", "val_info.json", "test_info.json")
 TRAIN_INFO, TRAIN_HDF5 = "train_info.json", "fashiongen_256_256_train.h5"
@@ -65,9 +67,7 @@ Tagger = Callable[[Sequence[str]], List[Tuple[str, str]]]
 
 @lru_cache(maxsize=1)
 def _tokenizer():
-    from nltk.tokenize import TreebankWordTokenizer
-
-    return TreebankWordTokenizer()
+    return require("nltk.tokenize", "attribute mining").TreebankWordTokenizer()
 
 
 def tokenize(text: str) -> List[str]:
@@ -83,7 +83,7 @@ def tokenize(text: str) -> List[str]:
 def _sample_tagger():
     import random
 
-    from nltk.tag.perceptron import PerceptronTagger
+    PerceptronTagger = require("nltk.tag.perceptron", "attribute mining").PerceptronTagger
 
     from mmf_fashion.data.tagged_sample import tagged_sentences
 
@@ -102,8 +102,7 @@ def pos_tagger(prefer_standard: bool = True) -> Tuple[Tagger, str]:
     """(tag function, name): NLTK's standard tagger when its data is installed, else
     the fallback (FALLBACK_TAGGER, trained offline on a small packaged sample)."""
     if prefer_standard:
-        import nltk
-
+        nltk = require("nltk", "attribute mining")
         try:
             nltk.pos_tag(["red", "dress"])
             return nltk.pos_tag, STANDARD_TAGGER

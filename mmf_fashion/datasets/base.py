@@ -33,8 +33,10 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 from mmf.common.registry import registry
+from mmf.common.sample import Sample
 from mmf.datasets.base_dataset import BaseDataset
 from mmf.datasets.base_dataset_builder import BaseDatasetBuilder
+from torch.utils.data import Dataset
 
 from mmf_fashion.datasets.common import (
     DataDirPaths,
@@ -195,6 +197,41 @@ class FashionDataset(DataDirPaths, BaseDataset):
                 f"from index {index}; the data looks broken.\n{self.bad_samples.summary()}"
             )
         self.bad_samples.note_served(self.items_per_epoch(), self.log)
+        return sample
+
+
+class GalleryDataset(Dataset):
+    """A retrieval dataset's evaluation gallery: Samples {image, <id_key>, <category_key>}.
+
+    The parent supplies gallery_image(index) (eval transforms; raises
+    BadSampleError on bad input) and gallery_categories. A bad image raises
+    under on_bad_sample: error; under skip it is counted on the parent and
+    served as an all-zero image, because the metrics index the gallery by id
+    and a dropped row would shift every id after it.
+    """
+
+    def __init__(self, parent: FashionDataset, indices: Sequence[int], *, id_key: str, category_key: str):
+        self.parent = parent
+        self.indices = list(indices)
+        self.id_key, self.category_key = id_key, category_key
+        self.dataset_name = parent.dataset_name
+        self.dataset_type = parent.dataset_type
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> Sample:
+        index = self.indices[position]
+        try:
+            image = self.parent.gallery_image(index)
+        except BadSampleError as error:
+            self.parent.handle_bad(error)
+            size = self.parent.require_processor("image_processor").size
+            image = torch.zeros(3, size, size)
+        sample = Sample()
+        sample.image = image
+        sample[self.id_key] = torch.tensor(index, dtype=torch.long)
+        sample[self.category_key] = torch.tensor(self.parent.gallery_categories[index], dtype=torch.long)
         return sample
 
 

@@ -35,7 +35,7 @@ import torch
 from mmf.common.registry import registry
 from mmf.modules.metrics import BaseMetric
 
-from mmf_fashion.metrics.registered import gather_rows
+from mmf_fashion.metrics.registered import gather_rows, report_value
 from mmf_fashion.modules.xvlm_ops import grounding_hits
 
 
@@ -88,14 +88,11 @@ class GroundingAccuracy(BaseMetric):
 
     @staticmethod
     def _lookup(sample_list, model_output, key: str) -> Optional[torch.Tensor]:
-        for source in (model_output, sample_list):
-            if source is not None and key in source and source[key] is not None:
-                value = source[key]
-                if not isinstance(value, torch.Tensor):
-                    raise TypeError(f"grounding_accuracy: report key '{key}' is a {type(value).__name__}, "
-                                    "not a tensor")
-                return value
-        return None
+        value = report_value(key, sample_list, model_output)
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(f"grounding_accuracy: report key '{key}' is a {type(value).__name__}, "
+                            "not a tensor")
+        return value
 
     def calculate(self, sample_list, model_output, *args, **kwargs) -> Dict[str, float]:
         predicted = self._lookup(sample_list, model_output, "predicted_boxes")

@@ -166,18 +166,24 @@ def _shard_pairs_across_ranks(scorer: R.PairScorer) -> R.PairScorer:
     return score
 
 
+def report_value(key: str, sample_list, model_output):
+    """The value under `key` in model_output, else in sample_list; None if neither has it.
+
+    The one lookup rule of the contract above, shared by every metric that
+    reads a report, so they cannot disagree on which side wins.
+    """
+    for source in (model_output, sample_list):
+        if source is not None and key in source and source[key] is not None:
+            return source[key]
+    return None
+
+
 class _ReportMetric(BaseMetric):
     """Reads (and gathers) report tensors by name, with errors that list what is there."""
 
     def __init__(self, name: str, gather: bool = True):
         super().__init__(name)
         self.gather = bool(gather)
-
-    def _find(self, key: str, sample_list, model_output):
-        for source in (model_output, sample_list):
-            if source is not None and key in source and source[key] is not None:
-                return source[key]
-        return None
 
     def _available(self, sample_list, model_output) -> List[str]:
         keys = set()
@@ -187,7 +193,7 @@ class _ReportMetric(BaseMetric):
         return sorted(keys)
 
     def _read(self, sample_list, model_output, key: str, optional: bool = False):
-        value = self._find(key, sample_list, model_output)
+        value = report_value(key, sample_list, model_output)
         if value is None:
             if optional:
                 return None
@@ -349,7 +355,7 @@ class _GalleryMetric(_ReportMetric):
                 self._read(sample_list, model_output, self.category_key),
             )
         keys = ("gallery_embedding", "gallery_id", "gallery_category")
-        found = [self._find(key, sample_list, model_output) for key in keys]
+        found = [report_value(key, sample_list, model_output) for key in keys]
         if all(value is not None for value in found):
             return R.unique_gallery(*(self._read(sample_list, model_output, key) for key in keys))
         if dataset is not None and hasattr(dataset, "gallery_dataset") and model is not None:

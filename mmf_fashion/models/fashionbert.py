@@ -57,19 +57,10 @@ from torch import nn
 
 from mmf_fashion.modules.fashionbert import FashionBertMixin, FashionBertOptions, query_title_inputs
 from mmf_fashion.modules.two_stream import TOWER_NAMES, TwoStreamMixin
+from mmf_fashion.utils.config import plain_dict as _plain
 
 PRETRAINING, ALIGNMENT, CLASSIFICATION = "pretraining", "alignment", "classification"
 HEADS = (PRETRAINING, ALIGNMENT, CLASSIFICATION)
-
-
-def _plain(config: Any) -> Dict[str, Any]:
-    if config is None:
-        return {}
-    if isinstance(config, Mapping) and not hasattr(config, "_metadata"):
-        return dict(config)
-    from omegaconf import OmegaConf
-
-    return dict(OmegaConf.to_container(config, resolve=True))
 
 
 def options_from_config(config: Mapping[str, Any], head: str) -> FashionBertOptions:

@@ -51,22 +51,13 @@ from mmf.common.registry import registry
 from mmf.models.base_model import BaseModel
 
 from mmf_fashion.modules.xvlm import XVLMMixin
+from mmf_fashion.utils.config import plain_dict as _plain
 
 PRETRAINING, RETRIEVAL, GROUNDING = "pretraining", "retrieval", "grounding"
 HEADS = (PRETRAINING, RETRIEVAL, GROUNDING)
 TASKS = ("itc", "itm", "mlm", "box")
 DEFAULT_TASKS = {PRETRAINING: ("itc", "itm", "mlm", "box"), RETRIEVAL: ("itc", "itm"), GROUNDING: ("box",)}
 REGION_KEYS = ("boxes", "box_valid", "box_input_ids", "box_attention_mask")
-
-
-def _plain(config: Any) -> Dict[str, Any]:
-    if config is None:
-        return {}
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_config(config):
-        return dict(OmegaConf.to_container(config, resolve=True))
-    return dict(config)
 
 
 @registry.register_model("xvlm")

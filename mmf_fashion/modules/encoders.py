@@ -6,6 +6,11 @@ Cheatsheet::
         build_image_encoder, build_text_encoder, build_tokenizer)
     image_enc = build_image_encoder("resnet50", pretrained=None)   # grid features
     grid = image_enc(images)            # (B, C, h, w); image_enc.out_channels == 2048
+
+Image encoder families (torchvision names): resnet, resnext, wide_resnet,
+regnet, shufflenet, mobilenet, efficientnet, convnext, vgg, densenet,
+squeezenet, alexnet, mnasnet, swin (channels-last, permuted to NCHW) and vit_*
+(patch tokens as a grid, fixed image size); supported_image_families().
     text_enc = build_text_encoder({"name": "tiny", "hidden_size": 64,
                                    "num_hidden_layers": 2, "num_attention_heads": 2})
     tokenizer = build_tokenizer("minilm")   # uncased WordPiece, ships with the package
@@ -102,13 +107,63 @@ class ImageGridEncoder(nn.Module):
         return self.trunk(images)
 
 
+class VisionTransformerGrid(nn.Module):
+    """A torchvision ViT without its head: patch tokens as a (B, D, h, w) grid.
+
+    The submodules keep torchvision's names (conv_proj, class_token, encoder),
+    so its state dicts load after dropping the `heads.` keys."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.conv_proj = vit.conv_proj
+        self.class_token = vit.class_token
+        self.encoder = vit.encoder
+        self.image_size = vit.image_size
+        self.patch_size = vit.patch_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            # the position embeddings are learnt for one size only
+            raise ValueError(f"this ViT encoder takes {self.image_size}x{self.image_size} images, got "
+                             f"{tuple(images.shape[-2:])}; set the image processor's size to {self.image_size}")
+        grid = self.conv_proj(images)                       # (B, D, h, w)
+        batch, width, height_cells, width_cells = grid.shape
+        tokens = grid.flatten(2).transpose(1, 2)            # (B, h*w, D)
+        tokens = torch.cat([self.class_token.expand(batch, -1, -1), tokens], dim=1)
+        tokens = self.encoder(tokens)[:, 1:]                # the class token is not a cell
+        return tokens.transpose(1, 2).reshape(batch, width, height_cells, width_cells)
+
+
+def _without(model: nn.Module, dropped) -> nn.Module:
+    return nn.Sequential(*[module for child_name, module in model.named_children() if child_name not in dropped])
+
+
+# name prefix -> the part of the torchvision classifier that ends in the last
+# feature map, as each family's torchvision code documents it; every trunk
+# returns (B, C, h, w). Longer prefixes first (wide_resnet before resnet).
+_TRUNKS = (
+    # children in order; the global pool and the classifier dropped
+    (("wide_resnet", "resnext", "resnet", "regnet", "shufflenet"), lambda m: _without(m, ("avgpool", "fc"))),
+    # the convolutional trunk is .features; pooling and classifier sit outside it
+    (("mobilenet", "efficientnet", "convnext", "vgg", "densenet", "squeezenet", "alexnet"), lambda m: m.features),
+    (("mnasnet",), lambda m: m.layers),
+    # Swin's features end channels-last (B, h, w, C): its own norm and
+    # NHWC -> NCHW permute come before its pooling
+    (("swin",), lambda m: nn.Sequential(m.features, m.norm, m.permute)),
+    (("vit_",), VisionTransformerGrid),
+)
+
+
+def supported_image_families() -> list:
+    return [prefix for prefixes, _ in _TRUNKS for prefix in prefixes]
+
+
 def _cut_before_pooling(model: nn.Module, name: str) -> nn.Module:
-    if hasattr(model, "features") and not name.startswith(("resnet", "resnext", "wide_resnet", "regnet")):
-        # EfficientNet, MobileNet, ConvNeXt, VGG, DenseNet keep the trunk in .features
-        return model.features
-    children = list(model.named_children())
-    keep = [module for child_name, module in children if child_name not in ("avgpool", "fc", "classifier", "head")]
-    return nn.Sequential(*keep)
+    for prefixes, make_trunk in _TRUNKS:
+        if name.startswith(prefixes):
+            return make_trunk(model)
+    raise ValueError(f"image encoder '{name}': no grid-feature trunk is known for this family; "
+                     f"supported families: {', '.join(supported_image_families())}")
 
 
 def load_image_weights(
@@ -145,15 +200,22 @@ def build_image_encoder(name: str = "resnet50", pretrained: Optional[str] = None
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
         raise ValueError(f"Unknown torchvision image encoder '{name}'. Available: {', '.join(sorted(available))}")
+    if not name.startswith(tuple(supported_image_families())):
+        # refuse before building: a wrong family should not cost a model build
+        _cut_before_pooling(nn.Module(), name)
     model = torchvision.models.get_model(name, weights=None)
     load_image_weights(model, pretrained, name)
     trunk = _cut_before_pooling(model, name)
+    # a probe image gives the real channel count of the trunk's output
+    probe_size = getattr(trunk, "image_size", 64)
     with torch.no_grad():
         was_training = trunk.training
         trunk.eval()
-        out_channels = trunk(torch.zeros(1, 3, 64, 64)).shape[1]
+        grid = trunk(torch.zeros(1, 3, probe_size, probe_size))
         trunk.train(was_training)
-    return ImageGridEncoder(trunk, out_channels, name)
+    if grid.dim() != 4:
+        raise ValueError(f"image encoder '{name}': trunk returned shape {tuple(grid.shape)}, not (B, C, h, w)")
+    return ImageGridEncoder(trunk, grid.shape[1], name)
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmf_fashion.modules.cots import random_patch_mask  # the one MPM/CMVM patch draw
 from mmf_fashion.modules.encoders import build_text_encoder
 from mmf_fashion.modules.fashionbert_patches import (  # noqa: F401  (re-exported)
     PatchFeatureCache, PatchFeatureEncoder, fit_to_grid, merge_patches, precompute_patch_features,
@@ -197,16 +198,6 @@ def choose_negative_rows(partner: torch.Tensor, fraction: float,
     rows = torch.zeros(batch, dtype=torch.bool)
     rows[candidates[order]] = True
     return rows.to(partner.device)
-
-
-def random_patch_mask(batch: int, num_patches: int, ratio: float,
-                      generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
-    """Bool (B, N): round(ratio*N) (at least one) random patches per row are True."""
-    count = max(1, int(round(ratio * num_patches)))
-    order = torch.rand(batch, num_patches, generator=generator).argsort(dim=1)
-    mask = torch.zeros(batch, num_patches, dtype=torch.bool)
-    mask.scatter_(1, order[:, :count], True)
-    return mask.to(device) if device is not None else mask
 
 
 def masked_patch_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str = "kl") -> torch.Tensor:

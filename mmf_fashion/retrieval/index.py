@@ -75,7 +75,7 @@ class EmbeddingIndex:
         if backend == "auto":
             backend = "faiss" if faiss_available() else "torch"
         if backend == "faiss" and not faiss_available():
-            raise RetrievalError("index: backend 'faiss' asked for but faiss does not import")
+            raise RetrievalError("index: backend 'faiss' asked for but faiss does not import (pip install 'mmf-fashion[index]')")
         self.embeddings = _normalize(embeddings)
         self.items = [dict(item) for item in items]
         self.modality = modality
@@ -156,7 +156,7 @@ class EmbeddingIndex:
             raise RetrievalError(f"{meta_path}: format {meta['format']!r} is not {FORMAT!r}")
         if meta["backend"] == "faiss":
             if not faiss_available():
-                raise RetrievalError(f"{path}: a faiss index, but faiss does not import here")
+                raise RetrievalError(f"{path}: a faiss index, but faiss does not import here (pip install 'mmf-fashion[index]')")
             import faiss
 
             stored = faiss.read_index(str(path))

@@ -6,6 +6,7 @@ Cheatsheet::
     values = metrics.compute(accumulated, dataset_type, dataset_name, model=model)
     write_results(save_dir, values, num_updates)           # metrics.json + metrics.jsonl
     write_train_record(save_dir, losses, lr, samples_per_s, num_updates)   # train.jsonl
+    write_scalars(summary_writer, record)          # the same record to tensorboard
 
 A metric may return one number or a dict of numbers; the flat key is
 "<split>/<dataset>/<metric>/<key>" ("value" for single numbers).
@@ -17,35 +18,46 @@ import inspect
 import json
 import os
 import tempfile
-from typing import Any, Dict, Iterable, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 import torch
 
 
+def build_metrics(metric_list: Iterable) -> Tuple[Dict[str, Any], Set[str]]:
+    """evaluation.metrics -> ({name: metric object}, the report keys they read).
+
+    The one place metrics are built from the config: MetricSet (our trainer)
+    and the bridge's patch of MMF's Metrics (MMF's own trainers) both call it,
+    so a metric gets the same params and names whichever trainer runs.
+    """
+    from mmf.common.registry import registry
+
+    metrics: Dict[str, Any] = {}
+    required: Set[str] = set()
+    for metric in metric_list or []:
+        if isinstance(metric, str):
+            name, metric_type, params = metric, metric, {}
+        elif isinstance(metric, collections.abc.Mapping) and "type" in metric:
+            metric_type = metric["type"]
+            name = metric.get("key", None) or metric_type
+            params = dict(metric.get("params", None) or {})
+        else:
+            raise ValueError(f"evaluation.metrics entry {metric!r}: give a name or a mapping with 'type'")
+        metric_cls = registry.get_metric_class(metric_type)
+        if metric_cls is None:
+            from mmf_fashion.plugin import registered_names
+
+            raise ValueError(
+                f"Unknown metric '{metric_type}'. Registered metrics: {', '.join(registered_names('metric'))}"
+            )
+        metrics[name] = metric_cls(**params)
+        required.update(getattr(metrics[name], "required_params", []))
+    return metrics, required
+
+
 class MetricSet:
     def __init__(self, metric_list: Iterable):
-        from mmf.common.registry import registry
-
-        self.metrics = {}
-        self.required_params = set()
-        for metric in metric_list or []:
-            if isinstance(metric, str):
-                name, metric_type, params = metric, metric, {}
-            elif isinstance(metric, collections.abc.Mapping) and "type" in metric:
-                metric_type = metric["type"]
-                name = metric.get("key", None) or metric_type
-                params = dict(metric.get("params", None) or {})
-            else:
-                raise ValueError(f"evaluation.metrics entry {metric!r}: give a name or a mapping with 'type'")
-            metric_cls = registry.get_metric_class(metric_type)
-            if metric_cls is None:
-                from mmf_fashion.plugin import registered_names
-
-                raise ValueError(
-                    f"Unknown metric '{metric_type}'. Registered metrics: {', '.join(registered_names('metric'))}"
-                )
-            self.metrics[name] = metric_cls(**params)
-            self.required_params.update(getattr(self.metrics[name], "required_params", []))
+        self.metrics, self.required_params = build_metrics(metric_list)
 
     def __bool__(self) -> bool:
         return bool(self.metrics)
@@ -85,12 +97,11 @@ class Accumulator:
 
     def add(self, batch: Mapping, output: Mapping) -> None:
         self.batches += 1
+        from mmf_fashion.metrics.registered import report_value  # the metrics' own lookup rule
+
         for field in self.fields:
-            if field in output:
-                value = output[field]
-            elif field in batch:
-                value = batch[field]
-            else:
+            value = report_value(field, batch, output)
+            if value is None:
                 continue
             if isinstance(value, torch.Tensor):
                 value = value.detach().cpu()
@@ -148,17 +159,33 @@ def write_results(save_dir: str, values: Mapping[str, float], num_updates: int) 
 
 
 def write_train_record(save_dir: str, losses: Mapping[str, float], lr: float, samples_per_s: float,
-                       num_updates: int) -> Dict[str, float]:
+                       num_updates: int, max_memory_gib: Optional[float] = None) -> Dict[str, float]:
     """One line of train.jsonl per log_interval, flat like metrics.json: each task's
     loss ("train/<dataset>/<task>"), their sum "train/total_loss", "train/lr",
-    "train/samples_per_s" and num_updates. A file of its own, so that readers of
-    metrics.jsonl keep seeing evaluations only."""
+    "train/samples_per_s", on CUDA "train/max_memory_gib" (peak allocated so far)
+    and num_updates. A file of its own, so that readers of metrics.jsonl keep
+    seeing evaluations only."""
     record = {key if key.startswith("train/") else f"train/{key}": float(value) for key, value in losses.items()}
     record["train/total_loss"] = float(sum(losses.values()))
     record["train/lr"] = float(lr)
     record["train/samples_per_s"] = float(samples_per_s)
+    if max_memory_gib is not None:
+        record["train/max_memory_gib"] = float(max_memory_gib)
     record["num_updates"] = int(num_updates)
     os.makedirs(save_dir, exist_ok=True)
     with open(os.path.join(save_dir, "train.jsonl"), "a") as f:
         f.write(json.dumps(dict(sorted(record.items())), sort_keys=True) + "\n")
     return record
+
+
+def write_scalars(summary_writer, record: Mapping[str, float]) -> None:
+    """One record of train.jsonl or metrics.jsonl to a tensorboard SummaryWriter:
+    every key as a scalar at step num_updates, under the same name. Flushed at
+    once, so a live tensorboard sees it and a killed run loses nothing."""
+    if summary_writer is None:
+        return
+    step = int(record["num_updates"])
+    for key, value in record.items():
+        if key != "num_updates":
+            summary_writer.add_scalar(key, float(value), step)
+    summary_writer.flush()

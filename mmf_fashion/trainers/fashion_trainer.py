@@ -18,6 +18,10 @@ Adds to rc10: DDP on CPU (gloo) as well as CUDA, a data order that depends
 only on (seed, epoch) so a resume continues exactly, atomic weights-only
 checkpoints with RNG/scheduler/scaler state, guarded losses, and results in
 <save_dir>/metrics.json after every evaluation.
+
+training.tensorboard: true writes the train.jsonl and metrics.jsonl records as
+tensorboard scalars (rank 0) into env.tensorboard_logdir or
+<save_dir>/tensorboard; MMF's own writer is never built, since load() is ours.
 """
 from __future__ import annotations
 
@@ -42,9 +46,11 @@ from mmf_fashion.trainers.evaluation import (
     Accumulator,
     MetricSet,
     write_results,
+    write_scalars,
     write_train_record,
 )
 from mmf_fashion.trainers.loaders import ResumableSampler, build_loader, per_rank_batch_size
+from mmf_fashion.utils.optional import require
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -72,6 +78,20 @@ class FashionTrainer(BaseTrainer):
         self.load_datasets()
         self.load_model_and_optimizer()
         self.metrics = MetricSet(self.config.evaluation.get("metrics", []))
+        self._setup_tensorboard()
+
+    def _setup_tensorboard(self):
+        """MMF's key and folder (training.tensorboard, env.tensorboard_logdir), set
+        up here because BaseTrainer.load, which builds MMF's writer, is replaced."""
+        self.tb_writer = None
+        if not self.training_config.get("tensorboard", False) or dist_utils.get_rank() != 0:
+            return
+        require("tensorboard", "training.tensorboard=true")
+        from torch.utils.tensorboard import SummaryWriter
+
+        log_dir = get_mmf_env(key="tensorboard_logdir") or os.path.join(self.save_dir, "tensorboard")
+        self.tb_writer = SummaryWriter(log_dir)
+        self.writer.write(f"Tensorboard scalars in {log_dir}", "info")
 
     def _set_device(self):
         self.local_rank = int(os.environ.get("LOCAL_RANK", self.config.get("device_id", 0) or 0))
@@ -441,8 +461,28 @@ class FashionTrainer(BaseTrainer):
         world = dist_utils.get_world_size()
         return {name: value / world for name, value in zip(names, values.tolist())}
 
+    def _terminal_bar(self):
+        """A tqdm bar over the updates (rate, ETA) when rank 0's stderr is a terminal;
+        None otherwise: logs, pipes and `make demo` keep the plain progress lines."""
+        import sys
+
+        bar = getattr(self, "_progress_bar", None)
+        if bar is None and not hasattr(self, "_progress_bar"):
+            is_terminal = getattr(sys.stderr, "isatty", lambda: False)()
+            if is_terminal and dist_utils.get_rank() == 0:
+                from tqdm import tqdm
+
+                # started at this run's first update: a resume counts from its checkpoint
+                bar = tqdm(total=self.max_updates, initial=self.num_updates - 1, unit="update", desc="training",
+                           file=sys.stderr, dynamic_ncols=True)
+            self._progress_bar = bar
+        return bar
+
     def _logistics_after_update(self, losses):
         interval = int(self.training_config.log_interval)
+        bar = self._terminal_bar()
+        if bar is not None:
+            bar.update(self.num_updates - bar.n)
         if self.num_updates % interval == 0 or self.num_updates == self.max_updates:
             losses = self._mean_over_ranks(losses)
             elapsed = time.time() - self._timer
@@ -452,13 +492,26 @@ class FashionTrainer(BaseTrainer):
             loss_text = ", ".join(f"{k.split('/')[-1]}: {v:.4f}" for k, v in sorted(losses.items()))
             if dist_utils.get_rank() == 0:
                 samples = rate * int(self.training_config.batch_size) * self.update_frequency
-                write_train_record(self.save_dir, losses, self.optimizer.param_groups[0]["lr"], samples, self.num_updates)
-            self.writer.write(
-                f"progress: {self.num_updates}/{self.max_updates}, {loss_text}, "
-                f"lr: {self.optimizer.param_groups[0]['lr']:.2e}, ups: {rate:.2f}, "
-                f"eta: {time.strftime('%H:%M:%S', time.gmtime(eta))}",
-                "info",
-            )
+                device = getattr(self, "device", None)
+                on_cuda = device is not None and torch.device(device).type == "cuda"
+                memory = torch.cuda.max_memory_allocated(device) / 2**30 if on_cuda else None
+                record = write_train_record(
+                    self.save_dir, losses, self.optimizer.param_groups[0]["lr"], samples, self.num_updates, memory
+                )
+                write_scalars(getattr(self, "tb_writer", None), record)
+            if bar is not None:
+                bar.set_postfix_str(f"loss: {sum(losses.values()):.4f}, lr: {self.optimizer.param_groups[0]['lr']:.2e}")
+            # the log keeps its plain lines either way; the bar steps aside while one is written
+            with bar.external_write_mode() if bar is not None else contextlib.nullcontext():
+                self.writer.write(
+                    f"progress: {self.num_updates}/{self.max_updates}, {loss_text}, "
+                    f"lr: {self.optimizer.param_groups[0]['lr']:.2e}, ups: {rate:.2f}, "
+                    f"eta: {time.strftime('%H:%M:%S', time.gmtime(eta))}",
+                    "info",
+                )
+        if bar is not None and self.num_updates >= self.max_updates:
+            bar.close()
+            self._progress_bar = None
         if self.num_updates % int(self.training_config.checkpoint_interval) == 0:
             self.save_checkpoint()
         if self.num_updates % int(self.training_config.evaluation_interval) == 0:
@@ -494,6 +547,7 @@ class FashionTrainer(BaseTrainer):
             ckpt.restore_rng(rng)
         if values and dist_utils.get_rank() == 0:
             record = write_results(self.save_dir, values, self.num_updates)
+            write_scalars(getattr(self, "tb_writer", None), record)
             shown = ", ".join(f"{k}: {v:.4f}" for k, v in record.items() if k != "num_updates")
             self.writer.write(f"{split} at update {self.num_updates}: {shown}", "info")
         return values

@@ -24,13 +24,12 @@ caption asin missing from the split file, appended).
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from mmf.common.sample import Sample
-from torch.utils.data import Dataset
 
-from mmf_fashion.datasets.base import FashionDataset
+from mmf_fashion.datasets.base import FashionDataset, GalleryDataset
 from mmf_fashion.datasets.common import BadSampleError, decode_text, read_json, require_field, require_text
 
 CATEGORIES = ("dress", "shirt", "toptee")
@@ -174,41 +173,17 @@ class FashionIQDataset(FashionDataset):
             return sorted({item[1] for item in self.items})
         return list(range(len(self.gallery_asins)))
 
-    def gallery_dataset(self) -> "FashionIQGallery":
+    def gallery_image(self, index: int) -> torch.Tensor:
+        """Gallery image `index` in eval transforms (GalleryDataset reads it)."""
+        file, origin = self.gallery_origins[index]
+        record = f"gallery image {index} ({self.gallery_asins[index]}, {origin})"
+        return self.load_asin(index, file=file, record=record, field="image", is_train=False)
+
+    def gallery_dataset(self) -> GalleryDataset:
         """The evaluation gallery: a torch Dataset of Samples {image,
         target_id, fashioniq_category} (collate with MMF's BatchCollator)."""
-        return FashionIQGallery(self, self.gallery_indices())
+        return GalleryDataset(self, self.gallery_indices(), id_key="target_id", category_key="fashioniq_category")
 
     def label_counts(self) -> Dict[str, int]:
         return {"num_categories": len(self.categories), "gallery_size": len(self.gallery_asins)}
 
-
-class FashionIQGallery(Dataset):
-    """Gallery images in eval transforms. A bad gallery image raises under
-    on_bad_sample: error; under skip it is counted on the parent dataset and
-    served as an all-zero image so that every target_id keeps its place."""
-
-    def __init__(self, parent: FashionIQDataset, indices: Sequence[int]):
-        self.parent = parent
-        self.indices = list(indices)
-        self.dataset_name = parent.dataset_name
-        self.dataset_type = parent.dataset_type
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int) -> Sample:
-        index = self.indices[position]
-        file, origin = self.parent.gallery_origins[index]
-        record = f"gallery image {index} ({self.parent.gallery_asins[index]}, {origin})"
-        try:
-            image = self.parent.load_asin(index, file=file, record=record, field="image", is_train=False)
-        except BadSampleError as error:
-            self.parent.handle_bad(error)
-            size = self.parent.require_processor("image_processor").size
-            image = torch.zeros(3, size, size)
-        sample = Sample()
-        sample.image = image
-        sample.target_id = torch.tensor(index, dtype=torch.long)
-        sample.fashioniq_category = torch.tensor(self.parent.gallery_categories[index], dtype=torch.long)
-        return sample

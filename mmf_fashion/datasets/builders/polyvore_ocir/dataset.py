@@ -27,9 +27,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from mmf.common.sample import Sample
-from torch.utils.data import Dataset
 
-from mmf_fashion.datasets.base import FashionDataset, config_value
+from mmf_fashion.datasets.base import FashionDataset, GalleryDataset, config_value
 from mmf_fashion.datasets.common import BadSampleError, read_json, require_field
 from mmf_fashion.datasets.layouts import AUTO, Layout, LayoutChoice
 
@@ -194,48 +193,23 @@ class PolyvoreOCIRDataset(FashionDataset):
         sample.blank_id = torch.tensor(blank_id, dtype=torch.long)
         return sample
 
-    def gallery_dataset(self, categories: Optional[Sequence[int]] = None) -> "PolyvoreGallery":
+    def gallery_image(self, index: int) -> torch.Tensor:
+        """Gallery item `index` in eval transforms (GalleryDataset reads it)."""
+        record = f"gallery item {self.gallery_items[index]}"
+        path = self.data_path(
+            f"{self.gallery_items[index]}.jpg", file="polyvore gallery", record=record, field="image", root=self.image_dir
+        )
+        image = self.load_image(path, file="polyvore gallery", record=record, field="image")
+        return self.require_processor("image_processor")({"image": image, "is_train": False})["image"]
+
+    def gallery_dataset(self, categories: Optional[Sequence[int]] = None) -> GalleryDataset:
         """Every item of the split (optionally only some categories) as a
         torch Dataset of Samples {image, blank_id, blank_category}."""
         indices = [i for i, c in enumerate(self.gallery_categories) if categories is None or c in set(categories)]
-        return PolyvoreGallery(self, indices)
+        return GalleryDataset(self, indices, id_key="blank_id", category_key="blank_category")
 
     def label_counts(self) -> Dict[str, int]:
         return {"num_categories": len(self.category_names), "gallery_size": len(self.gallery_items)}
 
 
-class PolyvoreGallery(Dataset):
-    """Gallery items in eval transforms; a bad image raises under
-    on_bad_sample: error, and under skip is counted and served as zeros so
-    that every blank_id keeps its place."""
-
-    def __init__(self, parent: PolyvoreOCIRDataset, indices: Sequence[int]):
-        self.parent = parent
-        self.indices = list(indices)
-        self.dataset_name = parent.dataset_name
-        self.dataset_type = parent.dataset_type
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int) -> Sample:
-        index = self.indices[position]
-        record = f"gallery item {self.parent.gallery_items[index]}"
-        try:
-            path = self.parent.data_path(
-                f"{self.parent.gallery_items[index]}.jpg", file="polyvore gallery", record=record, field="image", root=self.parent.image_dir
-            )
-            image = self.parent.load_image(path, file="polyvore gallery", record=record, field="image")
-            image = self.parent.require_processor("image_processor")({"image": image, "is_train": False})["image"]
-        except BadSampleError as error:
-            self.parent.handle_bad(error)
-            size = self.parent.require_processor("image_processor").size
-            image = torch.zeros(3, size, size)
-        sample = Sample()
-        sample.image = image
-        sample.blank_id = torch.tensor(index, dtype=torch.long)
-        sample.blank_category = torch.tensor(self.parent.gallery_categories[index], dtype=torch.long)
-        return sample
-
-
-__all__ = ["PolyvoreOCIRDataset", "PolyvoreGallery"]
+__all__ = ["PolyvoreOCIRDataset"]

@@ -1,1 +1,0 @@
-"""Registered MMF losses (thin wrappers around mmf_fashion.modules.losses)."""

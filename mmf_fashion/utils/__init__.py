@@ -1,0 +1,1 @@
+"""Small helpers shared by the models and modules (no MMF registrations here)."""
