@@ -10,6 +10,8 @@ Files are read weights-only unless --allow-unsafe-load (full unpickling can run 
 """
 from __future__ import annotations
 
+from mmf_fashion.cli import add_allow_unsafe_load
+
 
 def run_fashionvil(args) -> int:
     from mmf_fashion.convert import fashionvil
@@ -31,6 +33,5 @@ def add_parser(subparsers) -> None:
     command.add_argument("--out", required=True, help="state dict file to write, in our fashionvil names")
     command.add_argument("--visual-token-type", type=int, default=1,
                          help="model_config.fashionvil.visual_token_type of the model to load it into (default 1)")
-    command.add_argument("--allow-unsafe-load", action="store_true",
-                         help="allow full unpickling of the file (only for a file you trust)")
+    add_allow_unsafe_load(command)
     command.set_defaults(func=run_fashionvil)

@@ -31,6 +31,8 @@ import json
 import os
 import sys
 
+from mmf_fashion.cli import add_allow_unsafe_load
+
 
 def _add_model_arguments(parser, required_help: str) -> None:
     parser.add_argument("--model", help=f"registered model name ({required_help})")
@@ -41,10 +43,7 @@ def _add_model_arguments(parser, required_help: str) -> None:
         help="override in the model config (repeatable), e.g. --set embed_dim=64",
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument(
-        "--allow-unsafe-load", action="store_true",
-        help="load torch files that need full unpickling, which can run code: only files you trust",
-    )
+    add_allow_unsafe_load(parser)
     parser.add_argument(
         "--image-size", type=int, default=None,
         help="square size of the default image transform (build: 224; search: as built)",

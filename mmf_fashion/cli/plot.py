@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import sys
 
+from mmf_fashion.cli import add_allow_unsafe_load
 
 RESULT_FILES = ("metrics.jsonl", "train.jsonl")
 
@@ -157,9 +158,7 @@ def add_parser(subparsers) -> None:
     embeddings.add_argument("--batch-size", type=int, default=32)
     embeddings.add_argument("--label-key", default="category_id", help="sample key that colours the points")
     embeddings.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
-    embeddings.add_argument("--allow-unsafe-load", action="store_true",
-                            help="load a checkpoint that needs full unpickling, which can run code: "
-                                 "only files you trust (same as checkpoint.allow_unsafe_load=true)")
+    add_allow_unsafe_load(embeddings)
     embeddings.add_argument("--perplexity", type=float, default=None, help="default: min(30, (N-1)/3)")
     embeddings.add_argument("--seed", type=int, default=0)
     embeddings.add_argument("--no-fused", action="store_true", help="skip the fused (image+text) embeddings")
