@@ -72,5 +72,5 @@ def test_machine_path_pattern():
     assert MACHINE_PATH.search("see /" + "work/repo/docs")
     assert MACHINE_PATH.search("/tmp/" + "pytest-of-x/test0")
     assert MACHINE_PATH.search("cd /" + "home/alice")
-    assert not MACHINE_PATH.search("docs/work/notes and data/home/x")
+    assert not MACHINE_PATH.search("docs" + "/work" + "/notes and data/home/x")  # relative: not a machine path
     assert not MACHINE_PATH.search("env.data_dir=/data/shop")
