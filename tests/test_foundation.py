@@ -138,3 +138,14 @@ def test_a_missing_optional_dependency_names_its_extra(monkeypatch):
     with pytest.raises(ImportError, match=r"plotting needs matplotlib.*pip install 'mmf-fashion\[plot\]'"):
         require("matplotlib", "plotting")
     assert require("json", "reading").dumps([]) == "[]"
+
+
+def test_null_on_the_command_line_is_none_as_in_yaml(restore_mmf_state):
+    from mmf_fashion.runtime import load_config
+
+    config = load_config("projects/fashionvil/configs/itr.yaml", "fashionvil", "fashiongen",
+                         ["model_config.fashionvil.image_encoder.pretrained=null", "checkpoint.resume_file=~",
+                          "training.seed=7"])
+    assert config.model_config.fashionvil.image_encoder.pretrained is None
+    assert config.checkpoint.resume_file is None
+    assert config.training.seed == 7  # other values decode as before

@@ -88,6 +88,25 @@ def own_defaults_file(module):
 
 
 @patch("mmf.utils.configuration")
+def null_on_the_command_line(module):
+    """rc10 decodes a command-line value with literal_eval, which knows None but not
+    YAML's null: `key=null` arrived as the string "null" (e.g. a weights path named
+    'null'). Decode YAML's null spellings as None, as the same value in a YAML file is."""
+    original = module.Configuration._decode_value
+    if getattr(original, "__mmf_fashion__", False) or original(None, "null") is None:
+        return
+
+    def _decode_value(self, value):
+        if isinstance(value, str) and value.strip() in ("null", "Null", "NULL", "~"):
+            return None
+        return original(self, value)
+
+    _decode_value.__mmf_fashion__ = True
+    module.Configuration._decode_value = _decode_value
+    _record("Configuration._decode_value: key=null / key=~ on the command line is None")
+
+
+@patch("mmf.utils.configuration")
 def includes_from_our_roots(module):
     """`includes:` resolve against the mmf root, then the including file; also
     look in mmf_fashion's roots so users can include projects/<model>/... by the
