@@ -222,12 +222,8 @@ class FashionTrainer(BaseTrainer):
         if config.resume and os.path.exists(current):
             self._resume_from(ckpt.safe_torch_load(current, allow_unsafe=allow_unsafe), current)
             return
-        # `checkpoint.resume_file=null` on the command line arrives as the string "null":
-        # it means "no file" (train from scratch), as it does in YAML
-        resume_file = config.resume_file
-        if isinstance(resume_file, str) and resume_file.strip().lower() in ("", "null", "none", "~"):
-            resume_file = None
-        if resume_file:
+        # `checkpoint.resume_file=null` on the command line is None (the bridge decodes it as YAML does)
+        if config.resume_file:
             if not os.path.exists(config.resume_file):
                 raise FileNotFoundError(f"checkpoint.resume_file={config.resume_file}: no such file")
             state = ckpt.safe_torch_load(config.resume_file, allow_unsafe=allow_unsafe)
