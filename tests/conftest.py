@@ -20,6 +20,7 @@ if "OMP_NUM_THREADS" not in os.environ:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs (subprocess mmf_run, torchrun)")
+    config.addinivalue_line("markers", "mmf_compat: also run against MMF main (make test-mmf-main)")
 
 
 @pytest.fixture(scope="session")
@@ -35,10 +36,9 @@ def mmf_registry():
     mmf_fashion.plugin.register_all()
     if registry.get("config", no_warning=True) is None:
         registry.register("config", Configuration().get_config())
-    if registry.get("writer", no_warning=True) is None:
-        from mmf.utils.logger import Logger
+    from mmf_fashion.utils.run_log import run_writer
 
-        registry.register("writer", Logger(registry.get("config")))
+    run_writer(registry.get("config"))  # registers MMF's writer when none is
     return registry
 
 

@@ -125,7 +125,9 @@ def log_text(save_dir):
     return "".join(open(os.path.join(folder, name)).read() for name in sorted(os.listdir(folder)))
 
 
-@pytest.mark.parametrize("corrupt", CASES, ids=[c.__name__ for c in CASES])
+# the first case also runs against MMF main (make test-mmf-main)
+@pytest.mark.parametrize("corrupt", [pytest.param(c, marks=[pytest.mark.mmf_compat] if i == 0 else [])
+                                     for i, c in enumerate(CASES)], ids=[c.__name__ for c in CASES])
 def test_bad_input_fails_the_run_naming_file_record_and_field(world, tmp_path, corrupt):
     index, field, kind, problem = corrupt(world)
     record = record_name(world, index)
@@ -138,6 +140,7 @@ def test_bad_input_fails_the_run_naming_file_record_and_field(world, tmp_path, c
     assert not os.path.exists(tmp_path / "save" / "metrics.json")
 
 
+@pytest.mark.mmf_compat
 def test_bad_input_is_skipped_counted_and_reported(world, tmp_path):
     # every corruption at once (each in its own record), so one run covers them all
     expected = [(record_name(world, index), field, kind, problem)

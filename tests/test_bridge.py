@@ -1,6 +1,6 @@
 """The bridge refuses what it was not written for, loudly.
 
-An MMF other than 1.0.0rc10 stops at install() with one message naming the
+An MMF other than 1.0.0rc10 or 1.0.0rc12 (MMF main) stops at install() with one message naming the
 supported versions; a patch that cannot read the rc10 source it checks raises
 instead of skipping; the whole-function replacements say so and why.
 """
@@ -20,21 +20,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_install_refuses_an_unknown_mmf_version(monkeypatch):
     monkeypatch.setattr(bridge, "_INSTALLED", None)
-    monkeypatch.setattr(bridge, "installed_mmf_version", lambda: "1.0.0rc12")
+    monkeypatch.setattr(bridge, "installed_mmf_version", lambda: "1.0.0rc11")
     meta_path_before = list(sys.meta_path)
     with pytest.raises(bridge.UnsupportedMMFVersion) as caught:
         bridge.install()
     message = str(caught.value)
-    assert "supports MMF 1.0.0rc10 only" in message
-    assert "mmf 1.0.0rc12" in message
-    assert "pip install --no-deps mmf==1.0.0rc10" in message
+    assert "supports MMF 1.0.0rc10 and 1.0.0rc12" in message
+    assert "mmf 1.0.0rc11" in message
+    assert "pip install --no-deps mmf==1.0.0rc10" in message and "make setup MMF=main" in message
     # refused before anything was put on the import path
     assert sys.meta_path == meta_path_before
 
 
 def test_supported_or_absent_mmf_passes_the_gate():
     bridge.check_mmf_version("1.0.0rc10")
-    assert bridge.installed_mmf_version() == "1.0.0rc10"
+    bridge.check_mmf_version("1.0.0rc12")
+    assert bridge.installed_mmf_version() in bridge.SUPPORTED_MMF_VERSIONS
     with pytest.raises(bridge.UnsupportedMMFVersion, match="mmf 0.9"):
         bridge.check_mmf_version("0.9")
 

@@ -332,6 +332,7 @@ def _write_catalogue(root, name, split, rows):
     (folder / f"{split}.csv").write_text("\n".join(lines) + "\n")
 
 
+@pytest.mark.mmf_compat
 def test_generated_builder_loads_through_mmf_in_process(tmp_path, capsys, mmf_registry):
     """The generated plugin, imported as env.user_dir does, builds a dataset
     whose batches hold the ARCHITECTURE.md keys."""
@@ -342,7 +343,7 @@ def test_generated_builder_loads_through_mmf_in_process(tmp_path, capsys, mmf_re
 
     name = "cli_inprocess_catalogue"
     assert run_cli(capsys, "new-builder", name, "--out", tmp_path / "plugins")[0] == 0
-    import_user_module(str(tmp_path / "plugins" / name), no_print=True)
+    import_user_module(str(tmp_path / "plugins" / name))
     builder_class = mmf_registry.get_builder_class(name)
     assert builder_class is not None and builder_class.__name__ == "CliInprocessCatalogueBuilder"
 

@@ -90,6 +90,7 @@ def test_kill_during_training_then_resume_equals_an_uninterrupted_run(tmp_path, 
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.mmf_compat
 def test_torchrun_two_cpu_processes_train_on_different_shards(tmp_path, data_dir):
     save = str(tmp_path / "ddp")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",

@@ -149,3 +149,48 @@ def test_null_on_the_command_line_is_none_as_in_yaml(restore_mmf_state):
     assert config.model_config.fashionvil.image_encoder.pretrained is None
     assert config.checkpoint.resume_file is None
     assert config.training.seed == 7  # other values decode as before
+
+
+def test_project_base_config_repeats_our_defaults_and_every_project_config_includes_it():
+    """projects/base.yaml names what our configs rely on, so MMF main's own
+    defaults.yaml cannot change it; on rc10 (our defaults) it must change nothing."""
+    from omegaconf import OmegaConf
+
+    from mmf_fashion.resources import DEFAULTS_YAML
+
+    base = OmegaConf.to_container(OmegaConf.load(os.path.join(REPO, "projects", "base.yaml")))
+    defaults = OmegaConf.to_container(OmegaConf.load(DEFAULTS_YAML))
+
+    def leaves(mapping, prefix=""):
+        for key, value in mapping.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    flat_defaults = dict(leaves(defaults))
+    for key, value in leaves(base):
+        assert flat_defaults.get(key, "<missing>") == value, key
+    # every project config reaches base.yaml through its includes (overlays such as
+    # paper.yaml, which only override, say so in their first line and are left out)
+    def reaches_base(path, seen=()):
+        config = OmegaConf.load(path)
+        for include in config.get("includes", []) or []:
+            if include == "projects/base.yaml":
+                return True
+            target = os.path.normpath(os.path.join(os.path.dirname(path), include))
+            if include.startswith("projects/"):
+                target = os.path.join(REPO, include)
+            if target not in seen and os.path.isfile(target) and reaches_base(target, seen + (target,)):
+                return True
+        return False
+
+    missing = []
+    for folder, _, files in os.walk(os.path.join(REPO, "projects")):
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if not name.endswith(".yaml") or name == "base.yaml" or "as an override" in open(path).readline():
+                continue
+            if not reaches_base(path):
+                missing.append(os.path.relpath(path, REPO))
+    assert not missing, f"project configs that do not include projects/base.yaml: {missing}"

@@ -27,6 +27,9 @@ from tiny_models import MODEL_CASES, build_model
 
 import mmf_fashion.plugin
 
+# registrations, forward/backward and metrics also run against MMF main (make test-mmf-main)
+pytestmark = pytest.mark.mmf_compat
+
 
 def registered(kind):
     """Names of `kind` this package registered (not MMF's own)."""

@@ -1,4 +1,4 @@
-"""Make MMF 1.0.0rc10 import and run on Python 3.11, torch 2.x, transformers 5.x.
+"""Make MMF 1.0.0rc10 and MMF main (1.0.0rc12) import and run on Python 3.11, torch 2.x, transformers 5.x.
 
 Cheatsheet::
 
@@ -11,7 +11,8 @@ calls install() on the first `import mmf` of any interpreter, so plain
 `mmf_run`, torchrun workers and spawned processes all get it. What is patched
 and why: mmf_fashion/bridge/patches.py and legacy.py; `applied()` lists the
 patches that were needed in this process (`mmf-fashion info --patches`).
-install() refuses an MMF other than SUPPORTED_MMF_VERSIONS with
+install() refuses an MMF other than SUPPORTED_MMF_VERSIONS (the PyPI release
+1.0.0rc10 and MMF main, 1.0.0rc12, installed from source) with
 UnsupportedMMFVersion, and a patch that cannot read the rc10 source it checks
 raises patches.PatchProbeError instead of skipping.
 """
@@ -28,7 +29,7 @@ from typing import List, Optional
 
 _INSTALLED = None
 # The patches read and replace rc10's own code: another MMF is not safe to patch.
-SUPPORTED_MMF_VERSIONS = ("1.0.0rc10",)
+SUPPORTED_MMF_VERSIONS = ("1.0.0rc10", "1.0.0rc12")
 
 
 class UnsupportedMMFVersion(RuntimeError):
@@ -63,10 +64,11 @@ def check_mmf_version(version: Optional[str] = None) -> None:
     if version is None or version in SUPPORTED_MMF_VERSIONS:
         return
     raise UnsupportedMMFVersion(
-        f"mmf-fashion supports MMF {', '.join(SUPPORTED_MMF_VERSIONS)} only; this environment has "
-        f"mmf {version}. Its compatibility patches (mmf_fashion/bridge) are written against that "
-        f"release's code. Install it with: pip install --no-deps mmf=={SUPPORTED_MMF_VERSIONS[-1]} "
-        f"(make setup does this)."
+        f"mmf-fashion supports MMF {' and '.join(SUPPORTED_MMF_VERSIONS)}; this environment has "
+        f"mmf {version}. Its compatibility patches (mmf_fashion/bridge) are written against those "
+        f"versions' code. Install the PyPI release with: pip install --no-deps mmf==1.0.0rc10 "
+        f"(make setup does this), or MMF main (1.0.0rc12) from its source: "
+        f"make setup MMF=main MMF_SOURCE=<MMF source folder or archive>."
     )
 
 
@@ -108,12 +110,23 @@ class PatchingFinder(importlib.abc.MetaPathFinder):
         return None
 
 
+def _quiet_known_upstream_warnings() -> None:
+    """Warnings MMF main's own imports print at every start, about code that is not ours:
+    pytorch-lightning 1.6 importing pkg_resources, and MMF's defaults.yaml writing
+    `${oc.env:MMF_LOG_DIR,}` (an empty default omegaconf 2.4 asks to quote)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    warnings.filterwarnings("ignore", message="In the sequence `MMF_", category=UserWarning)
+
+
 def install() -> PatchingFinder:
     """Install the alias finder and the patching finder (once per process)."""
     global _INSTALLED
     if _INSTALLED is not None:
         return _INSTALLED
     check_mmf_version()
+    _quiet_known_upstream_warnings()
     from mmf_fashion.bridge.legacy import LegacyAliasFinder
     from mmf_fashion.bridge.patches import PATCHES
 

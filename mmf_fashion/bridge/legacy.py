@@ -69,6 +69,10 @@ def _torchtext_stub() -> dict:
     root = types.ModuleType("torchtext", "stub: torchtext is end of life (mmf_fashion.bridge)")
     root.vocab = vocab
     root.__path__ = []
+    # pytorch-lightning 1.6 (imported by MMF main) reads torchtext's version to
+    # decide whether torchtext.legacy exists; the stub has no legacy API, and
+    # 0.18 is the last torchtext release (no legacy since 0.12)
+    root.__version__ = "0.18.0"
     return {"torchtext": root, "torchtext.vocab": vocab}
 
 

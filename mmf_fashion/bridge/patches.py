@@ -75,6 +75,50 @@ def adamw_from_torch(module):
         _record("transformers.optimization.AdamW -> torch.optim.AdamW")
 
 
+# ---------------------------------------------------------------- torchvision
+@patch("torchvision.io")
+def read_video_removed(module):
+    """MMF main's setup_imports() imports every builder; charades imports
+    torchvision.io.read_video, which torchvision 0.29 removed. Keep the import
+    working and fail only if a video is actually read."""
+    if hasattr(module, "read_video"):
+        return
+
+    def read_video(*args, **kwargs):
+        raise RuntimeError(
+            "torchvision.io.read_video was removed from torchvision (this one is "
+            f"{getattr(module, '__version__', '?')}); MMF's video datasets (charades) need an "
+            "older torchvision. mmf-fashion does not use it."
+        )
+
+    module.read_video = read_video
+    _record("torchvision.io.read_video: removed upstream; an import-time placeholder that raises when called")
+
+
+# ---------------------------------------------------------------- MMF main start-up
+@patch("mmf.utils.patch")
+def lazy_transformers_aliases(module):
+    """MMF main's `import mmf` calls patch_transformers(), which imports every
+    model package of transformers (about 10 s at each start) to alias
+    transformers.<module> to transformers.models.<model>.<module>. The modules
+    MMF imports by those old paths (modeling_bert, configuration_bert,
+    modeling_auto, configuration_auto, tokenization_auto) are served on demand by
+    the bridge's alias finder (legacy.py), as for rc10."""
+    original = getattr(module, "patch_transformers", None)
+    if original is None or getattr(original, "__mmf_fashion__", False) or "transformers.models" not in _source(original):
+        return
+
+    def patch_transformers(log_incompatible=False):
+        import transformers
+
+        if transformers.__spec__ is None:  # what MMF's version also guards: pytorch-lightning's find_spec
+            transformers.__spec__ = "MISSING"
+
+    patch_transformers.__mmf_fashion__ = True
+    module.patch_transformers = patch_transformers
+    _record("patch.patch_transformers: old transformers module paths served lazily by the bridge's alias finder")
+
+
 # ---------------------------------------------------------------- configuration
 @patch("mmf.utils.configuration")
 def own_defaults_file(module):
@@ -87,23 +131,75 @@ def own_defaults_file(module):
                             "rc10's file is missing; returns mmf_fashion/configs/defaults.yaml")
 
 
+# top-level keys of our defaults that MMF main must not see: it copies even a
+# null `learning_rate` into optimizer.params.lr (rc10 only copies a set one)
+_RC10_ONLY_DEFAULTS = ("learning_rate",)
+
+
+@patch("mmf.utils.configuration")
+def our_keys_beside_mmf_defaults(module):
+    """MMF main ships its own defaults.yaml, so own_defaults_file does nothing
+    there and keys only we define (training.amp.*, training.on_nonfinite_loss,
+    checkpoint.allow_unsafe_load, ...) would be unknown, and rejected as
+    command-line overrides. Add ours under MMF's: on a key both define, MMF's
+    value stays (our project configs set what they rely on, through
+    projects/base.yaml)."""
+    from mmf_fashion.resources import DEFAULTS_YAML
+
+    mmf_defaults = module.get_default_config_path()
+    original = module.Configuration._build_default_config
+    if (getattr(original, "__mmf_fashion__", False) or os.path.abspath(mmf_defaults) == os.path.abspath(DEFAULTS_YAML)
+            or not os.path.isfile(mmf_defaults)):
+        return
+    OmegaConf = module.OmegaConf
+
+    def _build_default_config(self):
+        theirs = original(self)
+        ours = OmegaConf.load(DEFAULTS_YAML)
+        for key in _RC10_ONLY_DEFAULTS + ("includes",):
+            ours.pop(key, None)
+        return OmegaConf.merge(ours, theirs)
+
+    _build_default_config.__mmf_fashion__ = True
+    module.Configuration._build_default_config = _build_default_config
+    _record("Configuration._build_default_config: MMF's defaults.yaml, plus the keys only mmf_fashion defines")
+
+
 @patch("mmf.utils.configuration")
 def null_on_the_command_line(module):
-    """rc10 decodes a command-line value with literal_eval, which knows None but not
+    """MMF decodes a command-line value with literal_eval, which knows None but not
     YAML's null: `key=null` arrived as the string "null" (e.g. a weights path named
-    'null'). Decode YAML's null spellings as None, as the same value in a YAML file is."""
-    original = module.Configuration._decode_value
-    if getattr(original, "__mmf_fashion__", False) or original(None, "null") is None:
-        return
+    'null'). Decode YAML's null spellings as None, as the same value in a YAML file is.
+    rc10 has the decoder as Configuration._decode_value(self, value), main as the
+    module function _decode_value(value)."""
+    nulls = ("null", "Null", "NULL", "~")
+    if hasattr(module.Configuration, "_decode_value"):  # rc10
+        original = module.Configuration._decode_value
+        if getattr(original, "__mmf_fashion__", False) or original(None, "null") is None:
+            return
 
-    def _decode_value(self, value):
-        if isinstance(value, str) and value.strip() in ("null", "Null", "NULL", "~"):
-            return None
-        return original(self, value)
+        def method(self, value):
+            if isinstance(value, str) and value.strip() in nulls:
+                return None
+            return original(self, value)
 
-    _decode_value.__mmf_fashion__ = True
-    module.Configuration._decode_value = _decode_value
-    _record("Configuration._decode_value: key=null / key=~ on the command line is None")
+        method.__mmf_fashion__ = True
+        module.Configuration._decode_value = method
+        where = "Configuration._decode_value"
+    else:  # main
+        original = module._decode_value
+        if getattr(original, "__mmf_fashion__", False) or original("null") is None:
+            return
+
+        def function(value):
+            if isinstance(value, str) and value.strip() in nulls:
+                return None
+            return original(value)
+
+        function.__mmf_fashion__ = True
+        module._decode_value = function
+        where = "configuration._decode_value"
+    _record(f"{where}: key=null / key=~ on the command line is None")
 
 
 @patch("mmf.utils.configuration")
@@ -119,6 +215,8 @@ def includes_from_our_roots(module):
     OmegaConf = module.OmegaConf
 
     def load_yaml(f):
+        if "://" in str(f):  # an iopath URI (MMF main's PathManager): MMF's own loader
+            return original(f)
         path = find_include(f, including_file=None)
         mapping = OmegaConf.load(path)
         if mapping is None:
@@ -338,76 +436,56 @@ def weights_only_checkpoints(module):
 # ---------------------------------------------------------------- distributed
 @patch("mmf.utils.distributed")
 def distributed_without_nccl_or_cuda(module):
-    """rc10 reports rank 0 / world 1 whenever NCCL is missing (so gloo CPU runs
-    think they are alone), checks the process group with a .cuda() tensor, and
-    always asks for nccl. Use the process group whatever its backend."""
+    """Both MMFs report rank 0 / world 1 whenever NCCL is missing (get_rank,
+    get_world_size and synchronize ask dist.is_nccl_available() first), so gloo
+    CPU runs think they are alone; and distributed_init checks the new process
+    group with a .cuda() tensor. The smallest change: this module's
+    torch.distributed answers is_nccl_available() with True (the checks that
+    follow, is_initialized and the group itself, decide), and on a machine
+    without CUDA the process group (gloo) is made before MMF's distributed_init,
+    which then only records the rank. MMF main's XLA paths are untouched."""
+    import types
+
     import torch
     import torch.distributed as dist
 
-    if "is_nccl_available" not in _source(module.get_rank):
+    current = getattr(module, "dist", None)
+    if getattr(current, "__mmf_fashion__", False) or "is_nccl_available" not in _source(module.get_rank):
         return
 
-    def _initialized():
-        return dist.is_available() and dist.is_initialized()
+    class _AnyBackend(types.ModuleType):
+        """torch.distributed for this module only: every name is torch's, except is_nccl_available."""
 
-    def get_rank():
-        return dist.get_rank() if _initialized() else 0
+        __mmf_fashion__ = True
 
-    def get_world_size():
-        return dist.get_world_size() if _initialized() else 1
+        def __getattr__(self, name):
+            return getattr(dist, name)
 
-    def is_master():
-        return get_rank() == 0
+        @staticmethod
+        def is_nccl_available():
+            return True
 
-    def synchronize():
-        if _initialized() and dist.get_world_size() > 1:
-            dist.barrier()
-
+    module.dist = _AnyBackend("torch.distributed")
     original_init = module.distributed_init
 
     def distributed_init(config):
-        if config.distributed.backend == "nccl" and not torch.cuda.is_available():
+        if torch.cuda.is_available():
+            return original_init(config)
+        if config.distributed.backend == "nccl":
             config.distributed.backend = "gloo"
-        if dist.is_initialized():
-            warnings.warn("Distributed is already initialized, cannot initialize twice!")
-        else:
-            dist.init_process_group(
-                backend=config.distributed.backend,
-                init_method=config.distributed.init_method,
-                world_size=config.distributed.world_size,
-                rank=config.distributed.rank,
-            )
-            device = torch.device("cuda", torch.cuda.current_device()) if config.distributed.backend == "nccl" else "cpu"
-            dist.all_reduce(torch.zeros(1, device=device))
-            module.suppress_output(is_master())
-        config.distributed.rank = dist.get_rank()
-        return config.distributed.rank
+        if not dist.is_initialized():
+            dist.init_process_group(backend=config.distributed.backend, init_method=config.distributed.init_method,
+                                    world_size=config.distributed.world_size, rank=config.distributed.rank)
+            dist.all_reduce(torch.zeros(1))
+            module.suppress_output(dist.get_rank() == 0)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Distributed is already initialized")
+            return original_init(config)
 
     distributed_init.__wrapped__ = original_init
-    for name, function in {
-        "get_rank": get_rank,
-        "get_world_size": get_world_size,
-        "is_master": is_master,
-        "synchronize": synchronize,
-        "distributed_init": distributed_init,
-    }.items():
-        setattr(module, name, function)
-
-    def reduce_dict(dictionary):
-        # rc10 reduces to rank 0 only; the values on other ranks stay partial
-        if get_world_size() < 2 or len(dictionary) == 0:
-            return dictionary
-        with torch.no_grad():
-            keys, values = zip(*sorted(dictionary.items()))
-            values = torch.stack([v.detach().float().reshape(()) if v.numel() == 1 else v.detach().float().mean() for v in values])
-            dist.all_reduce(values)
-            values /= get_world_size()
-        return dict(zip(keys, values))
-
-    module.reduce_dict = reduce_dict
-    _record_replacement("distributed.get_rank, get_world_size, is_master, synchronize, distributed_init, "
-                        "reduce_dict", "rc10 reports rank 0 / world 1 without NCCL, needs CUDA for the "
-                        "process-group check and reduces to rank 0 only; any backend, gloo on CPU")
+    module.distributed_init = distributed_init
+    _record("distributed: gloo / CPU process groups count (is_nccl_available() no longer decides rank and world "
+            "size); without CUDA the group is made before MMF's distributed_init, which needs .cuda()")
 
 
 @patch("mmf_cli.run")
@@ -456,19 +534,29 @@ def metric_params(module):
 
 @patch("mmf.modules.losses")
 def losses_without_targets(module):
-    """rc10 computes no loss at all when the batch has no `targets` field:
-    pretraining batches have none. Also list the registered names on a typo."""
-    if "targets" not in _source(module.Losses.forward):
+    """MMF computes no loss at all when the batch has no `targets` field (both
+    versions, with a warning per batch): pretraining batches have none. Batches
+    with targets still go through MMF's own forward; without, the configured
+    losses run as MMF would run them, and MMF main's registration of the
+    losses (`losses.<dataset>.<split>` in the registry) is kept."""
+    import torch
+
+    source = _source(module.Losses.forward)
+    if "targets" not in source:
         return
+    original = module.Losses.forward
+    registers = "registry.register" in source  # MMF main
 
     def forward(self, sample_list, model_output, *args, **kwargs):
+        if "targets" in sample_list or self._evaluation_predict:
+            return original(self, sample_list, model_output, *args, **kwargs)
         output = {}
-        if self._evaluation_predict:
-            return output
         for loss in self.losses:
             output.update(loss(sample_list, model_output, *args, **kwargs))
+        if registers and not torch.jit.is_scripting():
+            key = f"losses.{sample_list['dataset_name']}.{sample_list['dataset_type']}"
+            module.registry.register(key, output)
         return output
 
     module.Losses.forward = forward
-    _record_replacement("Losses.forward", "rc10 computes no loss when the batch has no `targets` "
-                        "(pretraining batches have none)")
+    _record("Losses.forward: batches without `targets` (pretraining) get their losses; others run MMF's forward")

@@ -13,7 +13,13 @@ def run(args) -> int:
 
     setup_imports()
     registered = mmf_fashion.plugin.ours()
+    import torch
+    import transformers
+
+    mmf_version = mmf_fashion.bridge.installed_mmf_version()
+    which = {"1.0.0rc10": "the PyPI release", "1.0.0rc12": "MMF main, from source"}.get(mmf_version, "unsupported")
     print(f"mmf-fashion {mmf_fashion.__version__}")
+    print(f"mmf {mmf_version} ({which}), torch {torch.__version__}, transformers {transformers.__version__}")
     for kind in ("model", "builder", "metric", "processor", "trainer"):
         names = registered.get(kind, {})
         plural = kind + ("es" if kind.endswith("s") else "s")
@@ -27,7 +33,7 @@ def run(args) -> int:
         for line in lines():
             print(f"  {line}")
     if args.patches:
-        print("\nMMF rc10 patches applied in this process:")
+        print(f"\nMMF {mmf_version} patches applied in this process:")
         for line in mmf_fashion.bridge.applied():
             print(f"  - {line}")
     return 0

@@ -265,7 +265,7 @@ def plugin():
     from mmf.utils.env import import_user_module, setup_imports
 
     setup_imports()
-    import_user_module(str(PLUGIN_DIR), no_print=True)
+    import_user_module(str(PLUGIN_DIR))  # the one argument both MMF 1.0.0rc10 and main take
     return importlib.import_module(PLUGIN_DIR.name + ".builder")
 
 

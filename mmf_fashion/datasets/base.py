@@ -47,6 +47,7 @@ from mmf_fashion.datasets.common import (
     resolve_data_path,
 )
 from mmf_fashion.datasets.layouts import Layout, LayoutChoice, choose_layout, synth_hint
+from mmf_fashion.utils.run_log import as_writer
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +117,9 @@ class FashionDataset(DataDirPaths, BaseDataset):
         return layout
 
     def log(self, message: str, level: str = "warning") -> None:
-        writer = self.writer or registry.get("writer", no_warning=True)
-        if writer is not None and getattr(writer, "write", None):
+        # rc10's BaseDataset sets self.writer; MMF main's does not (its writer is a logging.Logger)
+        writer = as_writer(getattr(self, "writer", None) or registry.get("writer", no_warning=True))
+        if writer is not None:
             writer.write(message, level)
         else:
             getattr(logger, level, logger.warning)(message)

@@ -70,3 +70,12 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return tensor
     return _GatherWithGrad.apply(tensor)
+
+
+def broadcast_from_rank0(value):
+    """Rank 0's value on every rank (a picklable object); the value itself when not distributed."""
+    if not is_distributed():
+        return value
+    holder = [value]
+    torch.distributed.broadcast_object_list(holder, src=0)
+    return holder[0]

@@ -51,6 +51,7 @@ from mmf_fashion.trainers.evaluation import (
 )
 from mmf_fashion.trainers.loaders import ResumableSampler, build_loader, per_rank_batch_size
 from mmf_fashion.utils.optional import require
+from mmf_fashion.utils.run_log import run_writer
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -63,22 +64,29 @@ class FashionTrainer(BaseTrainer):
 
     # ------------------------------------------------------------------ set-up
     def load(self):
-        self._set_device()
+        # MMF's order (BaseTrainer.load on MMF main); each step is one of
+        # BaseTrainer's abstract methods, so the class is complete on both MMFs
         self.run_type = self.config.get("run_type", "train")
-        self.writer = registry.get("writer", no_warning=True)
-        if self.writer is None:
-            from mmf.utils.logger import Logger
-
-            self.writer = Logger(self.config)
-            registry.register("writer", self.writer)
+        self.writer = run_writer(self.config)
         self.training_config = self.config.training
         self.save_dir = get_mmf_env(key="save_dir")
         os.makedirs(self.save_dir, exist_ok=True)
-        self.config_based_setup()
+        self.configure_device()
+        self.configure_seed()
         self.load_datasets()
-        self.load_model_and_optimizer()
-        self.metrics = MetricSet(self.config.evaluation.get("metrics", []))
+        self.load_model()
+        self.load_optimizer()
+        self._restore_and_wrap()
+        self.load_metrics()
+        self.configure_callbacks()
+
+    def configure_callbacks(self):
+        # MMF's callbacks (LR scheduler, checkpointing, early stop) belong to its
+        # own loop; this trainer does those steps itself, plus tensorboard
         self._setup_tensorboard()
+
+    def load_metrics(self):
+        self.metrics = MetricSet(self.config.evaluation.get("metrics", []))
 
     def _setup_tensorboard(self):
         """MMF's key and folder (training.tensorboard, env.tensorboard_logdir), set
@@ -93,7 +101,7 @@ class FashionTrainer(BaseTrainer):
         self.tb_writer = SummaryWriter(log_dir)
         self.writer.write(f"Tensorboard scalars in {log_dir}", "info")
 
-    def _set_device(self):
+    def configure_device(self):
         self.local_rank = int(os.environ.get("LOCAL_RANK", self.config.get("device_id", 0) or 0))
         if torch.cuda.is_available() and "cuda" in str(self.config.training.device):
             self.device = torch.device("cuda", self.local_rank)
@@ -104,7 +112,11 @@ class FashionTrainer(BaseTrainer):
         registry.register("current_device", self.device)
         registry.register("global_device", self.device)
 
-    def config_based_setup(self):
+    def configure_seed(self):
+        # mmf_run seeds the RNGs (MMF main with seed + rank, rc10 with the same
+        # seed everywhere). The data order must be one permutation shared by
+        # all ranks, so the samplers use rank 0's seed.
+        self.data_seed = int(dist_utils.broadcast_from_rank0(int(self.training_config.seed or 0)))
         if self.training_config.seed is not None:
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
@@ -117,7 +129,7 @@ class FashionTrainer(BaseTrainer):
 
     def load_datasets(self):
         self.writer.write("Loading datasets", "info")
-        seed = int(self.training_config.seed or 0)
+        seed = self.data_seed
         world, rank = dist_utils.get_world_size(), dist_utils.get_rank()
         self.batch_size = per_rank_batch_size(int(self.training_config.batch_size), world)
         self.loaders: Dict[str, list] = {"train": [], "val": [], "test": []}
@@ -148,7 +160,7 @@ class FashionTrainer(BaseTrainer):
             raise ValueError(f"No training data found for datasets {self._dataset_names()}")
 
     # ------------------------------------------------------------------ model
-    def load_model_and_optimizer(self):
+    def load_model(self):
         attributes = self.config.model_config[self.config.model]
         if isinstance(attributes, str):
             attributes = self.config.model_config[attributes]
@@ -159,6 +171,8 @@ class FashionTrainer(BaseTrainer):
             self.model = build_model(attributes).to(self.device)
         if self.training_config.get("channels_last", False):
             self.model = self.model.to(memory_format=torch.channels_last)
+
+    def load_optimizer(self):
         self.optimizer = self._build_optimizer()
         self.lr_scheduler = build_scheduler(self.optimizer, self.config) if self.training_config.lr_scheduler else None
         amp = self.training_config.get("amp", {}) or {}
@@ -166,6 +180,9 @@ class FashionTrainer(BaseTrainer):
         self.amp_dtype = getattr(torch, str(amp.get("dtype", "bfloat16")))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_enabled and self.amp_dtype == torch.float16)
         self.update_frequency = max(1, int(self.training_config.get("update_frequency", 1)))
+
+    def _restore_and_wrap(self):
+        """Counters, the checkpoint to resume from (if any), then DDP / compile."""
         self.num_updates = 0
         self.current_iteration = 0
         self.current_epoch = 0
@@ -351,7 +368,7 @@ class FashionTrainer(BaseTrainer):
         order = []
         for index, length in enumerate(lengths):
             order += [index] * length
-        generator = torch.Generator().manual_seed(int(self.training_config.seed or 0) * 7919 + self.current_epoch)
+        generator = torch.Generator().manual_seed(self.data_seed * 7919 + self.current_epoch)
         order = [order[i] for i in torch.randperm(len(order), generator=generator).tolist()]
         iterators = [iter(l) for l in self.loaders["train"]]
         for position, index in enumerate(order):
