@@ -18,7 +18,9 @@ Cheatsheet::
 
 Pure functions: they never import MMF and draw on matplotlib Figures with
 the Agg canvas (no pyplot state, no display needed). The command line
-around them is `mmf-fashion plot curves|embeddings` (mmf_fashion/cli/plot.py).
+around them is `mmf-fashion plot curves|embeddings` (mmf_fashion/cli/plot.py);
+the retrieval grids of `mmf-fashion plot retrieval` live in
+mmf_fashion/visualize_retrieval.py.
 
 Metric families: a key "<split>/<dataset>/<metric>/<key>" belongs to the
 family "<metric>" (e.g. "r@k_general"); a three-part key

@@ -466,3 +466,276 @@ def test_polyvore_gallery_needs_the_published_outfits(data_dir):
     assert "published Polyvore Outfits" in message
     items, records = dataset_gallery("polyvore_ocir", "val", str(data_dir))
     assert [r["item_id"] for r in records] == ["901", "902", "903"]
+
+
+# ------------------------------------------- approximate kinds (faiss): ivf, ivf-pq, hnsw
+needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss does not import here (extra [index])")
+KIND_CASES = [("flat", None), ("ivf", None), ("ivf", {"pq_m": 16}), ("hnsw", None)]
+KIND_IDS = ["flat", "ivf", "ivf-pq", "hnsw"]
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    """2000 gallery + 200 held-out query unit vectors (32-d) from 40 gaussian clusters,
+    and the exact top 10 of every query (torch, brute force)."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(40, 32, generator=g), dim=1)
+    labels = torch.randint(0, 40, (2200,), generator=g)
+    points = torch.nn.functional.normalize(centres[labels] + 0.2 * torch.randn(2200, 32, generator=g), dim=1)
+    gallery, queries = points[:2000].contiguous(), points[2000:].contiguous()
+    exact = (queries @ gallery.T).topk(10, dim=1).indices
+    items = [{"path": f"item_{i}.jpg"} for i in range(2000)]
+    return gallery, queries, exact, items
+
+
+def bound_of(kind, params):
+    return 0.99 if kind == "flat" else 0.8 if (params or {}).get("pq_m") else 0.9
+
+
+def recall_at_10(rows, exact):
+    return sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(rows, exact)) / exact.numel()
+
+
+@needs_faiss
+@pytest.mark.parametrize("kind,params", KIND_CASES, ids=KIND_IDS)
+def test_every_kind_finds_the_exact_neighbours(clustered, kind, params):
+    gallery, queries, exact, items = clustered
+    index = EmbeddingIndex(gallery, items, modality="image", kind=kind, params=params, backend="faiss")
+    assert index.kind == kind and len(index) == 2000
+    _, rows = index.search_embeddings(queries, 10)
+    # approximate: recall against the exact top 10, never rank equality (measured: flat 1.0,
+    # ivf 0.98, ivf-pq 0.91 (the codes approximate the scores), hnsw 1.0)
+    assert recall_at_10(rows, exact) >= bound_of(kind, params)
+
+
+def test_default_parameters_follow_the_gallery_size():
+    from mmf_fashion.retrieval.index import default_params
+
+    assert default_params("ivf", 2000, 32) == {"nlist": 51, "nprobe": 7, "pq_m": None, "pq_bits": 8, "seed": 0,
+                                               "train_size": 2000}  # 4 sqrt(N) = 179 > N / 39 = 51
+    big = default_params("ivf", 1_000_000, 256)
+    assert (big["nlist"], big["nprobe"], big["train_size"]) == (4000, 63, 256_000)
+    assert default_params("ivf", 1_000_000, 256, {"pq_m": 32, "nprobe": 10})["nprobe"] == 10
+    assert default_params("hnsw", 1000, 8) == {"M": 32, "ef_construction": 80, "ef_search": 64}
+    assert default_params("flat", 10, 8) == {}
+    with pytest.raises(RetrievalError, match=r"pq_m=24 does not divide the dimension 256"):
+        default_params("ivf", 1000, 256, {"pq_m": 24})
+    with pytest.raises(RetrievalError, match=r"unknown parameter\(s\) \['nprobe'\]"):
+        default_params("hnsw", 1000, 8, {"nprobe": 3})
+    with pytest.raises(RetrievalError, match="nlist must be a positive integer"):
+        default_params("ivf", 1000, 8, {"nlist": 0})
+
+
+@needs_faiss
+def test_nprobe_and_ef_are_per_search(clustered):
+    gallery, queries, exact, items = clustered
+    ivf = EmbeddingIndex(gallery, items, modality="image", kind="ivf", params={"nprobe": 1})
+    _, narrow = ivf.search_embeddings(queries, 10)
+    _, full = ivf.search_embeddings(queries, 10, nprobe=ivf.params["nlist"])  # every list: exhaustive
+    assert recall_at_10(full, exact) >= 0.99 and recall_at_10(full, exact) >= recall_at_10(narrow, exact)
+    assert ivf.params["nprobe"] == 1  # a search's nprobe is not kept
+    hnsw = EmbeddingIndex(gallery, items, modality="image", kind="hnsw", params={"ef_search": 10})
+    assert recall_at_10(hnsw.search_embeddings(queries, 10, ef=200)[1], exact) >= 0.99
+    with pytest.raises(RetrievalError, match="ef applies to hnsw indexes; this index is ivf"):
+        ivf.search_embeddings(queries, 10, ef=5)
+    with pytest.raises(RetrievalError, match="nprobe applies to ivf indexes"):
+        hnsw.search_embeddings(queries, 10, nprobe=5)
+
+
+@needs_faiss
+@pytest.mark.parametrize("kind,params", KIND_CASES, ids=KIND_IDS)
+def test_save_and_load_keep_kind_and_parameters(tmp_path, clustered, kind, params):
+    gallery, queries, exact, items = clustered
+    index = EmbeddingIndex(gallery, items, modality="image", kind=kind, params=params,
+                           model_info={"name": "m"}, queries=["text"])
+    path, meta_path = index.save(tmp_path / f"{kind}.index")
+    meta = json.loads(meta_path.read_text())
+    assert meta["kind"] == kind and meta["params"] == index.params and meta["queries"] == ["text"]
+    if kind == "ivf":
+        assert meta["params"]["nlist"] == 51 and meta["params"]["trained_on"] == 2000
+        assert meta["params"]["pq_m"] == (params or {}).get("pq_m")
+    if kind == "hnsw":
+        assert (meta["params"]["M"], meta["params"]["ef_search"]) == (32, 64)
+    loaded = EmbeddingIndex.load(path)
+    assert (loaded.kind, loaded.params, loaded.queries, loaded.items) == (kind, index.params, ["text"], items)
+    _, before = index.search_embeddings(queries, 10)
+    _, after = loaded.search_embeddings(queries, 10)
+    assert recall_at_10(after, before) >= 0.99
+    if not (params or {}).get("pq_m"):  # the stored vectors come back (PQ keeps codes only)
+        assert torch.allclose(loaded.embeddings, gallery, atol=1e-5)
+
+
+@needs_faiss
+def test_sidecar_and_index_file_must_agree(tmp_path, clustered):
+    gallery, _, _, items = clustered
+    path, meta_path = EmbeddingIndex(gallery[:100], items[:100], modality="image", kind="hnsw").save(
+        tmp_path / "h.index")
+    meta = json.loads(meta_path.read_text())
+    meta["kind"] = "ivf"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(RetrievalError, match=r"holds a faiss IndexHNSWFlat, but h.index.json says kind 'ivf'"):
+        EmbeddingIndex.load(path)
+    for field in ("kind", "params", "queries", "version"):  # a version 1 sidecar: flat
+        meta.pop(field)
+    flat_path, flat_meta = EmbeddingIndex(gallery[:100], items[:100], modality="image").save(tmp_path / "f.index")
+    flat_meta.write_text(json.dumps({**meta, "backend": "faiss"}))
+    old = EmbeddingIndex.load(flat_path)
+    assert old.kind == "flat" and old.queries is None and len(old) == 100
+    with pytest.raises(RetrievalError, match="kind 'hnsw' needs the faiss backend"):
+        EmbeddingIndex(gallery[:10], items[:10], modality="image", kind="hnsw", backend="torch")
+    with pytest.raises(RetrievalError, match=r"20 items cannot train 51 lists.*--nlist"):
+        EmbeddingIndex(gallery[:20], items[:20], modality="image", kind="ivf", params={"nlist": 51})
+
+
+@pytest.mark.parametrize("kind,params", KIND_CASES, ids=KIND_IDS)
+def test_added_items_are_searchable_and_aligned(tmp_path, clustered, kind, params):
+    if kind != "flat" and not faiss_available():
+        pytest.skip("faiss does not import here")
+    gallery, queries, exact, items = clustered
+    backend = "faiss" if faiss_available() else "torch"
+    index = EmbeddingIndex(gallery[:1500], items[:1500], modality="image", kind=kind, params=params,
+                           backend=backend)
+    trained = dict(index.params)
+    index.add(gallery[1500:], items[1500:])
+    assert len(index) == 2000 and index.items == items and index.params == trained  # lists not retrained
+    path, _ = index.save(tmp_path / "grown.index")
+    loaded = EmbeddingIndex.load(path)
+    assert loaded.items == items
+    _, rows = loaded.search_embeddings(queries, 10)
+    assert recall_at_10(rows, exact) >= bound_of(kind, params)
+    # an added item is found by its own embedding, at its own row with its own name
+    added = gallery[1500:1600]
+    scores, rows = loaded.search_embeddings(added, 2, **({"nprobe": trained["nlist"]} if kind == "ivf" else {}))
+    if not (params or {}).get("pq_m"):  # PQ scores are approximate: checked by recall above
+        lead = scores[:, 0] - scores[:, 1]
+        clear = lead > 1e-4  # top 1 compared only where it leads the runner-up by more than float noise
+        assert clear.sum() >= 90
+        assert (rows[clear, 0] == torch.arange(1500, 1600)[clear]).all()
+        assert all(loaded.items[int(r)]["path"] == f"item_{int(r)}.jpg" for r in rows[:, 0])
+    with pytest.raises(RetrievalError, match=r"add: item 1 'item_3.jpg' is already in row 3 of the index"):
+        loaded.add(gallery[:2], [{"path": "new.jpg"}, {"path": "item_3.jpg"}])
+    with pytest.raises(RetrievalError, match=r"item 1 'x.jpg' is already in the new items"):
+        loaded.add(gallery[:2], [{"path": "x.jpg"}, {"path": "x.jpg"}])
+    with pytest.raises(RetrievalError, match="embeddings of dimension 5, the index holds 32"):
+        loaded.add(torch.ones(1, 5), [{"path": "y.jpg"}])
+    assert len(loaded) == 2000
+
+
+def test_query_of_the_wrong_kind_and_missing_images(tmp_path, gallery_dir):
+    from mmf_fashion.retrieval.index import add_items
+
+    model = TinyColourNet()
+    index = build_index(model, ["red", "blue"], modality="text", progress=False, backend="torch",
+                        queries=["image"])
+    with pytest.raises(RetrievalError, match=r"holds texts and answers image queries .*a text query was given: "
+                                             r"query with --image, or rebuild the index with --queries"):
+        search(model, index, texts=["red"])
+    assert build_index(model, ["red"], modality="text", progress=False, backend="torch").queries == [
+        "text", "image", "composed"]  # default: what the model embeds
+    with pytest.raises(RetrievalError, match="the index holds texts; images cannot be added"):
+        add_items(model, index, [str(gallery_dir / "red.png")], modality="image")
+    with pytest.raises(RetrievalError, match=r"add: item 0 'red' is already in the index"):
+        add_items(model, index, ["red", "green"], progress=False)
+    missing = str(tmp_path / "gone.png")
+    with pytest.raises(RetrievalError, match=r"gallery item 1: image .*gone.png not found"):
+        build_index(model, [str(gallery_dir / "red.png"), missing], progress=False)
+
+
+def test_model_fingerprints():
+    from mmf_fashion.retrieval.index import check_same_model, model_fingerprint, state_dict_sha256
+
+    a, b = TinyColourNet(), TinyColourNet()
+    assert state_dict_sha256(a) == state_dict_sha256(b)
+    with torch.no_grad():
+        b.proj.weight[0, 0] += 1e-3
+    fa, fb = model_fingerprint(a), model_fingerprint(b)
+    assert fa["hash_of"] == "state dict" and fa != fb
+    check_same_model({"name": "m", **fa}, {"name": "m", **fa})
+    check_same_model({}, {"name": "m", **fb})  # an index without a recorded model: nothing to compare
+    with pytest.raises(RetrievalError) as error:
+        check_same_model({"name": "m", **fa}, {"name": "m", **fb})
+    assert fa["checkpoint_sha256"] in str(error.value) and fb["checkpoint_sha256"] in str(error.value)
+
+
+def _colour_checkpoint(path, swap=False):
+    net = TinyColourNet(dim=6)
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    if swap:
+        red, blue = WORDS.index("red"), WORDS.index("blue")
+        swapped = state["net.words.weight"].clone()
+        swapped[[red, blue]] = swapped[[blue, red]]
+        state["net.words.weight"] = swapped
+    torch.save({"model": state, "config": {"model": MODEL_NAME, "model_config": {MODEL_NAME: {"dim": 6}}}}, path)
+    return path
+
+
+@needs_faiss
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_cli_approximate_index_add_and_checks(tmp_path, gallery_dir, capsys, colour_model_registered, kind):
+    from mmf_fashion.retrieval.index import file_sha256
+
+    ckpt = _colour_checkpoint(tmp_path / "a.pth")
+    first = tmp_path / "first"
+    first.mkdir()
+    later = []
+    for image in sorted(gallery_dir.rglob("*.png")):
+        target = first if image.stem in ("red", "green", "blue", "black") else tmp_path
+        (target / image.name).write_bytes(image.read_bytes())
+        if target == tmp_path:
+            later.append(str(target / image.name))
+    out = tmp_path / "idx" / f"{kind}.index"
+    tuning = ["--nprobe", "1"] if kind == "ivf" else ["--ef", "16", "--hnsw-m", "8"]
+    assert run_cli(["index", "build", "--checkpoint", str(ckpt), "--images", str(first), "--out", str(out),
+                    "--image-size", "32", "--no-progress", "--kind", kind, *tuning]) == 0
+    assert f"indexed 4 images with 'test_index_colour' (6-d, {kind} (faiss" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "idx" / f"{kind}.index.json").read_text())
+    assert meta["kind"] == kind and meta["model"]["checkpoint_sha256"] == file_sha256(ckpt)
+    assert meta["model"]["hash_of"] == "checkpoint file" and meta["model"]["name"] == MODEL_NAME
+    assert meta["params"]["nprobe" if kind == "ivf" else "ef_search"] == (1 if kind == "ivf" else 16)
+
+    listing = tmp_path / "new.txt"
+    listing.write_text("\n".join(later))
+    assert run_cli(["index", "add", "--index", str(out), "--images", str(listing), "--no-progress"]) == 0
+    assert "added 4 images to 4" in capsys.readouterr().out
+    tuning = ["--nprobe", "1"] if kind == "ivf" else ["--ef", "32"]
+    assert run_cli(["index", "search", "--index", str(out), "--text", "white", "-k", "8", "--json", *tuning]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 8 and name_of(hits[0]) == "white"  # an added item; white leads by far (cosine 1)
+    assert {name_of(h) for h in hits} == set(COLOURS)
+    # adding an item twice, or texts to an image index, is refused
+    assert run_cli(["index", "add", "--index", str(out), "--images", str(listing), "--no-progress"]) == 1
+    assert "is already in the index" in capsys.readouterr().err
+    (tmp_path / "t.txt").write_text("red dress\n")
+    assert run_cli(["index", "add", "--index", str(out), "--texts", str(tmp_path / "t.txt")]) == 1
+    assert "holds images; 1 texts cannot be added to it (give --images" in capsys.readouterr().err
+    # another checkpoint at search time: both hashes named
+    other = _colour_checkpoint(tmp_path / "b.pth", swap=True)
+    assert run_cli(["index", "search", "--index", str(out), "--text", "red", "--checkpoint", str(other)]) == 1
+    error = capsys.readouterr().err
+    assert file_sha256(ckpt) in error and file_sha256(other) in error and "rebuild the index" in error
+    assert run_cli(["index", "search", "--index", str(out), "--image", str(tmp_path / "none.png")]) == 1
+    assert "--image" in (error := capsys.readouterr().err) and "none.png: query image not found" in error
+    flag = "--ef" if kind == "ivf" else "--nprobe"
+    assert run_cli(["index", "search", "--index", str(out), "--text", "red", flag, "4"]) == 1
+    assert "applies to" in capsys.readouterr().err
+
+
+def test_cli_checks_the_query_kind_and_the_checkpoint(tmp_path, gallery_dir, capsys, colour_model_registered):
+    ckpt = _colour_checkpoint(tmp_path / "a.pth")
+    out = tmp_path / "t.index"
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red dress\na blue shirt\n")
+    assert run_cli(["index", "build", "--checkpoint", str(ckpt), "--texts", str(captions), "--out", str(out),
+                    "--no-progress", "--backend", "torch", "--queries", "image"]) == 0
+    capsys.readouterr()
+    assert run_cli(["index", "search", "--index", str(out), "--text", "red"]) == 1
+    assert "holds texts and answers image queries" in capsys.readouterr().err
+    assert run_cli(["index", "search", "--index", str(out), "--image", str(gallery_dir / "blue.png"),
+                    "-k", "1"]) == 0
+    assert "a blue shirt" in capsys.readouterr().out
+    _colour_checkpoint(ckpt, swap=True)  # the checkpoint changed since the build
+    assert run_cli(["index", "search", "--index", str(out), "--image", str(gallery_dir / "blue.png")]) == 1
+    assert "checkpoint file sha256" in capsys.readouterr().err
+    assert run_cli(["index", "build", "--checkpoint", str(ckpt), "--texts", str(captions), "--out", str(out),
+                    "--kind", "hnsw", "--nprobe", "3"]) == 1
+    assert "--nprobe applies to --kind ivf, not --kind hnsw" in capsys.readouterr().err

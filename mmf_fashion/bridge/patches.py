@@ -238,8 +238,8 @@ def includes_from_our_roots(module):
 
 @patch("mmf.utils.configuration")
 def resolvers_for_omegaconf_2_1(module):
-    """rc10 calls OmegaConf.clear_resolvers(), which also drops omegaconf's own
-    oc.env resolver, then registers without replace=True."""
+    """MMF (rc10 and main) calls OmegaConf.clear_resolvers(), which also drops
+    omegaconf's own oc.env resolver, then registers without replace=True."""
     OmegaConf = module.OmegaConf
     if "clear_resolvers" not in _source(module.Configuration._register_resolvers):
         return
@@ -259,7 +259,8 @@ def resolvers_for_omegaconf_2_1(module):
 
     module.Configuration._register_resolvers = _register_resolvers
     _record_replacement("Configuration._register_resolvers",
-                        "rc10 clears omegaconf's oc.env resolver and registers without replace=True")
+                        "MMF (rc10 and main) clears omegaconf's oc.env resolver and registers without "
+                        "replace=True")
 
 
 @patch("mmf.utils.configuration")

@@ -1,4 +1,4 @@
-"""`mmf-fashion plot curves|embeddings`: pictures of a run, to PNG.
+"""`mmf-fashion plot curves|embeddings|retrieval`: pictures of a run, to PNG.
 
 Cheatsheet::
 
@@ -19,12 +19,21 @@ Cheatsheet::
     # a trusted checkpoint that is not weights-only (refused without the flag)
     mmf-fashion plot embeddings ... --checkpoint old_mmf.ckpt --allow-unsafe-load --out tsne.png
 
+    # sampled queries beside their top-5 results, the correct item framed in green
+    mmf-fashion plot retrieval --config projects/fashionvil/configs/tgir.yaml --model fashionvil \\
+        --checkpoint save/fashionvil_tgir/fashionvil_final.pth --task tgir --queries 8 --out grid.png
+    # itr: caption -> images (fashiongen); ocir: partial outfit -> items (polyvore_ocir);
+    # --seed draws the queries at random instead of evenly spaced; --json keeps the ranked ids
+    mmf-fashion plot retrieval --config projects/fashionvil/configs/itr.yaml --model fashionvil \\
+        --checkpoint save/fashionvil_itr/fashionvil_final.pth --task itr --seed 1 --json grid.json --out grid.png
+
 --keys takes comma-separated exact keys, family names ("loss",
 "r@k_general") or globs ("val/*/r@k_general/t2i_*"). Embeddings come from
 the model's retrieval interface (embed_images, embed_texts, embed_composed
 for the fused panel) or, when it lacks one, from the image_embedding /
 text_embedding / fused_embedding outputs of its eval-mode forward. The
-drawing itself lives in mmf_fashion/visualize.py.
+drawing itself lives in mmf_fashion/visualize.py; the retrieval grid (its
+queries, ranking and frames) in mmf_fashion/visualize_retrieval.py.
 """
 from __future__ import annotations
 
@@ -110,6 +119,42 @@ def run_embeddings(args) -> int:
     return 0
 
 
+def run_retrieval(args) -> int:
+    import json
+
+    from mmf_fashion import runtime
+    from mmf_fashion.datasets.common import BadSampleError
+    from mmf_fashion.trainers.checkpointing import UnsafeCheckpointError
+    from mmf_fashion.visualize import PlotError
+    from mmf_fashion.visualize_retrieval import TASK_DATASETS, collect_retrieval, plot_retrieval_grid
+
+    dataset_name = args.dataset or TASK_DATASETS[args.task]
+    try:
+        config = runtime.load_config(args.config, args.model, dataset_name, args.overrides)
+        dataset = runtime.build_split_dataset(config, dataset_name, args.split)
+        allow_unsafe = True if args.allow_unsafe_load else None
+        model = runtime.build_model_from_config(
+            config, checkpoint=args.checkpoint, device=args.device, allow_unsafe=allow_unsafe
+        )
+        rows = collect_retrieval(model, dataset, args.task, count=args.queries, k=args.k, seed=args.seed,
+                                 batch_size=args.batch_size, config=config)
+        title = args.title or (f"{args.model} {args.task} on {dataset_name}/{args.split}: query, then the "
+                               f"top-{args.k} (green frame: the correct item)")
+        plot_retrieval_grid(rows, args.out, task=args.task, title=title)
+    except (PlotError, runtime.RuntimeSetupError, BadSampleError, FileNotFoundError,
+            UnsafeCheckpointError) as error:
+        print(f"mmf-fashion plot retrieval: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"task": args.task, "dataset": dataset_name, "split": args.split, "k": args.k,
+                       "queries": [row.to_json() for row in rows]}, handle, indent=1)
+    found = sum(any(row.frames) for row in rows)
+    print(f"wrote {args.out}: {len(rows)} {args.task} queries, top-{args.k}; the correct item is among them "
+          f"for {found} of {len(rows)}" + (f"; ranked ids in {args.json}" if args.json else ""))
+    return 0
+
+
 def label_names(dataset_name: str, label_key: str, dataset=None):
     """{id: name} for the legend: what the builder registered as
     '<dataset>_<label>_names' (e.g. fashiongen_category_names), or the
@@ -135,7 +180,7 @@ def label_names(dataset_name: str, label_key: str, dataset=None):
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("plot", help="loss/metric curves and t-SNE embedding maps, to PNG")
+    parser = subparsers.add_parser("plot", help="loss/metric curves, t-SNE embedding maps and retrieval grids, to PNG")
     commands = parser.add_subparsers(dest="command", required=True)
 
     curves = commands.add_parser("curves", help="training and metric curves from train.jsonl and metrics.jsonl")
@@ -166,3 +211,26 @@ def add_parser(subparsers) -> None:
     embeddings.add_argument("--out", required=True, help="PNG file to write")
     embeddings.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="MMF config overrides")
     embeddings.set_defaults(func=run_embeddings)
+
+    retrieval = commands.add_parser("retrieval", help="sampled queries beside their top-k results, "
+                                                      "the correct item framed")
+    retrieval.add_argument("--config", required=True, help="project YAML (as mmf_run config=...)")
+    retrieval.add_argument("--model", required=True, help="registered model name, e.g. fashionvil")
+    retrieval.add_argument("--task", required=True, choices=("itr", "tgir", "ocir"),
+                           help="itr: caption -> images (fashiongen); tgir: reference image + text -> image "
+                                "(fashioniq); ocir: partial outfit -> item (polyvore_ocir)")
+    retrieval.add_argument("--dataset", default=None, help="dataset builder (default: the task's)")
+    retrieval.add_argument("--checkpoint", default=None, help="<model>_final.pth or a trainer checkpoint")
+    retrieval.add_argument("--split", default="val", choices=("train", "val", "test"))
+    retrieval.add_argument("--queries", type=int, default=8, help="queries drawn, one line each")
+    retrieval.add_argument("-k", type=int, default=5, help="results shown per query")
+    retrieval.add_argument("--seed", type=int, default=None,
+                           help="draw the queries at random with this seed (default: evenly spaced)")
+    retrieval.add_argument("--batch-size", type=int, default=32)
+    retrieval.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    add_allow_unsafe_load(retrieval)
+    retrieval.add_argument("--title", default=None, help="figure title")
+    retrieval.add_argument("--json", default=None, help="also write the ranked ids, ground truth and frames here")
+    retrieval.add_argument("--out", required=True, help="PNG file to write")
+    retrieval.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="MMF config overrides")
+    retrieval.set_defaults(func=run_retrieval)

@@ -33,10 +33,13 @@ The model interface (any registered model; the model authors implement it):
 Embeddings are compared by inner product after L2 normalisation (cosine).
 Every call runs under torch.no_grad(); the caller puts the model in eval().
 
-Files: the index file is a faiss IndexFlatIP (faiss.write_index) when faiss
-imports, else a torch file {"embeddings": (N, D) float32}; beside it
-`<file>.json` holds the backend, the items (path or text per row) and how to
-rebuild the model (name, checkpoint, config, overrides).
+Files: the index file is a faiss index (faiss.write_index: IndexFlatIP,
+IndexIVFFlat, IndexIVFPQ or IndexHNSWFlat) when faiss imports, else a torch
+file {"embeddings": (N, D) float32} (flat only); beside it `<file>.json`
+holds the backend, the kind and its parameters (nlist, nprobe, pq_m, M,
+ef_construction, ef_search ...), the query kinds it answers, the items (path
+or text per row) and how to rebuild the model (name, checkpoint, config,
+overrides) with the checkpoint's sha256. `add_items` grows an index.
 
 Plain torch here; only model_io.resolve_model_config imports MMF (through the
 bridge), and the model is built by mmf_fashion.runtime.build_model_from_config.
@@ -47,6 +50,7 @@ from mmf_fashion.retrieval.gallery import embed_image_dataset, embed_in_batches
 from mmf_fashion.retrieval.index import (
     EmbeddingIndex,
     RetrievalError,
+    add_items,
     build_index,
     embed_queries,
     faiss_available,
@@ -57,6 +61,7 @@ from mmf_fashion.retrieval.zeroshot import class_text_embeddings, zero_shot_clas
 __all__ = [
     "EmbeddingIndex",
     "RetrievalError",
+    "add_items",
     "build_index",
     "class_text_embeddings",
     "embed_image_dataset",

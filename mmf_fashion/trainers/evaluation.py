@@ -161,7 +161,8 @@ def write_results(save_dir: str, values: Mapping[str, float], num_updates: int) 
 def write_train_record(save_dir: str, losses: Mapping[str, float], lr: float, samples_per_s: float,
                        num_updates: int, max_memory_gib: Optional[float] = None) -> Dict[str, float]:
     """One line of train.jsonl per log_interval, flat like metrics.json: each task's
-    loss ("train/<dataset>/<task>"), their sum "train/total_loss", "train/lr",
+    loss ("train/<dataset>/<task>", its mean over the updates of the interval that
+    computed it), their sum "train/total_loss", "train/lr",
     "train/samples_per_s", on CUDA "train/max_memory_gib" (peak allocated so far)
     and num_updates. A file of its own, so that readers of metrics.jsonl keep
     seeing evaluations only."""

@@ -491,13 +491,25 @@ class FashionTrainer(BaseTrainer):
             self._progress_bar = bar
         return bar
 
+    def _interval_means(self, losses: Dict[str, float]) -> Dict[str, float]:
+        """Adds this update's losses; returns each loss averaged over the updates since the
+        last log line where it was computed. Pretraining computes one task per update, so a
+        record of the last update alone would show one task of six at each log interval."""
+        sums = self.__dict__.setdefault("_interval_loss_sums", {})
+        for name, value in losses.items():
+            total, count = sums.get(name, (0.0, 0))
+            sums[name] = (total + float(value), count + 1)
+        return {name: total / count for name, (total, count) in sums.items()}
+
     def _logistics_after_update(self, losses):
         interval = int(self.training_config.log_interval)
         bar = self._terminal_bar()
         if bar is not None:
             bar.update(self.num_updates - bar.n)
+        means = self._interval_means(losses)
         if self.num_updates % interval == 0 or self.num_updates == self.max_updates:
-            losses = self._mean_over_ranks(losses)
+            self._interval_loss_sums = {}
+            losses = self._mean_over_ranks(means)
             elapsed = time.time() - self._timer
             done = self.num_updates - self._start_update
             rate = done / max(elapsed, 1e-9)
