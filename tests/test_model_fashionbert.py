@@ -304,7 +304,7 @@ def test_the_pretraining_step_weights_its_losses_by_the_subproblem(mmf_registry)
         {task: round(w, 5) for task, w in state["weights"].items()}
     # they are the sub-problem's solution for this step's gradients (last BERT layer)
     batch = _sample_list()
-    input_ids, attention_mask, token_type_ids, labels = model._text_inputs(batch, masked=True)
+    input_ids, attention_mask, token_type_ids, labels = model.text_inputs(batch, masked=True)
     result = model.pretraining_losses(model.encode_patches(batch["image"]), input_ids, attention_mask, labels,
                                       batch["product_id"], batch["subcategory_id"], token_type_ids)
     names = list(result["losses"])
@@ -356,6 +356,8 @@ def test_loss_weighting_config_forms(weighting, mode, source):
         assert options.fixed_weights == {"mlm": 0.5}
     with pytest.raises(ValueError, match="grad_source"):
         options_from_config({"loss_weighting": {"adaptive": {"grad_source": "all"}}}, "pretraining")
+    with pytest.raises(ValueError, match=r"model_config.fashionbert.pretraining: unknown option\(s\) \['ratio'\]"):
+        options_from_config({"pretraining": {"ratio": 0.2}})
 
 
 def test_masked_patch_losses():

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
+from mmf_fashion.modules.state_dicts import strip_prefix
 
 OFFICIAL_EMBEDDINGS = "model.bert.embeddings."
 # keys only BertVisioLinguisticEmbeddings under the MMF model's `model.bert` has
@@ -86,7 +87,7 @@ def official_weights(state: Any, source: str = "checkpoint") -> Dict[str, torch.
     weights = state.get("model", state) if isinstance(state, Mapping) else None
     if not isinstance(weights, Mapping):
         raise ValueError(f"{source}: expected a state dict or an MMF checkpoint, found {type(state).__name__}")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in weights.items()}
+    return strip_prefix(weights)
 
 
 def is_official(state: Any) -> bool:

@@ -72,30 +72,18 @@ weights); optional ``image_2`` (B, 3, H, W) with ``average_views: true``;
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
-from typing import Dict, List, Mapping, Optional
+from typing import List, Mapping
 
-import torch
-import torch.nn.functional as F
 from mmf.common.registry import registry
-from mmf.models.base_model import BaseModel
 
+from mmf_fashion.models.base import FashionModelBase
 from mmf_fashion.modules import pretrained_towers as released_towers
-from mmf_fashion.modules.losses import LogitScale, contrastive_loss
-from mmf_fashion.modules.two_stream import TwoStreamMixin, average_view_embeddings, config_flag
+from mmf_fashion.modules.align import ALIGNMethods, AlignOptions, PromptZeroShotMethods
+from mmf_fashion.modules.two_stream import config_flag
 
-CONTRASTIVE = "contrastive"
-ZEROSHOT = "zeroshot"
-HEADS = (CONTRASTIVE, ZEROSHOT)
 CLASS_NAME_KEYS = ("subcategory_names", "subcategories", "class_names")
-
-
-def _loss_key(sample_list, name: str) -> str:
-    dataset_type = getattr(sample_list, "dataset_type", None) or sample_list.get("dataset_type", "train")
-    dataset_name = getattr(sample_list, "dataset_name", None) or sample_list.get("dataset_name", "fashiongen")
-    return f"{dataset_type}/{dataset_name}/{name}"
 
 
 def read_class_names_file(path: str) -> List[str]:
@@ -123,7 +111,8 @@ def read_class_names_file(path: str) -> List[str]:
         content = [name for _, name in ordered]
     if not isinstance(content, list) or not content:
         raise ValueError(
-            f"{path}: expected a non-empty list of class names, an {{id: name}} object or one of the keys {CLASS_NAME_KEYS}"
+            f"{path}: expected a non-empty list of class names, an {{id: name}} object or one of the keys "
+            f"{CLASS_NAME_KEYS}"
         )
     if all(isinstance(entry, dict) and "id" in entry for entry in content):
         content = sorted(content, key=lambda entry: int(entry["id"]))  # the synthetic manifest's form
@@ -209,167 +198,42 @@ def _register_config_resolvers() -> None:
 _register_config_resolvers()
 
 
-class PromptZeroShot:
-    """Zero-shot classification by text prompts, for dual encoders with
-    encode_image / encode_text / tokenize / logit_scale (ALIGN and CLIP).
+class PromptZeroShot(PromptZeroShotMethods):
+    """The prompt classifier of modules/align.py whose class names come from the
+    sources of the module docstring (looked up at the first use), for ALIGN and CLIP."""
 
-    configure_zeroshot(config, model_name) reads ``<model>.zeroshot`` (the keys
-    of the module docstring); class_embeddings() (C, D) are cached in eval mode."""
-
-    def configure_zeroshot(self, config, model_name: str) -> None:
-        zeroshot = config.get("zeroshot", None) or {}
-        self.templates = list(zeroshot.get("templates", None) or ["a photo of a {}"])
-        for template in self.templates:
-            if "{}" not in template:
-                raise ValueError(f"zeroshot template '{template}' must contain '{{}}' where the class name goes")
-        self.prompt_max_length = int(zeroshot.get("max_length", 16))
+    def configure_zeroshot(self, zeroshot: Mapping, model_name: str) -> None:
+        """zeroshot: the model config's ``zeroshot`` block (templates, max_length, the name sources)."""
+        self.configure_prompts(zeroshot, model_name)
         self._zeroshot_config = zeroshot
-        self._zeroshot_model_name = model_name
-        self._class_names: Optional[List[str]] = None
-        self._class_embedding_cache: Optional[torch.Tensor] = None
 
     def class_names(self) -> List[str]:
         if self._class_names is None:
-            name = self._zeroshot_model_name
-            names = resolve_class_names(self._zeroshot_config, registry.get("config", no_warning=True), registry, name)
-            if config_flag(self._zeroshot_config.get("lowercase", True), f"model_config.{name}.zeroshot.lowercase"):
+            name, zeroshot = self._zeroshot_model_name, self._zeroshot_config
+            names = resolve_class_names(zeroshot, registry.get("config", no_warning=True), registry, name)
+            if config_flag(zeroshot.get("lowercase", True), f"model_config.{name}.zeroshot.lowercase"):
                 names = [entry.lower() for entry in names]
             self._class_names = names
         return self._class_names
 
-    def set_class_names(self, names: List[str]) -> None:
-        self._class_names = [str(name) for name in names]
-        self._class_embedding_cache = None
-
-    def prompts(self) -> List[str]:
-        """Every class name in every template, class-major: C * T prompts."""
-        return [template.format(name) for name in self.class_names() for template in self.templates]
-
-    def class_embeddings(self) -> torch.Tensor:
-        """(C, D) unit norm: the mean of the class's prompt embeddings (cached in eval mode)."""
-        if not self.training and self._class_embedding_cache is not None:
-            return self._class_embedding_cache
-        tokens = self.tokenize(self.prompts(), max_length=self.prompt_max_length)
-        prompt_embeddings = self.encode_text(tokens["input_ids"], tokens["attention_mask"])
-        per_class = prompt_embeddings.reshape(len(self.class_names()), len(self.templates), -1)
-        embeddings = average_view_embeddings(per_class)
-        if not self.training:
-            self._class_embedding_cache = embeddings.detach()
-        return embeddings
-
-    def zeroshot_scores(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, 3, H, W) -> logits (B, C) over the class prompts."""
-        return self.logit_scale() * self.encode_image(images) @ self.class_embeddings().t()
-
-    def train(self, mode: bool = True):
-        self._class_embedding_cache = None  # the text tower may change
-        return super().train(mode)
-
-    def load_state_dict(self, state_dict, *args, **kwargs):
-        self._class_embedding_cache = None
-        return super().load_state_dict(state_dict, *args, **kwargs)
-
-    def forward_zeroshot(self, sample_list) -> Dict:
+    def forward_zeroshot(self, sample_list):
         """{"scores": (B, C), "losses": {".../zeroshot_ce": CE against targets, when present}}."""
-        scores = self.zeroshot_scores(sample_list["image"])
-        output = {"scores": scores, "losses": {}}
-        targets = sample_list.get("targets", None)
-        if targets is not None:
-            if int(targets.max()) >= scores.shape[1] or int(targets.min()) < 0:
-                raise ValueError(
-                    f"{self._zeroshot_model_name} zeroshot: targets go up to {int(targets.max())} but there are "
-                    f"{scores.shape[1]} class names; check zeroshot.class_names against the dataset's labels"
-                )
-            output["losses"][_loss_key(sample_list, "zeroshot_ce")] = F.cross_entropy(scores, targets.long())
-        return output
-
-
-def _packaged_wordpiece():
-    from mmf_fashion.modules.encoders import build_tokenizer
-
-    return build_tokenizer("minilm")  # uncased WordPiece: bert-base-uncased's vocabulary, as ALIGN's
+        return self.with_loss_keys(sample_list, self.run_zeroshot(sample_list))
 
 
 @registry.register_model("align")
-class ALIGN(PromptZeroShot, TwoStreamMixin, BaseModel):
+class ALIGN(PromptZeroShot, ALIGNMethods, FashionModelBase):
     """ALIGN dual encoder: EfficientNet-style image tower + BERT [CLS] text tower."""
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.released = None
-
-    @classmethod
-    def config_path(cls):
-        return os.path.join(os.path.dirname(__file__), "configs", "align.yaml")
+    model_name = "align"
+    options_class = AlignOptions
 
     def build(self):
-        config = self.config
-        self.head = str(config.get("head", CONTRASTIVE))
-        if self.head not in HEADS:
-            raise ValueError(f"model_config.align.head must be one of {HEADS}, got '{self.head}'")
-        learnable = config_flag(config.get("learnable_temperature", True), "model_config.align.learnable_temperature")
-        max_scale = float(config.get("max_scale", 100.0))
-        source = released_towers.pretrained_source(config.get("pretrained", None))
-        if source:
-            self._build_released(source, learnable, max_scale)
-        else:
-            self.build_towers(
-                image_encoder=config.get("image_encoder", "efficientnet_b0"),
-                image_pretrained=config.get("image_pretrained", None),
-                text_encoder=config.get("text_encoder", None),
-                embed_dim=int(config.get("embed_dim", 640)),
-                text_pooling=str(config.get("text_pooling", "cls")),
-            )
-            self.logit_scale = LogitScale(
-                init=1.0 / float(config.get("temperature", 0.07)), learnable=learnable, max_value=max_scale
-            )
-        self.label_smoothing = float(config.get("label_smoothing", 0.1))
-        self.gather_negatives = config_flag(config.get("gather_negatives", True), "model_config.align.gather_negatives")
-        self.average_views = config_flag(config.get("average_views", False), "model_config.align.average_views")
-        self.configure_zeroshot(config, "align")
+        options = self.build_options()
+        self.build_network(options)
+        self.configure_zeroshot(options.zeroshot or {}, "align")
 
-    def _build_released(self, source: str, learnable: bool, max_scale: float) -> None:
-        released = released_towers.load_released(source, "align", fallback_tokenizer=_packaged_wordpiece)
-        for name in released_towers.TOWER_NAMES:
-            setattr(self, name, released.towers[name])
-        self.released = released
-        self.embed_dim = released.embed_dim
-        self.text_pooling = "cls"  # AlignModel's text embedding
-        self.max_text_length = int(self.config.get("max_text_length", 40))
-        # the clamp may not cut the checkpoint's own scale
-        self.logit_scale = LogitScale(init=released.logit_scale, learnable=learnable,
-                                      max_value=max(max_scale, released.logit_scale))
-        if released.image is not None:
-            image = released.image
-            self.image_transform = functools.partial(released_towers.eval_transform, image.size, image.mean, image.std)
-
-    # ------------------------------------------------------ released weights
-    def image_features(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-        if self.released is None:
-            return super().image_features(images)
-        return released_towers.released_image_features("align", self.image_encoder, self.image_projection, images)
-
-    def tokenizer(self):
-        return super().tokenizer() if self.released is None else self.released.tokenizer
-
-    def text_inputs(self, sample_list):
-        """(input_ids, attention_mask, token_type_ids) of the batch's text. The scratch
-        build reads the dataset's ids (the same packaged vocabulary as tokenize());
-        released weights tokenise the raw text with the checkpoint's tokenizer."""
-        if self.released is None:
-            return sample_list["input_ids"], sample_list["attention_mask"], sample_list.get("token_type_ids", None)
-        tokens = self.tokenize(released_towers.batch_texts(sample_list, "align"), max_length=self.max_text_length)
-        return tokens["input_ids"], tokens["attention_mask"], None
-
-    # -------------------------------------------------------------- forward
-    def image_embedding(self, sample_list) -> torch.Tensor:
-        embedding = self.encode_image(sample_list["image"])
-        if self.average_views and sample_list.get("image_2", None) is not None:
-            second = self.encode_image(sample_list["image_2"])
-            embedding = average_view_embeddings(torch.stack([embedding, second], dim=1))
-        return embedding
-
-    def forward(self, sample_list) -> Dict:
+    def forward(self, sample_list):
         """sample_list keys: image (B, 3, H, W), input_ids / attention_mask (B, L) or,
         with released weights, text list[str] [contrastive]; image (+ targets (B,)
         for the loss) [zeroshot].
@@ -378,19 +242,4 @@ class ALIGN(PromptZeroShot, TwoStreamMixin, BaseModel):
         "image_embedding": (B, D), "text_embedding": (B, D)};
         zeroshot: {"losses": {".../zeroshot_ce": scalar} (when targets exist), "scores": (B, C)}.
         """
-        if self.head == ZEROSHOT:
-            return self.forward_zeroshot(sample_list)
-        image_embedding = self.image_embedding(sample_list)
-        text_embedding = self.encode_text(*self.text_inputs(sample_list))
-        loss = contrastive_loss(
-            image_embedding,
-            text_embedding,
-            self.logit_scale(),
-            gather=self.gather_negatives and self.training,
-            label_smoothing=self.label_smoothing if self.training else 0.0,
-        )
-        return {
-            "losses": {_loss_key(sample_list, "itc"): loss},
-            "image_embedding": image_embedding,
-            "text_embedding": text_embedding,
-        }
+        return self.with_loss_keys(sample_list, self.run(sample_list))

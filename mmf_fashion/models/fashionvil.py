@@ -21,33 +21,47 @@ docs/models/fashionvil.md. Loss keys are "<dataset_type>/<dataset_name>/<loss>".
 """
 from __future__ import annotations
 
-import os
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
 
 from mmf.common.registry import registry
-from mmf.models.base_model import BaseModel
 
+from mmf_fashion.models.base import FashionModelBase
 from mmf_fashion.modules.fashionvil import FashionViLMethods
 
 
-def loss_key(sample_list, name: str) -> str:
-    dataset_type = getattr(sample_list, "dataset_type", None) or sample_list.get("dataset_type", "train")
-    dataset_name = getattr(sample_list, "dataset_name", None) or sample_list.get("dataset_name", "fashiongen")
-    return f"{dataset_type}/{dataset_name}/{name}"
+@dataclass
+class FashionViLConfig:
+    """model_config.fashionvil, key for key; no defaults: they live in models/configs/fashionvil.yaml.
+    The network (modules/fashionvil/network.py) is built from it as a mapping."""
+
+    head: str
+    image_encoder: Dict[str, Any]
+    text_encoder: Dict[str, Any]
+    visual_token_type: int
+    max_text_length: int
+    logit_scale: float
+    gather_negatives: bool
+    build_itm_head: bool
+    pretraining: Dict[str, Any]
+    tokenizer_checkpoint: Optional[str]
+    tokenizer_config: Dict[str, Any]
+    pac: Dict[str, Any]
+    contrastive_dim: Optional[int]
+    classification: Dict[str, Any]
+    ocir: Dict[str, Any]
 
 
 @registry.register_model("fashionvil")
-class FashionViL(FashionViLMethods, BaseModel):
+class FashionViL(FashionViLMethods, FashionModelBase):
     """FashionViL: image grid + one BERT as text and fusion encoder; five heads."""
 
-    def __init__(self, config):
-        super().__init__(config)
-
-    @classmethod
-    def config_path(cls):
-        return os.path.join(os.path.dirname(__file__), "configs", "fashionvil.yaml")
+    model_name = "fashionvil"
+    options_class = FashionViLConfig
 
     def build(self):
-        self.build_network(self.config)
+        self.build_network(dataclasses.asdict(self.build_options()))
 
     def forward(self, sample_list):
         """sample_list: the ARCHITECTURE.md keys of the head (network.py docstring).
@@ -57,5 +71,4 @@ class FashionViL(FashionViLMethods, BaseModel):
         target_embedding (composition, ocir) or scores and targets (classification)."""
         update = registry.get("num_updates", no_warning=True) or 0
         output = self.run_head(sample_list, update=int(update))
-        output["losses"] = {loss_key(sample_list, name): value for name, value in output["losses"].items()}
-        return output
+        return self.with_loss_keys(sample_list, output)

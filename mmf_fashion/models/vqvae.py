@@ -15,45 +15,34 @@ batch's code `perplexity` and `used_fraction` (scalars) for monitoring.
 """
 from __future__ import annotations
 
-import os
+import dataclasses
 
 from mmf.common.registry import registry
-from mmf.models.base_model import BaseModel
 
-from mmf_fashion.modules.vqvae import VQVAE, vqvae_options
-
-
-def _loss_key(sample_list, name: str) -> str:
-    dataset_type = getattr(sample_list, "dataset_type", None) or sample_list.get("dataset_type", "train")
-    dataset_name = getattr(sample_list, "dataset_name", None) or sample_list.get("dataset_name", "fashiongen")
-    return f"{dataset_type}/{dataset_name}/{name}"
+from mmf_fashion.models.base import FashionModelBase
+from mmf_fashion.modules.vqvae import VQVAE, VQVAEOptions
 
 
 @registry.register_model("fashion_vqvae")
-class FashionVQVAE(BaseModel):
+class FashionVQVAE(FashionModelBase):
     """VQ-VAE with an EMA codebook (vector-quantize-pytorch) for MPFC / COTS codes."""
 
-    @classmethod
-    def config_path(cls):
-        return os.path.join(os.path.dirname(__file__), "configs", "fashion_vqvae.yaml")
+    model_name = "fashion_vqvae"
+    options_class = VQVAEOptions
 
     def build(self):
-        self.vqvae = VQVAE(**vqvae_options(self.config))
+        self.vqvae = VQVAE(**dataclasses.asdict(self.build_options()))
 
     def forward(self, sample_list):
         if "image" not in sample_list:
             raise KeyError(f"fashion_vqvae needs the 'image' key; the batch has {sorted(sample_list.keys())}")
         output = self.vqvae(sample_list["image"])
         usage = self.vqvae.code_usage(output["codes"])
-        return {
-            "losses": {
-                _loss_key(sample_list, "reconstruction"): output["reconstruction_loss"],
-                _loss_key(sample_list, "commitment"): output["commitment_loss"],
-            },
-            "codes": output["codes"],
-            "perplexity": usage["perplexity"],
-            "used_fraction": usage["used_fraction"],
-        }
+        losses = {"reconstruction": output["reconstruction_loss"], "commitment": output["commitment_loss"]}
+        return self.with_loss_keys(sample_list, {
+            "losses": losses, "codes": output["codes"],
+            "perplexity": usage["perplexity"], "used_fraction": usage["used_fraction"],
+        })
 
     def encode_codes(self, images):
         """images (B, 3, H, W) -> LongTensor (B, h*w) code ids (no codebook update)."""

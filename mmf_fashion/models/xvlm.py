@@ -43,15 +43,15 @@ other; absent = only the aligned pair); ``boxes`` (B, R, 4) normalised
 """
 from __future__ import annotations
 
-import os
-from typing import Any, Dict, Mapping, Optional
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from mmf.common.registry import registry
-from mmf.models.base_model import BaseModel
 
+from mmf_fashion.models.base import FashionModelBase
 from mmf_fashion.modules.xvlm import XVLMMixin
-from mmf_fashion.utils.config import plain_dict as _plain
 
 PRETRAINING, RETRIEVAL, GROUNDING = "pretraining", "retrieval", "grounding"
 HEADS = (PRETRAINING, RETRIEVAL, GROUNDING)
@@ -60,45 +60,71 @@ DEFAULT_TASKS = {PRETRAINING: ("itc", "itm", "mlm", "box"), RETRIEVAL: ("itc", "
 REGION_KEYS = ("boxes", "box_valid", "box_input_ids", "box_attention_mask")
 
 
+@dataclass
+class XvlmMlmConfig:
+    source: str
+    probability: float
+    max_masks: int
+
+
+@dataclass
+class XvlmLossWeights:
+    itc: float
+    itm: float
+    mlm: float
+    mlm_region: float
+    box_l1: float
+    box_giou: float
+
+
+@dataclass
+class XvlmConfig:
+    """model_config.xvlm, key for key; no defaults: they live in models/configs/xvlm.yaml.
+    The network (modules/xvlm.py) is built from it as a mapping."""
+
+    head: str
+    tasks: Optional[List[str]]
+    use_regions: bool
+    eval_losses: bool
+    image_encoder: Dict[str, Any]
+    text_encoder: Dict[str, Any]
+    cross_encoder: Dict[str, Any]
+    tokenizer: Optional[str]
+    max_text_length: int
+    embed_dim: int
+    temperature: float
+    min_temperature: float
+    max_temperature: float
+    mlm: XvlmMlmConfig
+    loss_weights: XvlmLossWeights
+
+
 @registry.register_model("xvlm")
-class XVLM(XVLMMixin, BaseModel):
+class XVLM(XVLMMixin, FashionModelBase):
     """X-VLM: box-pooled visual concepts aligned with texts (pretraining | retrieval | grounding)."""
 
-    def __init__(self, config):
-        super().__init__(config)
-
-    @classmethod
-    def config_path(cls):
-        return os.path.join(os.path.dirname(__file__), "configs", "xvlm.yaml")
+    model_name = "xvlm"
+    options_class = XvlmConfig
 
     def build(self):
-        config = _plain(self.config)
-        self.head = str(config.get("head", PRETRAINING))
+        options = self.build_options()
+        self.head = options.head
         if self.head not in HEADS:
             raise ValueError(f"model_config.xvlm.head must be one of {HEADS}, got '{self.head}'")
-        tasks = config.get("tasks") or DEFAULT_TASKS[self.head]
+        tasks = options.tasks or DEFAULT_TASKS[self.head]
         unknown = [task for task in tasks if task not in TASKS]
         if unknown:
             raise ValueError(f"model_config.xvlm.tasks: unknown {unknown}; choose from {TASKS}")
         self.tasks = tuple(str(task) for task in tasks)
-        self.use_regions = bool(config.get("use_regions", True))
-        self.eval_losses = bool(config.get("eval_losses", True))
-        mlm = dict(config.get("mlm") or {})
-        self.mlm_source = str(mlm.get("source", "model"))
+        self.use_regions = options.use_regions
+        self.eval_losses = options.eval_losses
+        self.mlm_source = options.mlm.source
         if self.mlm_source not in ("model", "data"):
             raise ValueError(f"model_config.xvlm.mlm.source must be 'model' or 'data', got '{self.mlm_source}'")
-        weights = dict(config.get("loss_weights") or {})
-        self.loss_weights = {name: float(weights.get(name, 1.0))
-                             for name in ("itc", "itm", "mlm", "mlm_region", "box_l1", "box_giou")}
-        self.build_network(config)
+        self.loss_weights = dataclasses.asdict(options.loss_weights)
+        self.build_network(dataclasses.asdict(options))
 
     # ------------------------------------------------------------ inputs
-    @staticmethod
-    def _key(sample_list, name: str) -> str:
-        dataset_type = sample_list.get("dataset_type", None) or "train"
-        dataset_name = sample_list.get("dataset_name", None) or "fashiongen"
-        return f"{dataset_type}/{dataset_name}/{name}"
-
     def _regions(self, sample_list, required: bool) -> Dict[str, Optional[torch.Tensor]]:
         found = {key: sample_list.get(key, None) for key in REGION_KEYS}
         missing = [key for key in REGION_KEYS if found[key] is None]
@@ -190,5 +216,5 @@ class XVLM(XVLMMixin, BaseModel):
         return placed
 
     def _weighted(self, sample_list, losses: Mapping[str, Optional[torch.Tensor]]) -> Dict[str, torch.Tensor]:
-        return {self._key(sample_list, name): self.loss_weights[name] * loss
+        return {self.loss_key(sample_list, name): self.loss_weights[name] * loss
                 for name, loss in losses.items() if loss is not None}

@@ -102,7 +102,8 @@ class FifoQueue(nn.Module):
         """Push (n, dim) rows per field (the same n for every field); oldest rows are overwritten."""
         if set(rows) != set(self.fields):
             raise ValueError(f"enqueue needs exactly the fields {self.fields}, got {sorted(rows)}")
-        rows = {name: (all_gather_variable(value.detach()) if gather else value.detach()) for name, value in rows.items()}
+        rows = {name: (all_gather_variable(value.detach()) if gather else value.detach())
+                for name, value in rows.items()}
         sizes = {value.shape[0] for value in rows.values()}
         if len(sizes) != 1:
             raise ValueError(f"enqueue: fields have different numbers of rows {sizes}")
@@ -419,7 +420,8 @@ def resize_patch_mask(patch_mask: torch.Tensor, source_hw: Sequence[int], target
     if source_hw == target_hw:
         return patch_mask.bool()
     if patch_mask.shape[1] != source_hw[0] * source_hw[1]:
-        raise ValueError(f"patch_mask has {patch_mask.shape[1]} cells, grid {source_hw} needs {source_hw[0] * source_hw[1]}")
+        raise ValueError(
+            f"patch_mask has {patch_mask.shape[1]} cells, grid {source_hw} needs {source_hw[0] * source_hw[1]}")
     grid = patch_mask.float().reshape(-1, 1, *source_hw)
     return F.interpolate(grid, size=target_hw, mode="nearest").flatten(1) > 0.5
 

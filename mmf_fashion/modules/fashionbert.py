@@ -39,8 +39,7 @@ Decisions (docs/models/fashionbert.md has the long version):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import combinations
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -51,14 +50,16 @@ from mmf_fashion.modules.encoders import build_text_encoder
 from mmf_fashion.modules.fashionbert_patches import (  # noqa: F401  (re-exported)
     PatchFeatureCache, PatchFeatureEncoder, fit_to_grid, merge_patches, precompute_patch_features,
     split_into_patches)
+from mmf_fashion.modules.fashionbert_tasks import (  # noqa: F401  (re-exported)
+    IGNORE_INDEX, MPM_LOSSES, SubcategoryTextBank, _zero_loss, adaptive_loss_weights, choose_negative_rows,
+    combine_losses, masked_patch_loss, pair_with_negative_texts, query_title_inputs, sample_alignment_negatives,
+    simplex_min_quadratic, task_gradient_gram)
 
 TASKS = ("mlm", "mpm", "alignment")
 SEGMENTS = ("text_image", "query_title_image")
-MPM_LOSSES = ("kl", "mse")
 WEIGHTINGS = ("adaptive", "fixed")
 # what the task gradients of the adaptive weights are taken with respect to
 GRAD_SOURCES = ("last_layer", "sequence_output", "shared")
-IGNORE_INDEX = -100
 
 
 # ------------------------------------------------------------------ options
@@ -163,234 +164,6 @@ class MaskedTokenHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
         return self.transform(hidden) @ word_embeddings.t() + self.bias
-
-
-# ------------------------------------------------------------- task pieces
-def sample_alignment_negatives(product_id: torch.Tensor, subcategory_id: Optional[torch.Tensor] = None,
-                               generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """For each row, the batch row that supplies its negative, or -1.
-
-    Preference: a random row of another product with the same subcategory;
-    else a random row of any other product; else -1 (one product in the batch).
-    Without subcategory_id every other product is a candidate.
-    """
-    product_id = product_id.reshape(-1)
-    other_product = product_id[:, None] != product_id[None, :]
-    if subcategory_id is not None:
-        same_subcategory = subcategory_id.reshape(-1)[:, None] == subcategory_id.reshape(-1)[None, :]
-        preferred = other_product & same_subcategory
-        pool = torch.where(preferred.any(1, keepdim=True), preferred, other_product)
-    else:
-        pool = other_product
-    noise = torch.rand(pool.shape, generator=generator).to(pool.device)
-    choice = noise.masked_fill(~pool, -1.0).argmax(1)
-    return torch.where(pool.any(1), choice, torch.full_like(choice, -1))
-
-
-def choose_negative_rows(partner: torch.Tensor, fraction: float,
-                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Bool (B,): which rows get a negative image; round(fraction*B) rows among
-    those with a partner, never all B rows (one matched row always remains)."""
-    batch = partner.shape[0]
-    candidates = (partner >= 0).nonzero().flatten().cpu()
-    count = min(int(round(fraction * batch)), candidates.numel(), max(batch - 1, 0))
-    order = torch.randperm(candidates.numel(), generator=generator)[:count]
-    rows = torch.zeros(batch, dtype=torch.bool)
-    rows[candidates[order]] = True
-    return rows.to(partner.device)
-
-
-def masked_patch_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str = "kl") -> torch.Tensor:
-    """(P, C) predictions of the masked patches against their original features (P, C).
-
-    kl: mean over patches of KL(softmax(target) || softmax(prediction));
-    mse: mean squared error. The target is detached.
-    """
-    target = target.detach()
-    if kind == "kl":
-        log_target = F.log_softmax(target.float(), dim=-1)
-        log_prediction = F.log_softmax(prediction.float(), dim=-1)
-        return (log_target.exp() * (log_target - log_prediction)).sum(-1).mean()
-    if kind == "mse":
-        return F.mse_loss(prediction.float(), target.float())
-    raise ValueError(f"masked_patch_loss: unknown kind '{kind}', choose one of {list(MPM_LOSSES)}")
-
-
-def simplex_min_quadratic(matrix: torch.Tensor) -> torch.Tensor:
-    """argmin of w^T M w over the simplex (sum w = 1, w >= 0) for a symmetric PSD (K, K) M.
-
-    Exact: at the optimum, with support S, the KKT conditions give
-    w_S proportional to M_SS^-1 1; every support is tried (2^K - 1 small
-    solves, K <= 3 here) and the feasible candidate of least value kept.
-    """
-    num = matrix.shape[0]
-    m = matrix.double()
-    # a tiny ridge keeps M_SS invertible when gradients are parallel (alpha = 0)
-    m = m + 1e-10 * max(float(m.diagonal().abs().max()), 1.0) * torch.eye(num, dtype=m.dtype, device=m.device)
-    best, best_value = None, float("inf")
-    for size in range(1, num + 1):
-        for support in combinations(range(num), size):
-            index = torch.tensor(support, device=m.device)
-            direction = torch.linalg.solve(m[index][:, index], torch.ones(size, dtype=m.dtype, device=m.device))
-            if float(direction.sum()) <= 0 or bool((direction < -1e-12 * direction.abs().max()).any()):
-                continue
-            weights = torch.zeros(num, dtype=m.dtype, device=m.device)
-            weights[index] = direction.clamp_min(0.0)
-            weights = weights / weights.sum()
-            value = float(weights @ m @ weights)
-            if value < best_value:
-                best, best_value = weights, value
-    return best
-
-
-def adaptive_loss_weights(gram: torch.Tensor, alpha: float = 1.0, normalize: bool = True) -> torch.Tensor:
-    """FashionBERT's adaptive weights from the (K, K) Gram matrix of the task gradients.
-
-    w = argmin over the simplex of 1/2 ||sum_i w_i g_i||^2 + (alpha*K/2) ||w - 1/K||^2.
-    On the simplex ||w - 1/K||^2 = ||w||^2 - 1/K, so this is min w^T (G + alpha*K*I) w.
-    normalize divides G by its mean diagonal first (alpha then means the same at any
-    gradient scale). With orthogonal gradients: w_i ~ 1 / (||g_i||^2 + alpha*K).
-    """
-    num = gram.shape[0]
-    if num == 1:
-        return torch.ones(1, device=gram.device)
-    g = gram.detach().double().cpu()  # K x K: one copy, then the small solves run on the CPU
-    if not bool(torch.isfinite(g).all()):  # a non-finite gradient: the trainer reports the loss itself
-        return torch.full((num,), 1.0 / num, device=gram.device)
-    g = (g + g.t()) / 2
-    scale = float(g.diagonal().mean())
-    if normalize and scale > 0:
-        g = g / scale
-    eye = torch.eye(num, dtype=g.dtype, device=g.device)
-    return simplex_min_quadratic(g + alpha * num * eye).float().to(gram.device)
-
-
-def task_gradient_gram(losses: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(K, K) Gram matrix of the K losses' gradients w.r.t. `inputs` (shared
-    parameters or activations); one extra backward per loss, graph kept."""
-    rows = []
-    for loss in losses:
-        if not loss.requires_grad:
-            rows.append(torch.cat([torch.zeros(x.numel(), device=x.device) for x in inputs]))
-            continue
-        grads = torch.autograd.grad(loss.float(), list(inputs), retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(g if g is not None else torch.zeros_like(x)).reshape(-1).float()
-                               for g, x in zip(grads, inputs)]))
-    flat = torch.stack(rows)
-    return flat @ flat.t()
-
-
-def combine_losses(losses: Mapping[str, torch.Tensor], weights: Mapping[str, Any]
-                   ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """sum_i w_i L_i of named losses -> (total, {name: weight tensor}); weights are constants."""
-    names = list(losses)
-    stacked = torch.stack([losses[name].float().reshape(()) for name in names])
-    values = stacked.new_tensor([float(weights[name]) for name in names])
-    return (values * stacked).sum(), {name: values[i] for i, name in enumerate(names)}
-
-
-class SubcategoryTextBank:
-    """Texts of recent training products, per subcategory: same-subcategory
-    negatives from across the training set, not just the batch.
-
-    Holds at most `size` products per subcategory (the newest; one entry per
-    product). Not saved in checkpoints: it refills within a few batches.
-    """
-
-    def __init__(self, size: int = 8):
-        self.size = int(size)
-        self.entries: Dict[int, List[Tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
-
-    def __len__(self) -> int:
-        return sum(len(bucket) for bucket in self.entries.values())
-
-    def add(self, product_id: torch.Tensor, subcategory_id: torch.Tensor, input_ids: torch.Tensor,
-            attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> None:
-        for row, (product, subcategory) in enumerate(zip(product_id.tolist(), subcategory_id.tolist())):
-            if subcategory < 0:  # unlabelled product: no subcategory to match
-                continue
-            bucket = [entry for entry in self.entries.get(subcategory, []) if entry[0] != product]
-            bucket.append((product, input_ids[row].detach().clone(), attention_mask[row].detach().clone(),
-                           token_type_ids[row].detach().clone()))
-            self.entries[subcategory] = bucket[-self.size:]
-
-    def candidates(self, subcategory: int, product: int):
-        """Entries (product, ids, mask, types) of the subcategory, other products only."""
-        return [entry for entry in self.entries.get(subcategory, []) if entry[0] != product]
-
-
-def _fit_length(entry: Tuple[int, torch.Tensor, torch.Tensor, torch.Tensor], length: int, pad_id: int):
-    """A bank entry's (ids, mask, types) cut or padded to the batch's text length."""
-    _, ids, mask, types = entry
-    if ids.numel() >= length:
-        return ids[:length], mask[:length], types[:length]
-    pad = length - ids.numel()
-    return (F.pad(ids, (0, pad), value=pad_id), F.pad(mask, (0, pad)), F.pad(types, (0, pad)))
-
-
-def pair_with_negative_texts(input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                             token_type_ids: Optional[torch.Tensor], product_id: torch.Tensor,
-                             subcategory_id: Optional[torch.Tensor], fraction: float,
-                             bank: Optional[SubcategoryTextBank] = None,
-                             generator: Optional[torch.Generator] = None, pad_id: int = 0
-                             ) -> Dict[str, torch.Tensor]:
-    """Give round(fraction*B) rows (never all) the text of another product.
-
-    Source per negative row: a random bank entry of the row's subcategory (another
-    product, earlier batch); else a batch row (sample_alignment_negatives: same
-    subcategory, else any other product). Rows with no candidate stay matched.
-    Returns input_ids, attention_mask, token_type_ids (B, L) as paired, negative (B,)
-    bool, text_product (B,) the product each text belongs to, source (B,)
-    0 = own text, 1 = bank, 2 = batch.
-    """
-    batch, length = input_ids.shape
-    if token_type_ids is None:
-        token_type_ids = torch.zeros_like(input_ids)
-    product_id = product_id.reshape(-1)
-    partner = sample_alignment_negatives(product_id, subcategory_id, generator)
-    from_bank: List[Optional[tuple]] = [None] * batch
-    if bank is not None and subcategory_id is not None:
-        for row, (product, subcategory) in enumerate(zip(product_id.tolist(), subcategory_id.reshape(-1).tolist())):
-            options = bank.candidates(subcategory, product)
-            if options:
-                from_bank[row] = options[int(torch.randint(len(options), (1,), generator=generator))]
-    has_bank = torch.tensor([entry is not None for entry in from_bank], device=partner.device)
-    negative = choose_negative_rows(torch.where(has_bank, torch.zeros_like(partner), partner), fraction, generator)
-    ids, mask, types = input_ids.clone(), attention_mask.clone(), token_type_ids.clone()
-    text_product, source = product_id.clone(), torch.zeros_like(product_id)
-    for row in negative.nonzero().flatten().tolist():
-        if from_bank[row] is not None:
-            fitted = _fit_length(from_bank[row], length, pad_id)
-            ids[row], mask[row], types[row] = (x.to(ids.device) for x in fitted)
-            text_product[row], source[row] = from_bank[row][0], 1
-        else:
-            other = int(partner[row])
-            ids[row], mask[row], types[row] = input_ids[other], attention_mask[other], token_type_ids[other]
-            text_product[row], source[row] = product_id[other], 2
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "negative": negative,
-            "text_product": text_product, "source": source}
-
-
-def query_title_inputs(query_ids: torch.Tensor, query_mask: torch.Tensor, title_ids: torch.Tensor,
-                       title_mask: torch.Tensor, title_labels: Optional[torch.Tensor] = None):
-    """Join [CLS] query [SEP] and [CLS] title [SEP] into [CLS] query [SEP] title [SEP].
-
-    The title's leading [CLS] is dropped; padding stays inside each segment.
-    Returns (input_ids, attention_mask, token_type_ids, labels-or-None), all (B, Lq + Lt - 1);
-    token type 0 = query, 1 = title; query positions carry the ignore label.
-    """
-    ids = torch.cat([query_ids, title_ids[:, 1:]], dim=1)
-    mask = torch.cat([query_mask, title_mask[:, 1:]], dim=1)
-    types = torch.cat([torch.zeros_like(query_ids), torch.ones_like(title_ids[:, 1:])], dim=1)
-    labels = None
-    if title_labels is not None:
-        labels = torch.cat([torch.full_like(query_ids, IGNORE_INDEX), title_labels[:, 1:]], dim=1)
-    return ids, mask, types, labels
-
-
-def _zero_loss(*tensors: torch.Tensor) -> torch.Tensor:
-    """A zero that keeps the graph (no positions to predict in this batch)."""
-    return sum(tensor.sum() for tensor in tensors) * 0.0
 
 
 # ------------------------------------------------------------------ network
@@ -661,9 +434,98 @@ class FashionBertMixin:
                 "text_product": pairs["text_product"], "negative_source": pairs["source"]}
 
 
+    # ------------------------------------------------------ batch level
+    def text_inputs(self, batch: Mapping[str, Any], masked: bool):
+        """(input_ids, attention_mask, token_type_ids, mlm_labels) of the batch, (B, L) each
+        (with segments query_title_image: [CLS] query [SEP] title [SEP])."""
+        if masked:
+            missing = [key for key in ("masked_input_ids", "mlm_labels") if batch.get(key, None) is None]
+            if missing:
+                raise KeyError(f"fashionbert pretraining with the mlm task needs sample keys {missing}: turn on "
+                               "the dataset's mlm option, or drop mlm from pretraining.tasks")
+            input_ids, labels = batch["masked_input_ids"], batch["mlm_labels"]
+        else:
+            input_ids, labels = batch["input_ids"], None
+        attention_mask = batch["attention_mask"]
+        token_type_ids = batch.get("token_type_ids", None)
+        if self.options.segments == "query_title_image":
+            query_ids = batch.get("query_input_ids", None)
+            query_mask = batch.get("query_attention_mask", None)
+            if query_ids is None or query_mask is None:
+                raise KeyError("fashionbert segments=query_title_image needs sample keys query_input_ids and "
+                               "query_attention_mask (the query) beside input_ids (the title)")
+            input_ids, attention_mask, token_type_ids, labels = query_title_inputs(
+                query_ids, query_mask, input_ids, attention_mask, labels)
+        return input_ids, attention_mask, token_type_ids, labels
+
+    def batch_patches(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self.encode_patches(batch["image"], batch.get("image_id", None))
+
+    def run(self, batch: Mapping[str, Any], head: str) -> Dict[str, Any]:
+        """One forward of a head (pretraining | alignment | classification) on a batch
+        (docs of the MMF model for the keys); "losses" are named by task."""
+        if head == "pretraining":
+            return self.run_pretraining(batch)
+        if head == "alignment":
+            return self.run_alignment(batch)
+        return self.run_classification(batch)
+
+    def run_pretraining(self, batch: Mapping[str, Any]) -> Dict[str, Any]:
+        """{"losses": the WEIGHTED task losses, "unweighted_losses", "loss_weights",
+        "negative_source"[, "scores": alignment logits]}."""
+        input_ids, attention_mask, token_type_ids, labels = self.text_inputs(batch, masked="mlm" in self.options.tasks)
+        result = self.pretraining_losses(
+            self.batch_patches(batch), input_ids, attention_mask, labels, batch["product_id"],
+            batch.get("subcategory_id", None), token_type_ids)
+        output = {"losses": {task: result["weights"][task] * loss for task, loss in result["losses"].items()},
+                  "unweighted_losses": {task: loss.detach() for task, loss in result["losses"].items()},
+                  "loss_weights": {task: weight.detach() for task, weight in result["weights"].items()},
+                  "negative_source": result["negative_source"]}
+        if result["alignment_logits"] is not None:
+            output["scores"] = result["alignment_logits"]
+        return output
+
+    def run_alignment(self, batch: Mapping[str, Any]) -> Dict[str, Any]:
+        input_ids, attention_mask, token_type_ids, _ = self.text_inputs(batch, masked=False)
+        result = self.alignment_loss(self.batch_patches(batch), input_ids, attention_mask, batch["product_id"],
+                                     batch.get("subcategory_id", None), token_type_ids)
+        return {"losses": {"alignment": result["loss"]}, "scores": result["logits"],
+                "alignment_labels": result["labels"], "negative_source": result["negative_source"]}
+
+    def run_classification(self, batch: Mapping[str, Any]) -> Dict[str, Any]:
+        input_ids, attention_mask, token_type_ids, _ = self.text_inputs(batch, masked=False)
+        scores = self.classification_logits(self.batch_patches(batch), input_ids, attention_mask, token_type_ids)
+        output: Dict[str, Any] = {"scores": scores, "losses": {}}
+        targets = batch.get("targets", None)
+        if targets is not None:
+            if int(targets.max()) >= scores.shape[1] or int(targets.min()) < 0:
+                raise ValueError(f"fashionbert classification: targets reach {int(targets.max())} but "
+                                 f"num_labels is {scores.shape[1]}; set model_config.fashionbert.num_labels")
+            output["losses"]["classification"] = F.cross_entropy(scores, targets.long())
+        return output
+
+    def match_scores(self, pairs, input_ids: Optional[torch.Tensor] = None,
+                     attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Alignment score (P,) of P image/text pairs, higher = better match.
+
+        `pairs`: a mapping / SampleList with image (P, 3, H, W), input_ids,
+        attention_mask [, token_type_ids, image_id, query_input_ids,
+        query_attention_mask] (P, L) (the rerank.py interface), or the images
+        themselves with input_ids and attention_mask given as arguments.
+        Leaves the model's train/eval mode as it is.
+        """
+        if isinstance(pairs, torch.Tensor):
+            pairs = {"image": pairs, "input_ids": input_ids, "attention_mask": attention_mask}
+        text_ids, text_mask, token_types, _ = self.text_inputs(pairs, masked=False)
+        return self.score_pairs(pairs["image"], text_ids, text_mask, token_types, pairs.get("image_id", None))
+
+
 class FashionBert(FashionBertMixin, nn.Module):
     """The plain torch FashionBERT (no MMF): `FashionBert(FashionBertOptions(...))`."""
 
     def __init__(self, options: Optional[FashionBertOptions] = None):
         super().__init__()
         self.build_network(options or FashionBertOptions())
+
+    def forward(self, batch: Mapping[str, Any], head: str = "pretraining") -> Dict[str, Any]:
+        return self.run(batch, head)

@@ -350,7 +350,7 @@ class ReleasedTowersMixin:
             for parameter in getattr(self, name).parameters():
                 parameter.requires_grad_(False)
 
-    def _device(self) -> torch.device:
+    def _parameter_device(self) -> torch.device:
         return self.text_projection.weight.device
 
     def image_features(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -372,12 +372,12 @@ class ReleasedTowersMixin:
         """The checkpoint's tokenizer, truncated to the text model's positions."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         length = min(int(max_length or self.max_text_length), self.released.max_text_length)
-        return tokenize_with(self.released.tokenizer, texts, length, self._device())
+        return tokenize_with(self.released.tokenizer, texts, length, self._parameter_device())
 
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Retrieval interface: images (N, 3, H, W) -> (N, D) unit norm (in chunks, no grad)."""
-        device = self._device()
+        device = self._parameter_device()
         chunks = [self.encode_image(images[start:start + batch_size].to(device))
                   for start in range(0, len(images), batch_size)]
         return torch.cat(chunks) if chunks else torch.zeros(0, self.embed_dim, device=device)
@@ -390,7 +390,7 @@ class ReleasedTowersMixin:
         for start in range(0, len(texts), batch_size):
             tokens = self.tokenize(texts[start:start + batch_size], max_length=max_length)
             chunks.append(self.encode_text(tokens["input_ids"], tokens["attention_mask"]))
-        return torch.cat(chunks) if chunks else torch.zeros(0, self.embed_dim, device=self._device())
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.embed_dim, device=self._parameter_device())
 
     def image_transform(self) -> Callable:
         """PIL image -> (3, S, S): the checkpoint's image settings (its native size

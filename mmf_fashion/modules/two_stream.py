@@ -30,6 +30,7 @@ arguments so the momentum copies of COTS (other modules, same code) reuse them.
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any, Dict, Mapping, Optional
 
 import torch
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmf_fashion.modules.encoders import build_image_encoder, build_text_encoder, masked_mean
+from mmf_fashion.modules.state_dicts import strip_prefix
 
 TOWER_NAMES = ("image_encoder", "image_projection", "text_encoder", "text_projection")
 
@@ -224,7 +226,8 @@ class TwoStreamMixin:
     def embed_images(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Retrieval interface: images (N, 3, H, W) -> (N, D) unit norm (in chunks, no grad)."""
         device = self.text_projection.weight.device
-        chunks = [self.encode_image(images[start : start + batch_size].to(device)) for start in range(0, len(images), batch_size)]
+        chunks = [self.encode_image(images[start : start + batch_size].to(device))
+                  for start in range(0, len(images), batch_size)]
         if not chunks:
             return torch.zeros(0, self.embed_dim, device=device)
         return torch.cat(chunks, dim=0)
@@ -248,3 +251,47 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     for parameter in duplicate.parameters():
         parameter.requires_grad_(False)
     return duplicate
+
+
+class ShortlistTowers(TwoStreamMixin, nn.Module):
+    """A frozen two-stream model (ALIGN's towers) that shortlists candidates for re-ranking."""
+
+    def __init__(self, config: Mapping[str, Any]):
+        super().__init__()
+        self.build_towers(
+            image_encoder=config.get("image_encoder", "efficientnet_b0"),
+            image_pretrained=config.get("image_pretrained") or None,
+            text_encoder=config.get("text_encoder") or {"name": "tiny"},
+            embed_dim=int(config.get("embed_dim", 640)),
+        )
+        checkpoint = config.get("checkpoint") or None
+        if checkpoint:
+            self.load_towers(str(checkpoint))
+        self.requires_grad_(False)
+
+    def load_towers(self, path: str, allow_unsafe: Optional[bool] = None) -> None:
+        """Load the four towers from a checkpoint of a two-stream model (ALIGN: save/<run>/align_final.pth),
+        weights-only unless allow_unsafe (None: the run's checkpoint.allow_unsafe_load)."""
+        from mmf_fashion.trainers import checkpointing as ckpt
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"fashionbert shortlist.checkpoint '{path}': no such file (train the two-stream model first, "
+                "e.g. projects/align/configs/pretrain.yaml)"
+            )
+        if allow_unsafe is None:
+            allow_unsafe = ckpt.unsafe_load_allowed()
+        state = ckpt.safe_torch_load(path, allow_unsafe=allow_unsafe)
+        state = state.get("model", state) if isinstance(state, dict) else state
+        if not isinstance(state, dict):
+            raise ValueError(f"fashionbert shortlist.checkpoint '{path}': not a state dict or a checkpoint "
+                             "with a 'model' entry")
+        state = strip_prefix(state)
+        towers = {k: v for k, v in state.items() if k.split(".", 1)[0] in TOWER_NAMES}
+        missing, _ = self.load_state_dict(towers, strict=False)
+        if missing:
+            raise ValueError(f"fashionbert shortlist.checkpoint '{path}': no weights for {missing[:8]} "
+                             "(is it a two-stream model with the same shortlist sizes?)")
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # frozen: batch-norm statistics and dropout stay in eval mode

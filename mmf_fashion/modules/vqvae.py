@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional
 
 import torch
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from vector_quantize_pytorch import VectorQuantize
 
-from mmf_fashion.trainers.checkpointing import safe_torch_load, strip_module_prefix, unsafe_load_allowed
+from mmf_fashion.modules.state_dicts import strip_prefix
+from mmf_fashion.trainers.checkpointing import safe_torch_load, unsafe_load_allowed
 
 # The options VQVAE accepts, with their defaults (the official FashionViL
 # tokenizer: 1024 codes of 256 dimensions, 7x7 latent for 224 px input).
@@ -47,6 +49,23 @@ VQVAE_DEFAULTS: Dict[str, Any] = {
     "dead_code_threshold": 2.0,
     "kmeans_init": False,
 }
+
+
+@dataclass
+class VQVAEOptions:
+    """Every VQVAE option, no defaults: the `fashion_vqvae` model builds it from its YAML
+    (models/configs/fashion_vqvae.yaml); plain-torch callers may pass VQVAE(**partial) instead."""
+
+    codebook_size: int
+    codebook_dim: int
+    hidden_channels: int
+    max_channels: int
+    downsample: int
+    num_res_blocks: int
+    decay: float
+    commitment_weight: float
+    dead_code_threshold: float
+    kmeans_init: bool
 
 
 class ResidualBlock(nn.Module):
@@ -240,13 +259,8 @@ def _vqvae_state(checkpoint: Mapping[str, Any], path: str) -> Dict[str, torch.Te
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping):
         raise ValueError(f"{path}: not a state dict or an MMF checkpoint with a 'model' entry")
-    cleaned = {}
-    for key, value in strip_module_prefix(dict(state)).items():
-        if not torch.is_tensor(value):
-            continue
-        if key.startswith("vqvae."):
-            key = key[len("vqvae."):]
-        cleaned[key] = value
+    tensors = {key: value for key, value in state.items() if torch.is_tensor(value)}
+    cleaned = strip_prefix(strip_prefix(tensors, "module."), "vqvae.")
     if not any(key.startswith("quantizer.") for key in cleaned):
         raise ValueError(f"{path}: no VQ-VAE weights found (no 'quantizer.*' keys)")
     return cleaned
@@ -272,7 +286,8 @@ def load_frozen_tokenizer(
     try:
         missing, unexpected = vqvae.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shape mismatch: trained with other sizes
-        raise ValueError(f"{path}: checkpoint does not match the VQVAE config {vqvae_options(config)}: {error}") from error
+        raise ValueError(
+            f"{path}: checkpoint does not match the VQVAE config {vqvae_options(config)}: {error}") from error
     if missing or unexpected:
         raise ValueError(
             f"{path}: checkpoint does not match the VQVAE config {vqvae_options(config)} "

@@ -37,6 +37,8 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
+from mmf_fashion.modules.state_dicts import strip_prefix
+
 OPT_IN_CONFIG = "checkpoint.allow_unsafe_load=True"
 OPT_IN_FLAG = "--allow-unsafe-load"
 
@@ -215,15 +217,11 @@ def non_finite_parameters(named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> 
     return bad
 
 
-def strip_module_prefix(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state_dict.items()}
-
-
 def load_model_state(
     model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], strict: bool, source: str, what: str = "the model"
 ) -> Tuple[list, list]:
     """Load weights; when they do not fit `what` (e.g. "model 'align'"), say exactly which keys differ."""
-    state_dict = strip_module_prefix(state_dict)
+    state_dict = strip_prefix(state_dict)  # DistributedDataParallel's "module."
     # a model that knows an older layout of its own weights names it (and the option) first
     check_layout = getattr(model, "check_state_dict_layout", None)
     if callable(check_layout):
@@ -249,7 +247,7 @@ def load_model_state(
 
 def apply_state_mapping(state_dict: Dict[str, torch.Tensor], mapping: Dict[str, str]) -> Dict[str, torch.Tensor]:
     """MMF's pretrained_state_mapping: {own_prefix: checkpoint_prefix}."""
-    state_dict = strip_module_prefix(state_dict)
+    state_dict = strip_prefix(state_dict)  # DistributedDataParallel's "module."
     if not mapping:
         return state_dict
     mapped = {}

@@ -257,7 +257,7 @@ class FashionViLMethods(FashionViLEncoding):
         return {"losses": {"ocir": loss}, "query_embedding": query, "target_embedding": target}
 
     # ------------------------------------------------------------ retrieval interface
-    def _device(self) -> torch.device:
+    def _parameter_device(self) -> torch.device:
         return self.image_projection.weight.device
 
     def tokenize(self, texts: List[str]) -> Dict[str, torch.Tensor]:
@@ -267,7 +267,7 @@ class FashionViLMethods(FashionViLEncoding):
         encoded = self._text_tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_text_length, return_tensors="pt"
         )
-        device = self._device()
+        device = self._parameter_device()
         return {key: encoded[key].to(device) for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded}
 
     def _itc_side(self, side: str):
@@ -279,7 +279,7 @@ class FashionViLMethods(FashionViLEncoding):
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """images (N, 3, H, W) -> (N, D) L2-normalised: the late-fusion image stream,
         D = contrastive_dim (pretraining, contrastive) or hidden (composition, ocir targets)."""
-        return F.normalize(self._itc_side("f")(self.image_embedding(images.to(self._device()))), dim=-1)
+        return F.normalize(self._itc_side("f")(self.image_embedding(images.to(self._parameter_device()))), dim=-1)
 
     @torch.no_grad()
     def embed_texts(self, texts: List[str]) -> torch.Tensor:
@@ -293,7 +293,7 @@ class FashionViLMethods(FashionViLEncoding):
         """Reference images (N, 3, H, W) + modification texts (N,) -> TGIR queries (N, hidden), L2-normalised."""
         tokens = self.tokenize(texts)
         query = self.composed_embedding(
-            images.to(self._device()), tokens["input_ids"], tokens["attention_mask"], tokens.get("token_type_ids")
+            images.to(self._parameter_device()), tokens["input_ids"], tokens["attention_mask"], tokens.get("token_type_ids")
         )
         return F.normalize(query, dim=-1)
 
@@ -316,7 +316,7 @@ class FashionViLMethods(FashionViLEncoding):
             require(pairs, ["image", "input_ids", "attention_mask"], "match_scores")
             images, input_ids = pairs["image"], pairs["input_ids"]
             attention_mask, token_type_ids = pairs["attention_mask"], pairs.get("token_type_ids")
-        device = self._device()
+        device = self._parameter_device()
         token_type_ids = token_type_ids.to(device) if token_type_ids is not None else None
         fused = self.fuse(
             input_ids.to(device), attention_mask.to(device), token_type_ids, self.image_tokens(images.to(device))
