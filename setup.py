@@ -5,6 +5,7 @@ This file only adds to build_py: it writes the start-up hook
 mmf_fashion/projects. An editable install leaves the .pth out, so
 `make setup` runs `python -m mmf_fashion.bridge.install_hook` as well.
 """
+
 import importlib.util
 import os
 import shutil

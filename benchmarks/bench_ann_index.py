@@ -18,6 +18,7 @@ increase over the build, latency per query at batch 1 (one query per call)
 and batch 64 (call time / 64), p50 and p99, and recall@10 against the exact
 top 10 (the flat index). Writes benchmarks/results/ann_index.{md,json}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,7 +62,7 @@ def make_data(n: int, queries: int, dim: int, clusters: int, seed: int):
     bounds = np.searchsorted(labels[order], np.arange(clusters + 1))
     data = np.empty((total, dim), dtype=np.float32)
     for cluster in range(clusters):
-        rows = order[bounds[cluster]:bounds[cluster + 1]]
+        rows = order[bounds[cluster] : bounds[cluster + 1]]
         if not len(rows):
             continue
         basis = rng.standard_normal((SPREAD_RANK, dim)).astype(np.float32) / np.sqrt(dim)
@@ -82,7 +83,7 @@ def latencies(index, kind, params, queries, setting, batch, limit):
     times = []
     count = min(limit, len(queries)) // batch * batch
     for start in range(0, count, batch):
-        chunk = queries[start:start + batch]
+        chunk = queries[start : start + batch]
         begin = time.perf_counter()
         faiss_search(index, kind, params, chunk, K, **setting)
         times.append((time.perf_counter() - begin) / batch)
@@ -117,11 +118,17 @@ def measure(label, kind, given, settings, gallery, queries, exact, args, report)
             found = faiss_search(index, kind, params, queries, K, **setting)[1]
         shown = {**params, **{{"ef": "ef_search"}.get(key, key): value for key, value in setting.items()}}
         row = {
-            "index": label, "kind": kind, "params": shown, "build_s": build_s, "index_bytes": size,
+            "index": label,
+            "kind": kind,
+            "params": shown,
+            "build_s": build_s,
+            "index_bytes": size,
             "rss_increase_bytes": rss_increase,
-            "batch1_p50_ms": percentile_ms(single, 50), "batch1_p99_ms": percentile_ms(single, 99),
+            "batch1_p50_ms": percentile_ms(single, 50),
+            "batch1_p99_ms": percentile_ms(single, 99),
             "batch1_queries": len(single),
-            "batch64_p50_ms": percentile_ms(batched, 50), "batch64_p99_ms": percentile_ms(batched, 99),
+            "batch64_p50_ms": percentile_ms(batched, 50),
+            "batch64_p99_ms": percentile_ms(batched, 99),
             "batch64_calls": len(batched),
             "recall_at_10": recall_at_k(found, exact),
         }
@@ -142,19 +149,44 @@ def describe(row: Dict) -> str:
     return "exact"
 
 
-def markdown(rows: List[Dict], args, command: str, machine: str, load: float, seconds: float,
-             notes: List[str] = ()) -> str:
-    header = ["index", "parameters", "build", "index size", "RSS increase", "batch 1 p50", "batch 1 p99",
-              "batch 64 p50", "batch 64 p99", "recall@10"]
-    body = [[r["index"], describe(r), fmt_seconds(r["build_s"]), f"{r['index_bytes'] / 2**20:,.0f} MiB",
-             f"{r['rss_increase_bytes'] / 2**20:,.0f} MiB", f"{r['batch1_p50_ms']:.2f} ms",
-             f"{r['batch1_p99_ms']:.2f} ms", f"{r['batch64_p50_ms']:.3f} ms", f"{r['batch64_p99_ms']:.3f} ms",
-             f"{r['recall_at_10']:.3f}"] for r in rows]
+def markdown(
+    rows: List[Dict], args, command: str, machine: str, load: float, seconds: float, notes: List[str] = ()
+) -> str:
+    header = [
+        "index",
+        "parameters",
+        "build",
+        "index size",
+        "RSS increase",
+        "batch 1 p50",
+        "batch 1 p99",
+        "batch 64 p50",
+        "batch 64 p99",
+        "recall@10",
+    ]
+    body = [
+        [
+            r["index"],
+            describe(r),
+            fmt_seconds(r["build_s"]),
+            f"{r['index_bytes'] / 2**20:,.0f} MiB",
+            f"{r['rss_increase_bytes'] / 2**20:,.0f} MiB",
+            f"{r['batch1_p50_ms']:.2f} ms",
+            f"{r['batch1_p99_ms']:.2f} ms",
+            f"{r['batch64_p50_ms']:.3f} ms",
+            f"{r['batch64_p99_ms']:.3f} ms",
+            f"{r['recall_at_10']:.3f}",
+        ]
+        for r in rows
+    ]
     good = [r for r in rows if r["recall_at_10"] >= 0.95 and r["batch1_p50_ms"] <= 5.0]
     best = min(good, key=lambda r: r["batch1_p50_ms"]) if good else None
-    target = (f"Target (p50 <= 5 ms per single query with recall@10 >= 0.95): met by {best['index']} "
-              f"({describe(best)}): {best['batch1_p50_ms']:.2f} ms, recall@10 {best['recall_at_10']:.3f}."
-              if best else "Target (p50 <= 5 ms per single query with recall@10 >= 0.95): not met by any row.")
+    target = (
+        f"Target (p50 <= 5 ms per single query with recall@10 >= 0.95): met by {best['index']} "
+        f"({describe(best)}): {best['batch1_p50_ms']:.2f} ms, recall@10 {best['recall_at_10']:.3f}."
+        if best
+        else "Target (p50 <= 5 ms per single query with recall@10 >= 0.95): not met by any row."
+    )
     lines = [
         f"## Approximate nearest neighbours: flat vs IVF vs HNSW, {args.n:,} x {args.dim}",
         "",
@@ -188,38 +220,50 @@ def reading(rows: List[Dict]) -> str:
     parts = []
     flat, ivf, pq, hnsw = pick("flat"), pick("ivf"), pick("ivf-pq"), pick("hnsw")
     if flat:
-        parts.append(f"Exact search scans every item: {flat[0]['batch1_p50_ms']:.1f} ms per single query, "
-                     f"{flat[0]['batch64_p50_ms']:.2f} ms per query in batches of 64 (matrix products).")
+        parts.append(
+            f"Exact search scans every item: {flat[0]['batch1_p50_ms']:.1f} ms per single query, "
+            f"{flat[0]['batch64_p50_ms']:.2f} ms per query in batches of 64 (matrix products)."
+        )
     if ivf:
         ok = [r for r in ivf if r["recall_at_10"] >= 0.95]
         r = min(ok, key=lambda r: r["batch1_p50_ms"]) if ok else max(ivf, key=lambda r: r["recall_at_10"])
-        parts.append(f"IVF-Flat at nprobe={r['params']['nprobe']} reaches recall@10 {r['recall_at_10']:.3f} at "
-                     f"{r['batch1_p50_ms']:.2f} ms per single query; its memory is the flat vectors plus ids, "
-                     f"its build is dominated by k-means ({fmt_seconds(r['build_s'])}).")
+        parts.append(
+            f"IVF-Flat at nprobe={r['params']['nprobe']} reaches recall@10 {r['recall_at_10']:.3f} at "
+            f"{r['batch1_p50_ms']:.2f} ms per single query; its memory is the flat vectors plus ids, "
+            f"its build is dominated by k-means ({fmt_seconds(r['build_s'])})."
+        )
     if pq:
         r = pq[-1]
-        parts.append(f"IVF-PQ stores {r['params']['pq_m']} bytes per item ({r['index_bytes'] / 2**20:,.0f} MiB) "
-                     f"at the cost of recall ({r['recall_at_10']:.3f}): the codes approximate the scores, "
-                     "so it suits galleries that do not fit in memory, with a re-ranking of its candidates.")
+        parts.append(
+            f"IVF-PQ stores {r['params']['pq_m']} bytes per item ({r['index_bytes'] / 2**20:,.0f} MiB) "
+            f"at the cost of recall ({r['recall_at_10']:.3f}): the codes approximate the scores, "
+            "so it suits galleries that do not fit in memory, with a re-ranking of its candidates."
+        )
     if hnsw:
         r = max(hnsw, key=lambda r: (r["recall_at_10"], -r["batch1_p50_ms"]))
         links = r["index_bytes"] - (flat[0]["index_bytes"] if flat else 0)
-        parts.append(f"HNSW's best row (efC={r['params']['ef_construction']}, ef={r['params']['ef_search']}) "
-                     f"reaches recall@10 {r['recall_at_10']:.3f} at {r['batch1_p50_ms']:.2f} ms per single query; "
-                     f"its build took {fmt_seconds(r['build_s'])} on these threads and its graph adds "
-                     f"{links / 2**20:,.0f} MiB over the vectors. Within a cluster the items are nearly "
-                     "equidistant (a 32-d spread plus 256-d noise), which a graph walk finds harder than IVF's "
-                     "choice of cluster: a wider beam (ef) or build beam (efC) buys the recall back.")
+        parts.append(
+            f"HNSW's best row (efC={r['params']['ef_construction']}, ef={r['params']['ef_search']}) "
+            f"reaches recall@10 {r['recall_at_10']:.3f} at {r['batch1_p50_ms']:.2f} ms per single query; "
+            f"its build took {fmt_seconds(r['build_s'])} on these threads and its graph adds "
+            f"{links / 2**20:,.0f} MiB over the vectors. Within a cluster the items are nearly "
+            "equidistant (a 32-d spread plus 256-d noise), which a graph walk finds harder than IVF's "
+            "choice of cluster: a wider beam (ef) or build beam (efC) buys the recall back."
+        )
     approximate = [r for r in rows if r["kind"] != "flat"]
     if ivf and min(r["recall_at_10"] for r in ivf) >= 0.99:
-        parts.append("These synthetic clusters are well separated (IVF keeps recall@10 >= 0.99 even at the "
-                     "smallest nprobe): real catalogue embeddings overlap more and need a larger nprobe / ef for "
-                     "the same recall, so measure recall on your own gallery before choosing.")
+        parts.append(
+            "These synthetic clusters are well separated (IVF keeps recall@10 >= 0.99 even at the "
+            "smallest nprobe): real catalogue embeddings overlap more and need a larger nprobe / ef for "
+            "the same recall, so measure recall on your own gallery before choosing."
+        )
     elif approximate:
         parts.append("Recall depends on how much the gallery's clusters overlap: measure it on your own gallery.")
-    parts.append("p99 at batch 1 includes the waits of the two OpenMP threads for a core on a shared machine; "
-                 "the p50 is the steadier figure. RSS increase can be below the index size when memory freed "
-                 "by an earlier build is reused.")
+    parts.append(
+        "p99 at batch 1 includes the waits of the two OpenMP threads for a core on a shared machine; "
+        "the p50 is the steadier figure. RSS increase can be below the index size when memory freed "
+        "by an earlier build is reused."
+    )
     return " ".join(parts)
 
 
@@ -230,8 +274,12 @@ def parse(argv=None):
     parser.add_argument("--clusters", type=int, default=2000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--single-queries", type=int, default=1000, help="queries timed one by one (batch 1)")
-    parser.add_argument("--flat-single-queries", type=int, default=100,
-                        help="queries timed one by one on the exact index (slow at 1M items)")
+    parser.add_argument(
+        "--flat-single-queries",
+        type=int,
+        default=100,
+        help="queries timed one by one on the exact index (slow at 1M items)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="faiss OpenMP threads (default 2)")
     parser.add_argument("--kinds", default="flat,ivf,hnsw,ivf-pq", help="comma list of flat, ivf, ivf-pq, hnsw")
     parser.add_argument("--ef-construction", type=int, help="hnsw build beam (default: the package default)")
@@ -241,8 +289,11 @@ def parse(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=RESULTS_DIR)
     parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--render-only", action="store_true",
-                        help="rewrite ann_index.md from ann_index.json in --out-dir (no measurement)")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite ann_index.md from ann_index.json in --out-dir (no measurement)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.queries, args.clusters = min(args.n, 50_000), min(args.queries, 200), min(args.clusters, 200)
@@ -260,9 +311,18 @@ def render_only(args) -> int:
     args.flat_single_queries = saved.get("flat_single_queries", 100)
     path = os.path.join(args.out_dir, "ann_index.md")
     with open(path, "w") as handle:
-        handle.write(markdown(saved["rows"], args, saved["command"], saved["machine"],
-                              saved["load_average_at_start"], saved["seconds"], saved.get("notes", [])).rstrip()
-                     + "\n")
+        handle.write(
+            markdown(
+                saved["rows"],
+                args,
+                saved["command"],
+                saved["machine"],
+                saved["load_average_at_start"],
+                saved["seconds"],
+                saved.get("notes", []),
+            ).rstrip()
+            + "\n"
+        )
     print(f"wrote {path}")
     return 0
 
@@ -305,10 +365,13 @@ def main(argv=None) -> int:
         kinds.insert(0, "flat")  # the exact answers come first
 
     def report(row):
-        print(f"{row['index']:7s} {describe(row):40s} build {row['build_s']:8.1f} s  size "
-              f"{row['index_bytes'] / 2**20:8.0f} MiB  rss +{row['rss_increase_bytes'] / 2**20:6.0f} MiB  "
-              f"b1 p50 {row['batch1_p50_ms']:7.2f} ms p99 {row['batch1_p99_ms']:7.2f}  b64 p50 "
-              f"{row['batch64_p50_ms']:6.3f} ms  recall@10 {row['recall_at_10']:.3f}", flush=True)
+        print(
+            f"{row['index']:7s} {describe(row):40s} build {row['build_s']:8.1f} s  size "
+            f"{row['index_bytes'] / 2**20:8.0f} MiB  rss +{row['rss_increase_bytes'] / 2**20:6.0f} MiB  "
+            f"b1 p50 {row['batch1_p50_ms']:7.2f} ms p99 {row['batch1_p99_ms']:7.2f}  b64 p50 "
+            f"{row['batch64_p50_ms']:6.3f} ms  recall@10 {row['recall_at_10']:.3f}",
+            flush=True,
+        )
         rows.append(row)
         if not args.no_write:  # after every row: an interrupted run keeps what it measured
             write(rows, args, command, machine, load, time.time() - started, partial=True)
@@ -339,11 +402,28 @@ def write(rows, args, command, machine, load, seconds, partial: bool) -> str:
     with open(path, "w") as handle:
         handle.write(markdown(rows, args, command, machine, load, seconds).rstrip() + "\n")
     with open(os.path.join(args.out_dir, "ann_index.json"), "w") as handle:
-        json.dump({"name": "ann_index", "command": command, "machine": machine, "load_average_at_start": load,
-                   "n": args.n, "dim": args.dim, "clusters": args.clusters, "queries": args.queries,
-                   "threads": args.threads, "quick": args.quick, "single_queries": args.single_queries,
-                   "flat_single_queries": args.flat_single_queries, "partial": partial, "seconds": seconds,
-                   "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}, handle, indent=1)
+        json.dump(
+            {
+                "name": "ann_index",
+                "command": command,
+                "machine": machine,
+                "load_average_at_start": load,
+                "n": args.n,
+                "dim": args.dim,
+                "clusters": args.clusters,
+                "queries": args.queries,
+                "threads": args.threads,
+                "quick": args.quick,
+                "single_queries": args.single_queries,
+                "flat_single_queries": args.flat_single_queries,
+                "partial": partial,
+                "seconds": seconds,
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "rows": rows,
+            },
+            handle,
+            indent=1,
+        )
     return path
 
 

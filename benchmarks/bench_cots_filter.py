@@ -38,12 +38,12 @@ Runs on CPU (each run trains ``--updates`` updates of the image encoder at
 64 px and a 2x128 BERT; ~35 min for the defaults with 2 jobs on 2 free
 cores) or on a GPU when present.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -75,11 +75,16 @@ def ensure_data(data_dir: str, products: int, noise: float, image_size: int) -> 
     if os.path.isfile(manifest_path):
         with open(manifest_path, encoding="utf-8") as handle:
             manifest = json.load(handle)
-        if (manifest.get("noise_fraction") == noise and manifest.get("products") == products
-                and manifest.get("image_size") == image_size):
+        if (
+            manifest.get("noise_fraction") == noise
+            and manifest.get("products") == products
+            and manifest.get("image_size") == image_size
+        ):
             return manifest
-        raise SystemExit(f"{data_dir} holds another world (noise {manifest.get('noise_fraction')}, "
-                         f"{manifest.get('products')} products): pass another --data-dir")
+        raise SystemExit(
+            f"{data_dir} holds another world (noise {manifest.get('noise_fraction')}, "
+            f"{manifest.get('products')} products): pass another --data-dir"
+        )
     from mmf_fashion.data.synth import generate
 
     print(f"generating {products} products, noise {noise}, into {data_dir}", flush=True)
@@ -96,14 +101,18 @@ def run_overrides(variant: Dict, args) -> List[str]:
     rows) and the filter (on from --filter-start) or not."""
     model = variant["model"]
     overrides = [
-        f"training.max_updates={args.updates}", f"training.evaluation_interval={args.updates}",
-        f"training.checkpoint_interval={args.updates}", f"training.log_interval={max(1, args.updates // 6)}",
-        f"training.batch_size={args.batch_size}", "training.num_workers=0",
+        f"training.max_updates={args.updates}",
+        f"training.evaluation_interval={args.updates}",
+        f"training.checkpoint_interval={args.updates}",
+        f"training.log_interval={max(1, args.updates // 6)}",
+        f"training.batch_size={args.batch_size}",
+        "training.num_workers=0",
         f"model_config.{model}.image_encoder={args.image_encoder}",
     ]
     if model == "cots":
         overrides += [
-            "model_config.cots.loss_weights.cmlm=0.0", "model_config.cots.loss_weights.cmvm=0.0",
+            "model_config.cots.loss_weights.cmlm=0.0",
+            "model_config.cots.loss_weights.cmvm=0.0",
             f"model_config.cots.momentum={args.momentum}",
             f"model_config.cots.queue_size={args.queue_size if variant['queue'] else 0}",
             f"model_config.cots.filter.enabled={'true' if variant['filter'] else 'false'}",
@@ -117,8 +126,13 @@ def run_overrides(variant: Dict, args) -> List[str]:
 def mmf_run_command(variant: Dict, args, seed: int, save_dir: str) -> List[str]:
     return [
         os.path.join(os.path.dirname(sys.executable), "mmf_run"),
-        f"config={variant['config']}", f"model={variant['model']}", "dataset=fashiongen", "run_type=train_val",
-        f"env.data_dir={args.data_dir}", f"env.save_dir={save_dir}", f"training.seed={seed}",
+        f"config={variant['config']}",
+        f"model={variant['model']}",
+        "dataset=fashiongen",
+        "run_type=train_val",
+        f"env.data_dir={args.data_dir}",
+        f"env.save_dir={save_dir}",
+        f"training.seed={seed}",
     ] + run_overrides(variant, args)
 
 
@@ -164,8 +178,17 @@ def run_variant(name: str, variant: Dict, seed: int, args, save_dir: str) -> Tup
     print(f"[{name} seed {seed}] exit {result.returncode} in {seconds:.0f} s", flush=True)
     if os.path.isdir(save_dir):
         with open(record_path, "w", encoding="utf-8") as handle:
-            json.dump({"command": command[1:], "returncode": result.returncode, "seconds": round(seconds, 1),
-                       "threads": args.threads, "jobs": args.jobs}, handle, indent=1)
+            json.dump(
+                {
+                    "command": command[1:],
+                    "returncode": result.returncode,
+                    "seconds": round(seconds, 1),
+                    "threads": args.threads,
+                    "jobs": args.jobs,
+                },
+                handle,
+                indent=1,
+            )
     if result.returncode != 0:
         return None, seconds
     return read_metrics(save_dir), seconds
@@ -191,8 +214,12 @@ def filter_analysis(variant: Dict, save_dir: str, args, mismatched_ids: set) -> 
     checkpoint = os.path.join(save_dir, "cots_final.pth")
     if not os.path.isfile(checkpoint):
         return None
-    config = load_config(os.path.join(REPO, variant["config"]), "cots", "fashiongen",
-                         [f"env.data_dir={args.data_dir}"] + run_overrides(variant, args))
+    config = load_config(
+        os.path.join(REPO, variant["config"]),
+        "cots",
+        "fashiongen",
+        [f"env.data_dir={args.data_dir}"] + run_overrides(variant, args),
+    )
     model = build_model_from_config(config, checkpoint=checkpoint)
     model.train()  # the filter saw train-mode momentum features (BatchNorm batch statistics)
     train = build_split_dataset(config, "fashiongen", "train")
@@ -207,16 +234,22 @@ def filter_analysis(variant: Dict, save_dir: str, args, mismatched_ids: set) -> 
             product_ids += batch["product_id"].tolist()
     noisy = [s for s, p in zip(similarities, product_ids) if p in mismatched_ids]
     clean = [s for s, p in zip(similarities, product_ids) if p not in mismatched_ids]
-    row = {"auc": _auc(clean, noisy), "pairs": len(similarities), "noisy_pairs": len(noisy),
-           "clean_mean": statistics.mean(clean) if clean else float("nan"),
-           "noisy_mean": statistics.mean(noisy) if noisy else float("nan")}
+    row = {
+        "auc": _auc(clean, noisy),
+        "pairs": len(similarities),
+        "noisy_pairs": len(noisy),
+        "clean_mean": statistics.mean(clean) if clean else float("nan"),
+        "noisy_mean": statistics.mean(noisy) if noisy else float("nan"),
+    }
     if model.momentum_filter is not None:
         threshold = float(model.momentum_filter.threshold())
-        row.update({
-            "threshold": threshold,
-            "noisy_dropped": sum(s < threshold for s in noisy) / max(1, len(noisy)),
-            "clean_dropped": sum(s < threshold for s in clean) / max(1, len(clean)),
-        })
+        row.update(
+            {
+                "threshold": threshold,
+                "noisy_dropped": sum(s < threshold for s in noisy) / max(1, len(noisy)),
+                "clean_dropped": sum(s < threshold for s in clean) / max(1, len(clean)),
+            }
+        )
     return row
 
 
@@ -228,9 +261,16 @@ def _mean_spread(values: List[float], digits: int = 1) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def write_report(path: str, args, results: Dict[str, Dict[int, Dict[str, float]]],
-                 analyses: Dict[str, Dict[int, Dict]], times: Dict[str, Dict[int, float]],
-                 manifest: dict, seconds: float, machine: str) -> None:
+def write_report(
+    path: str,
+    args,
+    results: Dict[str, Dict[int, Dict[str, float]]],
+    analyses: Dict[str, Dict[int, Dict]],
+    times: Dict[str, Dict[int, float]],
+    manifest: dict,
+    seconds: float,
+    machine: str,
+) -> None:
     chance = manifest.get("chance", {}) or {}
     general = chance.get("fashiongen", {}).get("val", {}).get("r@k_general", {})
     val_products = manifest.get("counts", {}).get("fashiongen", {}).get("val", {})
@@ -269,8 +309,11 @@ def write_report(path: str, args, results: Dict[str, Dict[int, Dict[str, float]]
         timing = _mean_spread(minutes) if minutes else ("reused" if recorded else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(runs)}/{len(args.seeds)} | {timing} |")
     if general:  # the manifest holds fractions, the metrics percentages
-        lines.append("| chance | " + " | ".join(f"{100 * general[key]:.1f}" if key in general else "n/a"
-                                                for key in KEYS) + " | - | - |")
+        lines.append(
+            "| chance | "
+            + " | ".join(f"{100 * general[key]:.1f}" if key in general else "n/a" for key in KEYS)
+            + " | - | - |"
+        )
     if analyses:
         lines += [
             "",
@@ -281,7 +324,8 @@ def write_report(path: str, args, results: Dict[str, Dict[int, Dict[str, float]]
             "detector (P(clean > mismatched); 0.5 = blind) and, for the filtered runs, the share of each "
             "group below the filter's final threshold (mean - k std of its history).",
             "",
-            "| variant | seed | clean mean sim | mismatched mean sim | AUC | threshold | mismatched below | clean below |",
+            "| variant | seed | clean mean sim | mismatched mean sim | AUC | threshold | mismatched below "
+            "| clean below |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for name, by_seed in analyses.items():
@@ -290,18 +334,30 @@ def write_report(path: str, args, results: Dict[str, Dict[int, Dict[str, float]]
                 filtered = "threshold" in row
                 lines.append(
                     f"| {name} | {seed} | {row['clean_mean']:.3f} | {row['noisy_mean']:.3f} | {row['auc']:.3f} | "
-                    + (f"{row['threshold']:.3f} | {row['noisy_dropped']:.1%} | {row['clean_dropped']:.1%} |"
-                       if filtered else "- | - | - |"))
-    lines += ["", "mmf_run command of each variant (plus `env.data_dir=<world> env.save_dir=<run dir> "
-              "training.seed=<seed>`):", ""]
+                    + (
+                        f"{row['threshold']:.3f} | {row['noisy_dropped']:.1%} | {row['clean_dropped']:.1%} |"
+                        if filtered
+                        else "- | - | - |"
+                    )
+                )
+    lines += [
+        "",
+        "mmf_run command of each variant (plus `env.data_dir=<world> env.save_dir=<run dir> training.seed=<seed>`):",
+        "",
+    ]
     for name in results:
         variant = VARIANTS[name]
-        lines.append(f"- {name}: `mmf_run config={variant['config']} model={variant['model']} dataset=fashiongen "
-                     f"run_type=train_val {' '.join(run_overrides(variant, args))}`")
+        lines.append(
+            f"- {name}: `mmf_run config={variant['config']} model={variant['model']} dataset=fashiongen "
+            f"run_type=train_val {' '.join(run_overrides(variant, args))}`"
+        )
     work_dir = os.path.abspath(args.work_dir)
     shown = os.path.relpath(work_dir, REPO) if work_dir.startswith(REPO + os.sep) else work_dir
-    lines += ["", f"Failed runs are counted in the runs column; their logs are next to their save dirs under "
-              f"`{shown}`.", ""]
+    lines += [
+        "",
+        f"Failed runs are counted in the runs column; their logs are next to their save dirs under `{shown}`.",
+        "",
+    ]
     if args.notes and os.path.isfile(args.notes):
         with open(args.notes, encoding="utf-8") as handle:
             lines += [handle.read().rstrip(), ""]
@@ -314,8 +370,11 @@ def write_report(path: str, args, results: Dict[str, Dict[int, Dict[str, float]]
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--updates", type=int, default=600)
-    parser.add_argument("--image-encoder", default="mobilenet_v3_small",
-                        help="torchvision name for every row (the configs' efficientnet_b0 is ~5x slower on a CPU core)")
+    parser.add_argument(
+        "--image-encoder",
+        default="mobilenet_v3_small",
+        help="torchvision name for every row (the configs' efficientnet_b0 is ~5x slower on a CPU core)",
+    )
     parser.add_argument("--momentum", type=float, default=0.98, help="COTS EMA of the momentum towers")
     parser.add_argument("--queue-size", type=int, default=256, help="rows of the COTS queues (the queue variants)")
     parser.add_argument("--filter-start", type=int, default=200, help="first update at which the filter drops pairs")
@@ -332,12 +391,17 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "cots_filter.md"))
     parser.add_argument("--override", nargs="*", default=[], help="extra k=v for every run")
     parser.add_argument("--cots-override", nargs="*", default=[], help="extra k=v for the COTS runs")
-    parser.add_argument("--notes", default=os.path.join(REPO, "benchmarks", "results", "cots_filter_reading.md"),
-                        help="a markdown file appended to the report (the reading)")
+    parser.add_argument(
+        "--notes",
+        default=os.path.join(REPO, "benchmarks", "results", "cots_filter_reading.md"),
+        help="a markdown file appended to the report (the reading)",
+    )
     parser.add_argument("--rerun", action="store_true", help="train again even where metrics.json exists")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    args.data_dir = os.path.abspath(args.data_dir or os.path.join(args.work_dir, f"synth_noise{round(args.noise * 100)}"))
+    args.data_dir = os.path.abspath(
+        args.data_dir or os.path.join(args.work_dir, f"synth_noise{round(args.noise * 100)}")
+    )
     os.makedirs(args.work_dir, exist_ok=True)
 
     import torch

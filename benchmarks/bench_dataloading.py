@@ -16,6 +16,7 @@ more samples; the DataLoader cycles over the data if it is shorter.
 Without --data-dir a synthetic world is generated once at 256 pixels (the
 published FashionGen size) in a temporary directory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,19 @@ CASES = [
     # (label, builder, overrides, images per sample)
     ("fashiongen (json + jpeg)", "fashiongen", {"format": "json"}, 1),
     ("fashiongen (hdf5)", "fashiongen", {"format": "h5"}, 1),
-    ("fashiongen pretraining (hdf5, mlm + 2 views + patch mask + PAC + regions)", "fashiongen",
-     {"format": "h5", "mlm": True, "second_view": True, "patch_mask": True, "attribute_labels": True, "regions": True}, 2),
+    (
+        "fashiongen pretraining (hdf5, mlm + 2 views + patch mask + PAC + regions)",
+        "fashiongen",
+        {
+            "format": "h5",
+            "mlm": True,
+            "second_view": True,
+            "patch_mask": True,
+            "attribute_labels": True,
+            "regions": True,
+        },
+        2,
+    ),
     ("fashioniq", "fashioniq", {}, 2),
     ("polyvore_ocir (nondisjoint)", "polyvore_ocir", {}, None),
     ("fashionall (fashiongen + polyvore)", "fashionall", {}, 2),
@@ -65,7 +77,9 @@ def make_config(name, data_dir, size, overrides):
     from mmf.utils.configuration import load_yaml_with_defaults
     from omegaconf import OmegaConf
 
-    config = OmegaConf.select(load_yaml_with_defaults(registry.get_builder_class(name).config_path()), f"dataset_config.{name}")
+    config = OmegaConf.select(
+        load_yaml_with_defaults(registry.get_builder_class(name).config_path()), f"dataset_config.{name}"
+    )
     config.data_dir = str(data_dir)
     config.processors.image_processor.params.size = size
     for key, value in overrides.items():
@@ -81,8 +95,12 @@ def measure(name, data_dir, size, workers, overrides, samples, batch_size):
 
     dataset = build_dataset(name, make_config(name, data_dir, size, overrides), "train")
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-        collate_fn=BatchCollator(name, "train"), persistent_workers=workers > 0,
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=BatchCollator(name, "train"),
+        persistent_workers=workers > 0,
     )
     iterator = iter(loader)
 
@@ -105,7 +123,8 @@ def measure(name, data_dir, size, workers, overrides, samples, batch_size):
         if "outfit_mask" in batch:
             outfit_images += int(batch["outfit_mask"].sum()) + count
     elapsed = time.perf_counter() - start
-    del iterator, loader, first
+    del iterator, first
+    loader = None  # the closure of next_batch holds it: release the workers now
     return served, elapsed, outfit_images, len(dataset)
 
 
@@ -146,22 +165,29 @@ def main(argv=None):
     for label, name, overrides, images_per_sample in CASES:
         for size in args.sizes:
             for workers in args.workers:
-                served, elapsed, outfit_images, length = measure(name, data_dir, size, workers, overrides, args.samples, args.batch_size)
+                served, elapsed, outfit_images, length = measure(
+                    name, data_dir, size, workers, overrides, args.samples, args.batch_size
+                )
                 images = outfit_images if images_per_sample is None else served * images_per_sample
                 row = (label, size, workers, length, served, elapsed, served / elapsed, images / elapsed)
                 rows.append(row)
-                print(f"{label:75s} {size:4d}px workers={workers}  {row[6]:8.1f} samples/s  {row[7]:8.1f} images/s", flush=True)
+                print(
+                    f"{label:75s} {size:4d}px workers={workers}  {row[6]:8.1f} samples/s  {row[7]:8.1f} images/s",
+                    flush=True,
+                )
 
     lines = [
         "# Data loading: samples per second of each builder",
         "",
         f"Produced by `benchmarks/bench_dataloading.py` on {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"Python {platform.python_version()}, 1 torch thread per process; data: synthetic world ({generated}).",
-        f"Train split (training augmentations), batch size {args.batch_size}, {args.samples} samples timed per row after the first batch "
+        f"Train split (training augmentations), batch size {args.batch_size}, {args.samples} samples timed "
+        "per row after the first batch "
         "(worker start-up excluded). Images per second counts every decoded image (two per sample for second views and "
         "FashionIQ pairs; the outfit items plus the blank for OCIR).",
         "",
-        f"Machine load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: "
+        f"Machine load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} CPUs: "
         "other processes shared the CPUs, so absolute figures are pessimistic and the 2-worker rows cannot show "
         "their full gain when the load exceeds the core count.",
         "",
@@ -169,7 +195,10 @@ def main(argv=None):
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, size, workers, length, served, elapsed, per_second, images_per_second in rows:
-        lines.append(f"| {label} | {size} | {workers} | {length} | {served} | {elapsed:.2f} | {per_second:.1f} | {images_per_second:.1f} |")
+        lines.append(
+            f"| {label} | {size} | {workers} | {length} | {served} | {elapsed:.2f} | {per_second:.1f} "
+            f"| {images_per_second:.1f} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:

@@ -25,6 +25,7 @@ check: the same trainer, model and FLOP counting at a tiny size, plus two
 exactness checks of the counter (a Linear against 6*B*in*out, BERT with
 SDPA against BERT with eager attention).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,10 +56,22 @@ PEAKS: List[Tuple[str, float, str]] = [
 ]
 DEFAULT_PEAK = (989e12, "unknown GPU: H100 SXM figure assumed (give --peak-tflops)")
 
-PAPER = {"image_size": 224, "text_length": 75, "batch_size": 128, "embed_dim": 640, "image_encoder": "resnet50",
-         "text": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}}
-TINY = {"image_size": 32, "text_length": 16, "batch_size": 4, "embed_dim": 32, "image_encoder": "resnet50",
-        "text": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256}}
+PAPER = {
+    "image_size": 224,
+    "text_length": 75,
+    "batch_size": 128,
+    "embed_dim": 640,
+    "image_encoder": "resnet50",
+    "text": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
+}
+TINY = {
+    "image_size": 32,
+    "text_length": 16,
+    "batch_size": 4,
+    "embed_dim": 32,
+    "image_encoder": "resnet50",
+    "text": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256},
+}
 
 
 def _sdpa_cpu(query, key, value, *args, out_shape=None, **kwargs):
@@ -108,7 +121,8 @@ def size_overrides(size: Dict, device: str) -> List[str]:
         "model_config.align.text_pooling=cls",
         *(f"model_config.align.text_encoder.{key}={value}" for key, value in text.items()),
         f"dataset_config.fashiongen.processors.text_processor.params.max_length={size['text_length']}",
-        "training.amp.enabled=true", "training.amp.dtype=bfloat16",
+        "training.amp.enabled=true",
+        "training.amp.dtype=bfloat16",
         f"training.channels_last={'true' if device.startswith('cuda') else 'false'}",
     ]
 
@@ -118,8 +132,9 @@ def bare_amp_step_fn(trainer, batch, cudnn_benchmark: Optional[bool] = None):
     cudnn_benchmark: True/False sets torch.backends.cudnn for this step only (restored after)."""
     model = copy.deepcopy(trainer.model)
     params = dict(trainer.config.optimizer.get("params", {}) or {})
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(params.get("lr", 1e-4)),
-                                  weight_decay=float(params.get("weight_decay", 1e-2)))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=float(params.get("lr", 1e-4)), weight_decay=float(params.get("weight_decay", 1e-2))
+    )
     device_type = trainer.device.type
 
     def forward_backward():
@@ -138,6 +153,7 @@ def bare_amp_step_fn(trainer, batch, cudnn_benchmark: Optional[bool] = None):
             optimizer.step()
         finally:
             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+
     return step, forward_backward, model, optimizer
 
 
@@ -148,8 +164,14 @@ def counter_checks() -> List[List[str]]:
     x = torch.randn(8, 64, requires_grad=True)
     counted = count_flops(lambda: linear(x).sum().backward())
     expected = 6 * 8 * 64 * 32  # forward 2BIO, backward 2BIO (input) + 2BIO (weight)
-    rows.append(["Linear(64, 32), batch 8, forward + backward", f"{counted:,}", f"{expected:,} (6 B I O)",
-                 "ok" if counted == expected else "MISMATCH"])
+    rows.append(
+        [
+            "Linear(64, 32), batch 8, forward + backward",
+            f"{counted:,}",
+            f"{expected:,} (6 B I O)",
+            "ok" if counted == expected else "MISMATCH",
+        ]
+    )
     from transformers import BertConfig, BertModel
 
     ids = torch.randint(1000, 2000, (3, 20))
@@ -158,23 +180,42 @@ def counter_checks() -> List[List[str]]:
     counts = {}
     for implementation in ("eager", "sdpa"):
         torch.manual_seed(0)
-        bert = BertModel(BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
-                                    attn_implementation=implementation))
+        bert = BertModel(
+            BertConfig(
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=256,
+                attn_implementation=implementation,
+            )
+        )
         counts[implementation] = count_flops(
-            lambda: bert(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward())
-    rows.append(["BERT 2 x 64 with SDPA attention (CPU kernel, custom mapping), forward + backward",
-                 f"{counts['sdpa']:,}", f"{counts['eager']:,} (the same BERT, eager attention: plain matmuls)",
-                 "ok" if counts["sdpa"] == counts["eager"] else "MISMATCH"])
+            lambda: bert(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward()
+        )
+    rows.append(
+        [
+            "BERT 2 x 64 with SDPA attention (CPU kernel, custom mapping), forward + backward",
+            f"{counts['sdpa']:,}",
+            f"{counts['eager']:,} (the same BERT, eager attention: plain matmuls)",
+            "ok" if counts["sdpa"] == counts["eager"] else "MISMATCH",
+        ]
+    )
     peak, _ = peak_flops("NVIDIA H100 80GB HBM3")
     value = mfu(peak * 0.5, 1.0, peak)
-    rows.append(["peak lookup for 'NVIDIA H100 80GB HBM3' (H100 SXM) and MFU of half its peak",
-                 f"{peak / 1e12:.0f} TFLOP/s, MFU {value:.0%}", "989 TFLOP/s, MFU 50%",
-                 "ok" if peak == 989e12 and abs(value - 0.5) < 1e-12 else "MISMATCH"])
+    rows.append(
+        [
+            "peak lookup for 'NVIDIA H100 80GB HBM3' (H100 SXM) and MFU of half its peak",
+            f"{peak / 1e12:.0f} TFLOP/s, MFU {value:.0%}",
+            "989 TFLOP/s, MFU 50%",
+            "ok" if peak == 989e12 and abs(value - 0.5) < 1e-12 else "MISMATCH",
+        ]
+    )
     return rows
 
 
-def measure(size: Dict, device: str, rounds: int, calls: int, peak_tflops: Optional[float] = None,
-            products: int = 0) -> Dict:
+def measure(
+    size: Dict, device: str, rounds: int, calls: int, peak_tflops: Optional[float] = None, products: int = 0
+) -> Dict:
     """Build the trainer at `size` on `device`, count FLOPs, time the contenders."""
     from benchmarks.bench_training import build_trainer, trainer_step_fn
     from mmf_fashion.data.synth import make_fixture
@@ -186,8 +227,15 @@ def measure(size: Dict, device: str, rounds: int, calls: int, peak_tflops: Optio
     data_dir = make_fixture(work, products=products, image_size=size["image_size"], seed=0)
     fixture_seconds = time.perf_counter() - started
     workers = min(8, max(2, (os.cpu_count() or 2) // 2))
-    trainer = build_trainer(str(data_dir), os.path.join(work, "save"), size["image_size"], size["batch_size"],
-                            workers, device=device, extra=size_overrides(size, device))
+    trainer = build_trainer(
+        str(data_dir),
+        os.path.join(work, "save"),
+        size["image_size"],
+        size["batch_size"],
+        workers,
+        device=device,
+        extra=size_overrides(size, device),
+    )
     cuda = trainer.device.type == "cuda"
     batch = trainer._prepare(next(iter(trainer.loaders["train"][0])))
     batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)  # (the model too on CUDA)
@@ -212,38 +260,68 @@ def measure(size: Dict, device: str, rounds: int, calls: int, peak_tflops: Optio
     results = {}
     for name, values in times.items():
         seconds = statistics.median(values)
-        results[name] = {"seconds": seconds, "samples_per_s": batch_size / seconds,
-                         "tflops": flops / seconds / 1e12, "mfu": mfu(flops, seconds, peak) if peak else None}
+        results[name] = {
+            "seconds": seconds,
+            "samples_per_s": batch_size / seconds,
+            "tflops": flops / seconds / 1e12,
+            "mfu": mfu(flops, seconds, peak) if peak else None,
+        }
     return {
-        "results": results, "flops": flops, "batch_size": batch_size, "peak": peak, "peak_text": peak_text,
-        "device": trainer.device, "device_name": device_name, "timing_seconds": timing_seconds,
-        "fixture_seconds": fixture_seconds, "products": products, "workers": workers,
+        "results": results,
+        "flops": flops,
+        "batch_size": batch_size,
+        "peak": peak,
+        "peak_text": peak_text,
+        "device": trainer.device,
+        "device_name": device_name,
+        "timing_seconds": timing_seconds,
+        "fixture_seconds": fixture_seconds,
+        "products": products,
+        "workers": workers,
         "parameters": sum(p.numel() for p in bare_model.parameters()),
-        "text_length": int(batch["input_ids"].shape[1]), "image_shape": tuple(batch["image"].shape[1:]),
+        "text_length": int(batch["input_ids"].shape[1]),
+        "image_shape": tuple(batch["image"].shape[1:]),
         "max_memory": torch.cuda.max_memory_allocated(trainer.device) if cuda else None,
-        "deterministic": bool(torch.backends.cudnn.deterministic), "rounds": rounds, "calls": calls,
+        "deterministic": bool(torch.backends.cudnn.deterministic),
+        "rounds": rounds,
+        "calls": calls,
     }
 
 
 def describe(size: Dict, measured: Dict) -> str:
     text = size["text"]
-    return (f"ALIGN-like dual encoder (our `align`): {size['image_encoder']} (random weights) + BERT "
-            f"{text['num_hidden_layers']} x {text['hidden_size']} ({text['num_attention_heads']} heads, built "
-            f"from a BertConfig, random weights), {size['embed_dim']}-d embeddings, [CLS] pooling, images "
-            f"{measured['image_shape'][-1]} px, text length {measured['text_length']}, batch "
-            f"{measured['batch_size']}, bf16 autocast; {measured['parameters'] / 1e6:.1f}M parameters")
+    return (
+        f"ALIGN-like dual encoder (our `align`): {size['image_encoder']} (random weights) + BERT "
+        f"{text['num_hidden_layers']} x {text['hidden_size']} ({text['num_attention_heads']} heads, built "
+        f"from a BertConfig, random weights), {size['embed_dim']}-d embeddings, [CLS] pooling, images "
+        f"{measured['image_shape'][-1]} px, text length {measured['text_length']}, batch "
+        f"{measured['batch_size']}, bf16 autocast; {measured['parameters'] / 1e6:.1f}M parameters"
+    )
 
 
 def results_table(measured: Dict) -> str:
     rows = []
     for name, r in measured["results"].items():
-        rows.append([name, fmt_seconds(r["seconds"]), f"{r['samples_per_s']:,.1f}", f"{r['tflops']:.2f}",
-                     f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"])
+        rows.append(
+            [
+                name,
+                fmt_seconds(r["seconds"]),
+                f"{r['samples_per_s']:,.1f}",
+                f"{r['tflops']:.2f}",
+                f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a",
+            ]
+        )
     return table(["contender", "median time per step", "samples/s", "achieved TFLOP/s", "MFU"], rows, "lrrrr")
 
 
-def run(out_dir: str = None, quick: bool = False, batch_size: Optional[int] = None,
-        peak_tflops: Optional[float] = None, rounds: Optional[int] = None, force_cpu_check: bool = False) -> Section:
+def run(
+    out_dir: str = None,
+    quick: bool = False,
+    batch_size: Optional[int] = None,
+    peak_tflops: Optional[float] = None,
+    rounds: Optional[int] = None,
+    force_cpu_check: bool = False,
+) -> Section:
     started = time.time()
     load = os.getloadavg()[0]
     lines = ["## GPU: paper sizes (ResNet-50 + BERT-base, 224 px, bf16)", ""]
@@ -255,53 +333,79 @@ def run(out_dir: str = None, quick: bool = False, batch_size: Optional[int] = No
         trainer_result = measured["results"]["trainer"]
         bare_result = measured["results"]["bare"]
         lines += [
-            machine_line(measured["device"], load=load), "",
-            describe(size, measured) + ".", "",
+            machine_line(measured["device"], load=load),
+            "",
+            describe(size, measured) + ".",
+            "",
             f"Model FLOPs per step (FlopCounterMode, one forward + backward): {measured['flops'] / 1e12:.3f} TFLOP "
             f"= {measured['flops'] / measured['batch_size'] / 1e9:.1f} GFLOP per sample. "
-            f"**Assumed peak: {measured['peak_text']}.** MFU = model FLOPs per step / seconds per step / peak.", "",
+            f"**Assumed peak: {measured['peak_text']}.** MFU = model FLOPs per step / seconds per step / peak.",
+            "",
             f"Timing: {measured['rounds']} rounds of {measured['calls']} steps per contender, the order turning "
             f"every round, 3 warm-up steps each; medians. Peak memory allocated: "
             f"{measured['max_memory'] / 2**30:.1f} GiB. The trainer runs with cudnn.deterministic="
             f"{measured['deterministic']} (training.seed is set); the third row shows what cudnn.benchmark "
-            f"would give.", "",
-            results_table(measured), "",
+            f"would give.",
+            "",
+            results_table(measured),
+            "",
             f"**fashion_trainer: {trainer_result['samples_per_s']:,.0f} samples/s, MFU "
             f"{trainer_result['mfu']:.1%}; bare step {bare_result['samples_per_s']:,.0f} samples/s, MFU "
-            f"{bare_result['mfu']:.1%}; trainer / bare time {trainer_result['seconds'] / bare_result['seconds']:.3f}.**",
+            f"{bare_result['mfu']:.1%}; trainer / bare time "
+            f"{trainer_result['seconds'] / bare_result['seconds']:.3f}.**",
         ]
-        row = Row("GPU, paper sizes, bf16: fashion_trainer samples/s and MFU", trainer_result["mfu"],
-                  f"{trainer_result['samples_per_s']:,.0f} samples/s, MFU {trainer_result['mfu']:.1%}", "recorded",
-                  None, "results/gpu_paper_sizes.md")
+        row = Row(
+            "GPU, paper sizes, bf16: fashion_trainer samples/s and MFU",
+            trainer_result["mfu"],
+            f"{trainer_result['samples_per_s']:,.0f} samples/s, MFU {trainer_result['mfu']:.1%}",
+            "recorded",
+            None,
+            "results/gpu_paper_sizes.md",
+        )
     else:
-        reason = "forced CPU check" if force_cpu_check and torch.cuda.is_available() else \
-            "torch.cuda.is_available() is False"
+        reason = (
+            "forced CPU check"
+            if force_cpu_check and torch.cuda.is_available()
+            else "torch.cuda.is_available() is False"
+        )
         print(f"[bench_gpu] GPU benchmark skipped: {reason}; running the CPU check of its code path", flush=True)
         checks = counter_checks()
         measured = measure(TINY, "cpu", rounds=1, calls=1, peak_tflops=None)
         r = measured["results"]["trainer"]
         lines += [
-            machine_line(measured["device"], load=load), "",
+            machine_line(measured["device"], load=load),
+            "",
             f"**Skipped: no CUDA device here ({reason}).** On a CUDA machine `make bench` (or "
             "`python -m benchmarks.bench_gpu`) runs it at ResNet-50 + BERT-base, 224 px, bf16, batch "
-            f"{PAPER['batch_size']}, and writes samples/s and MFU here.", "",
+            f"{PAPER['batch_size']}, and writes samples/s and MFU here.",
+            "",
             "CPU check of the same code path at a tiny size (fixture, trainer with bf16 autocast, bare step, "
             "interleaved timing, FLOP counting):",
-            "", describe(TINY, measured) + ".", "",
+            "",
+            describe(TINY, measured) + ".",
+            "",
             f"Counted model FLOPs per step: {measured['flops'] / 1e9:.3f} GFLOP "
             f"({measured['flops'] / measured['batch_size'] / 1e6:.1f} MFLOP per sample); "
             f"trainer step {fmt_seconds(r['seconds'])}, {r['samples_per_s']:.1f} samples/s, "
-            f"{r['tflops'] * 1e3:.2f} GFLOP/s achieved; MFU not computed ({measured['peak_text']}).", "",
-            "Exactness of the FLOP counter:", "",
+            f"{r['tflops'] * 1e3:.2f} GFLOP/s achieved; MFU not computed ({measured['peak_text']}).",
+            "",
+            "Exactness of the FLOP counter:",
+            "",
             table(["check", "counted FLOPs", "expected", "result"], checks, "lrrl"),
         ]
         ok = all(c[-1] == "ok" for c in checks) and measured["flops"] > 0
-        row = Row("GPU, paper sizes, bf16: samples/s and MFU", None,
-                  f"skipped: no CUDA (CPU check of the FLOP counting path: {'ok' if ok else 'FAILED'})", "recorded",
-                  None if ok else False, "results/gpu_paper_sizes.md")
+        row = Row(
+            "GPU, paper sizes, bf16: samples/s and MFU",
+            None,
+            f"skipped: no CUDA (CPU check of the FLOP counting path: {'ok' if ok else 'FAILED'})",
+            "recorded",
+            None if ok else False,
+            "results/gpu_paper_sizes.md",
+        )
     lines += ["", f"(benchmark wall time {time.time() - started:.0f} s)"]
-    section = Section("gpu_paper_sizes", "GPU paper sizes", [row], "\n".join(lines), seconds=time.time() - started,
-                      quick=quick)
+    section = Section(
+        "gpu_paper_sizes", "GPU paper sizes", [row], "\n".join(lines), seconds=time.time() - started, quick=quick
+    )
     section.write(out_dir or RESULTS_DIR)
     return section
 

@@ -27,6 +27,7 @@ the figures stay meaningful on a shared machine whose other jobs would
 inflate wall time. With --threads 1 (default) it equals the wall time of
 one idle core; more threads divide the wall time by at most their number.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,9 +49,19 @@ from mmf_fashion.modules.encoders import build_image_encoder, build_text_encoder
 from mmf_fashion.modules.fashionbert import FashionBert, FashionBertOptions  # noqa: E402
 
 DEMO_CONFIG = os.path.join(REPO, "projects", "fashionbert", "configs", "pretrain.yaml")
-PAPER = {"image_encoder": "resnet50", "grid_size": 8, "image_size": 224, "text_length": 75,
-         "text_encoder": {"name": "tiny", "hidden_size": 768, "num_hidden_layers": 12,
-                          "num_attention_heads": 12, "intermediate_size": 3072}}
+PAPER = {
+    "image_encoder": "resnet50",
+    "grid_size": 8,
+    "image_size": 224,
+    "text_length": 75,
+    "text_encoder": {
+        "name": "tiny",
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+    },
+}
 
 
 def demo_setting() -> Dict:
@@ -58,8 +69,13 @@ def demo_setting() -> Dict:
     config = OmegaConf.to_container(OmegaConf.load(DEMO_CONFIG).model_config.fashionbert, resolve=True)
     image = config["image_encoder"]
     grid, patch = int(config["grid_size"]), int(config["patch_size"])
-    return {"image_encoder": image["name"] if isinstance(image, dict) else image, "grid_size": grid,
-            "image_size": grid * patch, "text_length": 32, "text_encoder": dict(config["text_encoder"])}
+    return {
+        "image_encoder": image["name"] if isinstance(image, dict) else image,
+        "grid_size": grid,
+        "image_size": grid * patch,
+        "text_length": 32,
+        "text_encoder": dict(config["text_encoder"]),
+    }
 
 
 def timed(function: Callable[[], object], repeats: int) -> float:
@@ -87,8 +103,13 @@ class Setting:
 
     def __init__(self, spec: Dict):
         self.spec = spec
-        options = FashionBertOptions(image_encoder=spec["image_encoder"], grid_size=spec["grid_size"],
-                                     text_encoder=spec["text_encoder"], heads=("alignment",), tasks=("alignment",))
+        options = FashionBertOptions(
+            image_encoder=spec["image_encoder"],
+            grid_size=spec["grid_size"],
+            text_encoder=spec["text_encoder"],
+            heads=("alignment",),
+            tasks=("alignment",),
+        )
         self.fashionbert = FashionBert(options).eval()
         self.width = self.fashionbert.text_encoder.config.hidden_size
         # two-stream towers of the same width: the same CNN pooled, the same BERT's [CLS]
@@ -104,10 +125,12 @@ class Setting:
 
     def describe(self) -> str:
         text = self.spec["text_encoder"]
-        return (f"{self.spec['image_encoder']} patches, {self.spec['grid_size']}x{self.spec['grid_size']} grid on "
-                f"{self.spec['image_size']} px images, BERT {text['num_hidden_layers']} layers x "
-                f"{text['hidden_size']} wide, text length {self.spec['text_length']}, "
-                f"sequence {self.spec['text_length'] + self.spec['grid_size'] ** 2} tokens")
+        return (
+            f"{self.spec['image_encoder']} patches, {self.spec['grid_size']}x{self.spec['grid_size']} grid on "
+            f"{self.spec['image_size']} px images, BERT {text['num_hidden_layers']} layers x "
+            f"{text['hidden_size']} wide, text length {self.spec['text_length']}, "
+            f"sequence {self.spec['text_length'] + self.spec['grid_size'] ** 2} tokens"
+        )
 
     # -- single stream: score `pairs` (query, image) pairs in batches
     def single_stream(self, pairs: int, pair_batch: int, cached: bool) -> Callable[[], None]:
@@ -170,8 +193,9 @@ def measure_single(setting: Setting, galleries: List[int], cached: bool, args) -
     return results
 
 
-def run_setting(name: str, setting: Setting, galleries: List[int], args, probe_pairs: int = 0,
-                record: Dict = None) -> List[str]:
+def run_setting(
+    name: str, setting: Setting, galleries: List[int], args, probe_pairs: int = 0, record: Dict = None
+) -> List[str]:
     """probe_pairs > 0: measure that many pairs only and extrapolate every gallery size.
     record: a dict that receives {"on_the_fly", "cached", "two"}: {G: seconds per query}."""
     if probe_pairs:
@@ -187,25 +211,41 @@ def run_setting(name: str, setting: Setting, galleries: List[int], args, probe_p
     progress(f"two stream, G={galleries}")
     two = {size: timed(setting.two_stream(size), 10) for size in galleries}
     if record is not None:
-        record.update({"on_the_fly": {g: v[0] for g, v in on_the_fly.items()},
-                       "cached": {g: v[0] for g, v in cached.items()}, "two": two,
-                       "extrapolated": {g: cached[g][1] for g in galleries}})
-    lines = [f"### {name}", "", setting.describe() + ".", "",
-             "| gallery G | single stream, patches on the fly | single stream, cached patches | "
-             "two stream (dot products) | cached single / two stream |",
-             "|---:|---:|---:|---:|---:|"]
+        record.update(
+            {
+                "on_the_fly": {g: v[0] for g, v in on_the_fly.items()},
+                "cached": {g: v[0] for g, v in cached.items()},
+                "two": two,
+                "extrapolated": {g: cached[g][1] for g in galleries},
+            }
+        )
+    lines = [
+        f"### {name}",
+        "",
+        setting.describe() + ".",
+        "",
+        "| gallery G | single stream, patches on the fly | single stream, cached patches | "
+        "two stream (dot products) | cached single / two stream |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for size in galleries:
         fly, fly_x = on_the_fly[size]
         cache, cache_x = cached[size]
         mark = lambda extrapolated: " (extrapolated)" if extrapolated else ""  # noqa: E731
-        lines.append(f"| {size:,} | {fmt(fly)}{mark(fly_x)} | {fmt(cache)}{mark(cache_x)} | {fmt(two[size])} | "
-                     f"{cache / two[size]:,.0f}x |")
+        lines.append(
+            f"| {size:,} | {fmt(fly)}{mark(fly_x)} | {fmt(cache)}{mark(cache_x)} | {fmt(two[size])} | "
+            f"{cache / two[size]:,.0f}x |"
+        )
     per_pair = cached[galleries[0]][0] / galleries[0]
     probe = f" (measured on {probe_pairs} pairs)" if probe_pairs else ""
-    lines += ["", f"- single stream per pair{probe}, cached patches: {fmt(per_pair)}; "
-              f"patches on the fly: {fmt(on_the_fly[galleries[0]][0] / galleries[0])}",
-              f"- two stream, offline gallery cost: {fmt(setting.gallery_image_cost())} per image "
-              "(once per image, shared by all queries)", ""]
+    lines += [
+        "",
+        f"- single stream per pair{probe}, cached patches: {fmt(per_pair)}; "
+        f"patches on the fly: {fmt(on_the_fly[galleries[0]][0] / galleries[0])}",
+        f"- two stream, offline gallery cost: {fmt(setting.gallery_image_cost())} per image "
+        "(once per image, shared by all queries)",
+        "",
+    ]
     return lines
 
 
@@ -221,8 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def measure_report(args, heading: str = "# What one query costs: single stream (FashionBERT) vs two stream",
-                   machine: str = None) -> Tuple[List[str], Dict[str, Dict]]:
+def measure_report(
+    args, heading: str = "# What one query costs: single stream (FashionBERT) vs two stream", machine: str = None
+) -> Tuple[List[str], Dict[str, Dict]]:
     """The markdown lines and {"demo": record, "paper": record} (see run_setting)."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -231,39 +272,54 @@ def measure_report(args, heading: str = "# What one query costs: single stream (
     lines = [heading, ""]
     if machine:
         lines += [machine, ""]
-    lines += [f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other "
-              f"jobs (load average {os.getloadavg()[0]:.1f} at start), {args.threads} torch thread(s), "
-              f"torch {torch.__version__}, no GPU. Produced by `benchmarks/bench_query_cost.py` "
-              f"(pair batch {args.pair_batch}, longest measurement {args.max_seconds:.0f} s). "
-              "Times are CPU seconds of the benchmark process (= wall time of one idle core), so the "
-              "load of other jobs does not inflate them.", "",
-              "A query is one text ranked against G gallery images. Single stream = every (query, image) pair "
-              "through FashionBERT's BERT over [text ; patches], ranked by the alignment logit. Two stream = "
-              "one text-tower forward, then G dot products with precomputed, L2-normalised gallery embeddings "
-              "of the same width, and a top-10. Times are medians per query; figures marked "
-              "extrapolated are the measured per-pair time of a smaller G times G (the cost is linear in G).",
-              ""]
+    lines += [
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other "
+        f"jobs (load average {os.getloadavg()[0]:.1f} at start), {args.threads} torch thread(s), "
+        f"torch {torch.__version__}, no GPU. Produced by `benchmarks/bench_query_cost.py` "
+        f"(pair batch {args.pair_batch}, longest measurement {args.max_seconds:.0f} s). "
+        "Times are CPU seconds of the benchmark process (= wall time of one idle core), so the "
+        "load of other jobs does not inflate them.",
+        "",
+        "A query is one text ranked against G gallery images. Single stream = every (query, image) pair "
+        "through FashionBERT's BERT over [text ; patches], ranked by the alignment logit. Two stream = "
+        "one text-tower forward, then G dot products with precomputed, L2-normalised gallery embeddings "
+        "of the same width, and a top-10. Times are medians per query; figures marked "
+        "extrapolated are the measured per-pair time of a smaller G times G (the cost is linear in G).",
+        "",
+    ]
     records: Dict[str, Dict] = {"demo": {}}
     progress("building the CPU demo setting")
     demo = Setting(demo_setting())
-    lines += run_setting("CPU demo sizes (projects/fashionbert/configs/pretrain.yaml)", demo, galleries, args,
-                         record=records["demo"])
+    lines += run_setting(
+        "CPU demo sizes (projects/fashionbert/configs/pretrain.yaml)", demo, galleries, args, record=records["demo"]
+    )
     if not args.no_paper:
         progress("building the paper-size setting")
         paper = Setting(PAPER)
         records["paper"] = {}
-        lines += run_setting(f"Paper sizes (BERT-base, ResNet-50, 8x8 grid at 224 px; single stream measured "
-                             f"on {args.paper_pairs} pairs, every gallery size extrapolated)", paper, galleries,
-                             args, probe_pairs=args.paper_pairs, record=records["paper"])
-    lines += ["### Reading", "",
-              "- The single-stream cost grows linearly with the gallery and is paid at query time: nothing about "
-              "a (query, candidate) pair can be precomputed except the candidate's patch features.",
-              "- The two-stream cost is one text forward plus a matrix-vector product: almost flat in G here "
-              "(the text forward dominates up to 10,000 items).",
-              "- This is why FashionBERT is evaluated with the 100-negative protocol (101 pairs per query), and "
-              "why two-stage retrieval shortlists with a two-stream model and re-ranks only the top k with "
-              "the single-stream model (cost of k pairs, e.g. k = 16 -> about 16/101 of the first row).",
-              "", f"(benchmark wall time {time.time() - started:.0f} s)", ""]
+        lines += run_setting(
+            f"Paper sizes (BERT-base, ResNet-50, 8x8 grid at 224 px; single stream measured "
+            f"on {args.paper_pairs} pairs, every gallery size extrapolated)",
+            paper,
+            galleries,
+            args,
+            probe_pairs=args.paper_pairs,
+            record=records["paper"],
+        )
+    lines += [
+        "### Reading",
+        "",
+        "- The single-stream cost grows linearly with the gallery and is paid at query time: nothing about "
+        "a (query, candidate) pair can be precomputed except the candidate's patch features.",
+        "- The two-stream cost is one text forward plus a matrix-vector product: almost flat in G here "
+        "(the text forward dominates up to 10,000 items).",
+        "- This is why FashionBERT is evaluated with the 100-negative protocol (101 pairs per query), and "
+        "why two-stage retrieval shortlists with a two-stream model and re-ranks only the top k with "
+        "the single-stream model (cost of k pairs, e.g. k = 16 -> about 16/101 of the first row).",
+        "",
+        f"(benchmark wall time {time.time() - started:.0f} s)",
+        "",
+    ]
     return lines, records
 
 
@@ -276,8 +332,9 @@ def run(out_dir: str = None, quick: bool = False, summary_gallery: int = 1000):
     if quick:
         args.galleries, args.no_paper, args.max_seconds = [101, summary_gallery], True, 5.0
     machine = machine_line("cpu", threads=args.threads)
-    lines, records = measure_report(args, heading="## e. Per-query cost: two-stream models vs FashionBERT scoring",
-                                    machine=machine)
+    lines, records = measure_report(
+        args, heading="## e. Per-query cost: two-stream models vs FashionBERT scoring", machine=machine
+    )
     target = ">= 1.0"
     rows, labels = [], []
     for key, label in (("demo", "CPU demo sizes"), ("paper", "paper sizes")):
@@ -287,16 +344,28 @@ def run(out_dir: str = None, quick: bool = False, summary_gallery: int = 1000):
         labels.append(label)
         ratio = record["cached"][summary_gallery] / record["two"][summary_gallery]
         note = ", single stream extrapolated" if record["extrapolated"][summary_gallery] else ""
-        rows.append(Row(f"e. per query, G={summary_gallery:,}, {label}: FashionBERT (cached patches) / two stream "
-                        f"(time{note})", ratio, f"{ratio:,.0f}x", target, check(ratio, target), "results/query_cost.md"))
+        rows.append(
+            Row(
+                f"e. per query, G={summary_gallery:,}, {label}: FashionBERT (cached patches) / two stream (time{note})",
+                ratio,
+                f"{ratio:,.0f}x",
+                target,
+                check(ratio, target),
+                "results/query_cost.md",
+            )
+        )
     summary = "; ".join(f"{label}: {row.ratio_text}" for label, row in zip(labels, rows))
-    lines += [f"**FashionBERT scoring (cached patches) / two stream, time per query at G={summary_gallery:,} "
-              f"({summary}).** Target "
-              f"{target} (ours; the issue gives none): a two-stream query is cheaper than single-stream "
-              "scoring of the same gallery, the offline gallery embedding left out (it is paid once per image, "
-              "see the bullet under each table).", ""]
-    section = Section("query_cost", "e. per-query cost", rows, "\n".join(lines), seconds=time.time() - started,
-                      quick=quick)
+    lines += [
+        f"**FashionBERT scoring (cached patches) / two stream, time per query at G={summary_gallery:,} "
+        f"({summary}).** Target "
+        f"{target} (ours; the issue gives none): a two-stream query is cheaper than single-stream "
+        "scoring of the same gallery, the offline gallery embedding left out (it is paid once per image, "
+        "see the bullet under each table).",
+        "",
+    ]
+    section = Section(
+        "query_cost", "e. per-query cost", rows, "\n".join(lines), seconds=time.time() - started, quick=quick
+    )
     section.write(out_dir or RESULTS_DIR)
     return section
 

@@ -14,6 +14,7 @@ the resident size just before ranking; on CUDA torch.cuda.max_memory_allocated
 minus the memory held before. Every method must give the same ranks (checked
 by a checksum); the table goes to benchmarks/results/ranking.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -104,17 +105,37 @@ def worker(args) -> None:
     else:
         peak = _status_kib("VmHWM") * 1024 - before
     recalls = recall_at_k(ranks, (1, 5, 10))
-    print(json.dumps({
-        "seconds": seconds, "peak_bytes": peak, "recalls": recalls,
-        "checksum": int(ranks.clamp(max=10).sum()),
-        "peak_reset": True if cuda else reset,
-    }))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_bytes": peak,
+                "recalls": recalls,
+                "checksum": int(ranks.clamp(max=10).sum()),
+                "peak_reset": True if cuda else reset,
+            }
+        )
+    )
 
 
 def run_one(args, method, chunk):
-    command = [sys.executable, __file__, "--worker", "--method", method, "--chunk", str(chunk),
-               "--n", str(args.n), "--dim", str(args.dim), "--device", args.device,
-               "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--method",
+        method,
+        "--chunk",
+        str(chunk),
+        "--n",
+        str(args.n),
+        "--dim",
+        str(args.dim),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{method} chunk={chunk} failed:\n{done.stderr[-2000:]}")
@@ -131,13 +152,17 @@ def measure(args):
     for method, chunk in plan:
         result = run_one(args, method, chunk)
         rows.append((method, chunk, result))
-        print(f"{method:>15} chunk={chunk:<5} {result['seconds']:7.2f} s  "
-              f"peak +{result['peak_bytes'] / 2**20:8.1f} MiB  R@1={result['recalls']['1']:.2f}", flush=True)
+        print(
+            f"{method:>15} chunk={chunk:<5} {result['seconds']:7.2f} s  "
+            f"peak +{result['peak_bytes'] / 2**20:8.1f} MiB  R@1={result['recalls']['1']:.2f}",
+            flush=True,
+        )
     return rows, load_before, os.getloadavg()[0]
 
 
-def report(args, rows, load_before, load_after, heading="# Full ranking: chunked vs naive full matrix",
-           machine=None) -> str:
+def report(
+    args, rows, load_before, load_after, heading="# Full ranking: chunked vs naive full matrix", machine=None
+) -> str:
     reference = rows[0][2]["checksum"]
     agree = all(r["checksum"] == reference for m, _, r in rows if m != "chunked_topk10")
     matrix_mib = args.n * args.n * 4 / 2**20
@@ -154,8 +179,11 @@ def report(args, rows, load_before, load_after, heading="# Full ranking: chunked
         f"Produced by `benchmarks/bench_ranking.py` (each row a fresh process).",
         "",
         "Peak memory = extra peak over what the process held just before ranking "
-        + ("(torch.cuda.max_memory_allocated)." if args.device.startswith("cuda")
-           else "(VmHWM after clear_refs reset, minus VmRSS before)."),
+        + (
+            "(torch.cuda.max_memory_allocated)."
+            if args.device.startswith("cuda")
+            else "(VmHWM after clear_refs reset, minus VmRSS before)."
+        ),
         f"The naive Q x G score matrix alone is {matrix_mib:.0f} MiB.",
         f"1-minute load average {load_before:.1f} before and {load_after:.1f} after the runs "
         f"(other jobs on the machine make times noisy; memory figures are not affected).",
@@ -199,13 +227,31 @@ def run(out_dir=None, quick: bool = False, n=None, chunk_sizes=None, summary_chu
     agree = all(r["checksum"] == naive["checksum"] for m, _, r in rows if m != "chunked_topk10")
     time_target, memory_target = "<= 1.0", "<= 0.25"
     summary = [
-        Row(f"d. full ranking {n}x{n}: chunked ({summary_chunk}) / naive matrix (time)", time_ratio,
-            f"{time_ratio:.2f}", time_target, check(time_ratio, time_target) and agree, "results/ranking.md"),
-        Row(f"d. full ranking {n}x{n}: chunked ({summary_chunk}) / naive matrix (peak memory)", memory_ratio,
-            f"{memory_ratio:.3f}", memory_target, check(memory_ratio, memory_target) and agree, "results/ranking.md"),
+        Row(
+            f"d. full ranking {n}x{n}: chunked ({summary_chunk}) / naive matrix (time)",
+            time_ratio,
+            f"{time_ratio:.2f}",
+            time_target,
+            check(time_ratio, time_target) and agree,
+            "results/ranking.md",
+        ),
+        Row(
+            f"d. full ranking {n}x{n}: chunked ({summary_chunk}) / naive matrix (peak memory)",
+            memory_ratio,
+            f"{memory_ratio:.3f}",
+            memory_target,
+            check(memory_ratio, memory_target) and agree,
+            "results/ranking.md",
+        ),
     ]
-    text = report(args, rows, load_before, load_after,
-                  heading="## d. Full-ranking evaluation: chunked vs the naive matrix", machine=machine)
+    text = report(
+        args,
+        rows,
+        load_before,
+        load_after,
+        heading="## d. Full-ranking evaluation: chunked vs the naive matrix",
+        machine=machine,
+    )
     text += (
         f"\n**Chunked ({summary_chunk} queries per chunk, the default of the r@k metrics) / naive: time "
         f"{time_ratio:.2f} (target {time_target}: {'pass' if summary[0].passed else 'FAIL'}), peak memory "
@@ -215,8 +261,9 @@ def run(out_dir=None, quick: bool = False, n=None, chunk_sizes=None, summary_chu
         "ranks agree with the naive matrix.\n"
         f"\n(benchmark wall time {time.time() - started:.0f} s)\n"
     )
-    section = Section("ranking", "d. full ranking vs naive matrix", summary, text, seconds=time.time() - started,
-                      quick=quick)
+    section = Section(
+        "ranking", "d. full ranking vs naive matrix", summary, text, seconds=time.time() - started, quick=quick
+    )
     section.write(out_dir or RESULTS_DIR)
     return section
 

@@ -16,6 +16,7 @@ The baselines (projects/xvlm/grounding_baselines.py) score fixed or
 text-only boxes with the same metric: the bar a model must clear to show that
 it looks at the image.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,12 @@ def load_baselines():
 
 
 def schedule(updates: int) -> List[str]:
-    return [f"training.max_updates={updates}", f"training.evaluation_interval={updates}",
-            f"training.checkpoint_interval={updates}", "training.log_interval=50"]
+    return [
+        f"training.max_updates={updates}",
+        f"training.evaluation_interval={updates}",
+        f"training.checkpoint_interval={updates}",
+        "training.log_interval=50",
+    ]
 
 
 def run(name: str, config: str, overrides: List[str], save_root: str, data_dir: str) -> Dict:
@@ -56,14 +61,24 @@ def run(name: str, config: str, overrides: List[str], save_root: str, data_dir: 
     done = os.path.join(save_dir, "metrics.json")
     seconds_file = os.path.join(save_dir, "wall_seconds.txt")
     if not os.path.exists(done):
-        args = ["run_type=train_val", f"env.save_dir={save_dir}", f"env.data_dir={os.path.abspath(data_dir)}", *overrides]
+        args = [
+            "run_type=train_val",
+            f"env.save_dir={save_dir}",
+            f"env.data_dir={os.path.abspath(data_dir)}",
+            *overrides,
+        ]
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         os.makedirs(save_root, exist_ok=True)
         log_path = os.path.join(save_root, f"{name}.log")
         start = time.time()
         with open(log_path, "w") as log:
-            code = subprocess.run(mmf_run_command(config, "xvlm", "fashiongen", args), cwd=REPO, env=env,
-                                  stdout=log, stderr=subprocess.STDOUT).returncode
+            code = subprocess.run(
+                mmf_run_command(config, "xvlm", "fashiongen", args),
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            ).returncode
         if code != 0:
             with open(log_path) as f:
                 raise RuntimeError(f"{name} failed (exit {code}); log {log_path}:\n{f.read()[-2500:]}")
@@ -80,14 +95,20 @@ def run(name: str, config: str, overrides: List[str], save_root: str, data_dir: 
 
 def grounding_figures(metrics: Dict) -> Dict[str, float]:
     """The grounding_accuracy entries of a metrics.json, by their last key part."""
-    return {key.rsplit("/", 1)[-1]: float(value) for key, value in metrics.items()
-            if key.startswith("val/") and "grounding_accuracy" in key}
+    return {
+        key.rsplit("/", 1)[-1]: float(value)
+        for key, value in metrics.items()
+        if key.startswith("val/") and "grounding_accuracy" in key
+    }
 
 
 def retrieval_figures(metrics: Dict) -> Dict[str, float]:
     """The r@k_general entries of a metrics.json (the ITR figure of a pretraining run)."""
-    return {key.rsplit("/", 1)[-1]: float(value) for key, value in metrics.items()
-            if key.startswith("val/") and "r@k_general" in key}
+    return {
+        key.rsplit("/", 1)[-1]: float(value)
+        for key, value in metrics.items()
+        if key.startswith("val/") and "r@k_general" in key
+    }
 
 
 def main(argv=None) -> int:
@@ -106,12 +127,24 @@ def main(argv=None) -> int:
     checkpoint = os.path.abspath(os.path.join(args.save_dir, "pretrain", "xvlm_final.pth"))
     models = [(f"X-VLM pretrained only ({args.pretrain_updates} updates, no grounding fine-tuning)", pretrain)]
     for updates in args.grounding_updates:
-        scratch = run(f"grounding_scratch_{updates}", GROUNDING, ["checkpoint.resume_file=null", *schedule(updates)],
-                      args.save_dir, args.data_dir)
-        tuned = run(f"grounding_{updates}", GROUNDING, [f"checkpoint.resume_file={checkpoint}", *schedule(updates)],
-                    args.save_dir, args.data_dir)
-        models += [(f"X-VLM grounding from random weights, {updates} updates", scratch),
-                   (f"X-VLM grounding from the pretraining, {updates} updates", tuned)]
+        scratch = run(
+            f"grounding_scratch_{updates}",
+            GROUNDING,
+            ["checkpoint.resume_file=null", *schedule(updates)],
+            args.save_dir,
+            args.data_dir,
+        )
+        tuned = run(
+            f"grounding_{updates}",
+            GROUNDING,
+            [f"checkpoint.resume_file={checkpoint}", *schedule(updates)],
+            args.save_dir,
+            args.data_dir,
+        )
+        models += [
+            (f"X-VLM grounding from random weights, {updates} updates", scratch),
+            (f"X-VLM grounding from the pretraining, {updates} updates", tuned),
+        ]
     base = load_baselines()(args.data_dir, "val")
 
     rows = []
@@ -142,8 +175,12 @@ def main(argv=None) -> int:
     lines += [f"| {name} | {accuracy:.2f} | {boxes:.0f} | {seconds} |" for name, accuracy, boxes, seconds in rows]
     retrieval = retrieval_figures(pretrain["metrics"])
     if retrieval:
-        lines += ["", "Retrieval after the pretraining (val, r@k_general, %): "
-                  + ", ".join(f"{name} {value:.2f}" for name, value in sorted(retrieval.items())) + "."]
+        lines += [
+            "",
+            "Retrieval after the pretraining (val, r@k_general, %): "
+            + ", ".join(f"{name} {value:.2f}" for name, value in sorted(retrieval.items()))
+            + ".",
+        ]
     lines += ["", "Commands (each also with `run_type=train_val env.save_dir=... env.data_dir=...`):", ""]
     lines += [f"- `{result['command']}`" for _, result in models]
     lines.append("")

@@ -5,6 +5,7 @@ process, in the same run, one after the other in alternating rounds
 (``interleaved``): a change of machine load during the run then hits both
 sides alike, and the per-round ratios show how steady the figure was.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,13 @@ def machine_line(device: str = "cpu", threads: Optional[int] = None, load: Optio
     )
 
 
-def interleaved(functions: Dict[str, Callable[[], object]], rounds: int, calls: int, warmup: int = 2,
-                sync: Optional[Callable[[], None]] = None) -> Dict[str, List[float]]:
+def interleaved(
+    functions: Dict[str, Callable[[], object]],
+    rounds: int,
+    calls: int,
+    warmup: int = 2,
+    sync: Optional[Callable[[], None]] = None,
+) -> Dict[str, List[float]]:
     """Seconds per call of each function, per round: every round runs each
     function `calls` times, in turn, the order turning by one each round
     (A B, B A, A B ...), after `warmup` calls of each."""
@@ -80,8 +86,14 @@ def ratio_stats(numerator: List[float], denominator: List[float]) -> Dict[str, f
         q1, _, q3 = statistics.quantiles(ratios, n=4)
     else:
         q1 = q3 = ratios[0]
-    return {"median": statistics.median(ratios), "q1": q1, "q3": q3, "min": min(ratios), "max": max(ratios),
-            "rounds": len(ratios)}
+    return {
+        "median": statistics.median(ratios),
+        "q1": q1,
+        "q3": q3,
+        "min": min(ratios),
+        "max": max(ratios),
+        "rounds": len(ratios),
+    }
 
 
 @dataclass
@@ -89,18 +101,18 @@ class Row:
     """One line of the summary table."""
 
     benchmark: str
-    ratio: Optional[float]          # None: not measured (skipped)
-    ratio_text: str                 # how the ratio reads, e.g. "1.02 (0.99-1.05 over 5 rounds)"
-    target: str                     # e.g. "<= 1.10"
-    passed: Optional[bool]          # None: no target / skipped
-    result_file: str                # relative to the benchmarks folder
+    ratio: Optional[float]  # None: not measured (skipped)
+    ratio_text: str  # how the ratio reads, e.g. "1.02 (0.99-1.05 over 5 rounds)"
+    target: str  # e.g. "<= 1.10"
+    passed: Optional[bool]  # None: no target / skipped
+    result_file: str  # relative to the benchmarks folder
 
 
 @dataclass
 class Section:
     """What one benchmark produced: its summary rows and its markdown section."""
 
-    name: str                       # file stem under results/
+    name: str  # file stem under results/
     title: str
     rows: List[Row] = field(default_factory=list)
     markdown: str = ""
@@ -113,9 +125,18 @@ class Section:
         with open(path, "w") as handle:
             handle.write(self.markdown.rstrip() + "\n")
         with open(os.path.join(results_dir, f"{self.name}.json"), "w") as handle:
-            json.dump({"name": self.name, "title": self.title, "seconds": self.seconds, "quick": self.quick,
-                       "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                       "rows": [asdict(row) for row in self.rows]}, handle, indent=1)
+            json.dump(
+                {
+                    "name": self.name,
+                    "title": self.title,
+                    "seconds": self.seconds,
+                    "quick": self.quick,
+                    "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "rows": [asdict(row) for row in self.rows],
+                },
+                handle,
+                indent=1,
+            )
         return path
 
 
@@ -123,8 +144,9 @@ def check(value: float, target: str) -> bool:
     """Does `value` meet a target written as '<= 1.10', '>= 1.0', '> 1.0' or '< 0.1'?"""
     operator, _, bound = target.partition(" ")
     bound_value = float(bound)
-    return {"<=": value <= bound_value, ">=": value >= bound_value,
-            "<": value < bound_value, ">": value > bound_value}[operator]
+    return {"<=": value <= bound_value, ">=": value >= bound_value, "<": value < bound_value, ">": value > bound_value}[
+        operator
+    ]
 
 
 def table(header: List[str], rows: List[List[str]], align: Optional[str] = None) -> str:

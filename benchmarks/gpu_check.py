@@ -19,6 +19,7 @@ reported as such and the next one runs):
 Writes benchmarks/results/gpu_check.md (with the device name) and a log per step
 under --work-dir.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,14 +37,30 @@ VQVAE = "projects/vqvae/configs/train.yaml"
 
 # BERT-base shape and ResNet-50 at 224 px, random weights (nothing downloaded: the
 # project config's image_encoder.pretrained is null, the text model "tiny" is random)
-PAPER = {"image_size": 224, "products": 600, "batch_size": 64, "updates": 30, "vqvae_updates": 20,
-         "image_encoder": "resnet50", "text": "{name: tiny, hidden_size: 768, num_hidden_layers: 12, "
-         "num_attention_heads: 12, intermediate_size: 3072, dropout: 0.1}", "contrastive_dim": 256,
-         "ranking_n": 100_000}
-DRY = {"image_size": 64, "products": 40, "batch_size": 4, "updates": 3, "vqvae_updates": 2,
-       "image_encoder": "resnet18", "text": "{name: tiny, hidden_size: 32, num_hidden_layers: 1, "
-       "num_attention_heads: 2, intermediate_size: 64, dropout: 0.0}", "contrastive_dim": 16,
-       "ranking_n": 2_000}
+PAPER = {
+    "image_size": 224,
+    "products": 600,
+    "batch_size": 64,
+    "updates": 30,
+    "vqvae_updates": 20,
+    "image_encoder": "resnet50",
+    "text": "{name: tiny, hidden_size: 768, num_hidden_layers: 12, "
+    "num_attention_heads: 12, intermediate_size: 3072, dropout: 0.1}",
+    "contrastive_dim": 256,
+    "ranking_n": 100_000,
+}
+DRY = {
+    "image_size": 64,
+    "products": 40,
+    "batch_size": 4,
+    "updates": 3,
+    "vqvae_updates": 2,
+    "image_encoder": "resnet18",
+    "text": "{name: tiny, hidden_size: 32, num_hidden_layers: 1, "
+    "num_attention_heads: 2, intermediate_size: 64, dropout: 0.0}",
+    "contrastive_dim": 16,
+    "ranking_n": 2_000,
+}
 
 
 def run_step(name: str, command: List[str], work: Path, limit: int, env: Optional[Dict] = None) -> Dict:
@@ -52,8 +69,14 @@ def run_step(name: str, command: List[str], work: Path, limit: int, env: Optiona
     start = time.time()
     with open(log, "w") as handle:
         try:
-            code = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
-                                  env={**os.environ, **(env or {})}, timeout=limit).returncode
+            code = subprocess.run(
+                command,
+                cwd=ROOT,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                timeout=limit,
+            ).returncode
             status = "ok" if code == 0 else f"failed (exit {code})"
         except subprocess.TimeoutExpired:
             status = f"over its {limit} s limit"
@@ -63,10 +86,22 @@ def run_step(name: str, command: List[str], work: Path, limit: int, env: Optiona
 
 
 def mmf_run_command(config: str, model: str, save: Path, data: Path, size: Dict, extra: List[str]) -> List[str]:
-    return [sys.executable, "-c", "from mmf_cli.run import run; run()", f"config={config}", f"model={model}",
-            "dataset=fashiongen", f"env.save_dir={save}", f"env.data_dir={data}", "training.log_interval=5",
-            f"training.batch_size={size['batch_size']}", "training.evaluation_interval=100000",
-            "training.checkpoint_interval=100000", "run_type=train", *extra]
+    return [
+        sys.executable,
+        "-c",
+        "from mmf_cli.run import run; run()",
+        f"config={config}",
+        f"model={model}",
+        "dataset=fashiongen",
+        f"env.save_dir={save}",
+        f"env.data_dir={data}",
+        "training.log_interval=5",
+        f"training.batch_size={size['batch_size']}",
+        "training.evaluation_interval=100000",
+        "training.checkpoint_interval=100000",
+        "run_type=train",
+        *extra,
+    ]
 
 
 def pretrain_overrides(size: Dict, device: str, tokenizer: Path) -> List[str]:
@@ -75,7 +110,9 @@ def pretrain_overrides(size: Dict, device: str, tokenizer: Path) -> List[str]:
         f"model_config.fashionvil.text_encoder={size['text']}",
         f"model_config.fashionvil.contrastive_dim={size['contrastive_dim']}",
         f"model_config.fashionvil.tokenizer_checkpoint={tokenizer}",
-        f"training.max_updates={size['updates']}", f"training.device={device}", "training.num_workers=4",
+        f"training.max_updates={size['updates']}",
+        f"training.device={device}",
+        "training.num_workers=4",
     ]
 
 
@@ -122,8 +159,11 @@ def main(argv=None) -> int:
     dry = args.dry or not torch.cuda.is_available()
     size, device = (DRY, "cpu") if dry else (PAPER, "cuda")
     # about 8 minutes in all on the GPU; compiling takes most of the compiled run's limit
-    limits = {"tests": 90, "vqvae": 60, "run": 150, "ranking": 90, "torchrun": 60} if not dry else \
-        {"tests": 300, "vqvae": 300, "run": 300, "ranking": 120, "torchrun": 300}
+    limits = (
+        {"tests": 90, "vqvae": 60, "run": 150, "ranking": 90, "torchrun": 60}
+        if not dry
+        else {"tests": 300, "vqvae": 300, "run": 300, "ranking": 120, "torchrun": 300}
+    )
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     data = work / "world"
@@ -133,33 +173,89 @@ def main(argv=None) -> int:
 
     steps.append(run_step("tests", [sys.executable, "-m", "pytest", "-q", "tests/test_cuda.py"], work, limits["tests"]))
     if not (data / "fashiongen").is_dir():
-        steps.append(run_step("world", [sys.executable, "-m", "mmf_fashion.cli.main", "data", "synth", "--out", str(data),
-                                        "--products", str(size["products"]), "--image-size", str(size["image_size"]),
-                                        "--no-progress"], work, limits["run"]))
+        steps.append(
+            run_step(
+                "world",
+                [
+                    sys.executable,
+                    "-m",
+                    "mmf_fashion.cli.main",
+                    "data",
+                    "synth",
+                    "--out",
+                    str(data),
+                    "--products",
+                    str(size["products"]),
+                    "--image-size",
+                    str(size["image_size"]),
+                    "--no-progress",
+                ],
+                work,
+                limits["run"],
+            )
+        )
     tokenizer = work / "vqvae" / "fashion_vqvae_final.pth"
-    steps.append(run_step("vqvae", mmf_run_command(VQVAE, "fashion_vqvae", work / "vqvae", data, size, [
-        f"training.max_updates={size['vqvae_updates']}", f"training.device={device}"]), work, limits["vqvae"]))
+    steps.append(
+        run_step(
+            "vqvae",
+            mmf_run_command(
+                VQVAE,
+                "fashion_vqvae",
+                work / "vqvae",
+                data,
+                size,
+                [f"training.max_updates={size['vqvae_updates']}", f"training.device={device}"],
+            ),
+            work,
+            limits["vqvae"],
+        )
+    )
 
     bf16 = ["training.amp.enabled=True", "training.amp.dtype=bfloat16", "training.channels_last=True"]
-    variants = {"bf16_eager": bf16 + ["training.compile=False"], "bf16_compile": bf16 + ["training.compile=True"],
-                "fp32_eager": ["training.amp.enabled=False", "training.compile=False"]}
+    variants = {
+        "bf16_eager": bf16 + ["training.compile=False"],
+        "bf16_compile": bf16 + ["training.compile=True"],
+        "fp32_eager": ["training.amp.enabled=False", "training.compile=False"],
+    }
     if dry:  # inductor compiles this model for over 5 minutes on 2 CPU cores: the GPU run covers it
         variants.pop("bf16_compile")
     runs = {}
     for name, extra in variants.items():
         save = work / name
-        command = mmf_run_command(PRETRAIN, "fashionvil", save, data, size,
-                                  pretrain_overrides(size, device, tokenizer) + extra)
+        command = mmf_run_command(
+            PRETRAIN, "fashionvil", save, data, size, pretrain_overrides(size, device, tokenizer) + extra
+        )
         steps.append(run_step(name, command, work, limits["run"]))
         runs[name] = last_train_record(save)
 
     ranking_out = work / "ranking.md"
-    steps.append(run_step("ranking", [sys.executable, "-m", "benchmarks.bench_ranking", "--n", str(size["ranking_n"]),
-                                      "--device", device, "--out", str(ranking_out)], work, limits["ranking"]))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1",
-                str(Path(sys.executable).parent / "mmf_run")] + mmf_run_command(
-        PRETRAIN, "fashionvil", work / "torchrun", data, size,
-        pretrain_overrides(size, device, tokenizer) + bf16)[3:]
+    steps.append(
+        run_step(
+            "ranking",
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.bench_ranking",
+                "--n",
+                str(size["ranking_n"]),
+                "--device",
+                device,
+                "--out",
+                str(ranking_out),
+            ],
+            work,
+            limits["ranking"],
+        )
+    )
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=1",
+        str(Path(sys.executable).parent / "mmf_run"),
+    ] + mmf_run_command(
+        PRETRAIN, "fashionvil", work / "torchrun", data, size, pretrain_overrides(size, device, tokenizer) + bf16
+    )[3:]
     steps.append(run_step("torchrun", torchrun, work, limits["torchrun"]))
 
     flops = None
@@ -169,10 +265,15 @@ def main(argv=None) -> int:
         print(f"[flops] not counted: {type(error).__name__}: {error}", flush=True)
     peak, peak_name = peak_flops(device_name, args.peak_tflops) if not dry else (None, "n/a on CPU")
 
-    lines = [f"# CUDA check ({'dry run on CPU: sizes are tiny, figures mean nothing' if dry else device_name})", "",
-             f"torch {torch.__version__}; batch {size['batch_size']}, {size['updates']} updates, "
-             f"{size['image_size']} px; peak bf16: {peak_name}", "",
-             "| step | status | seconds |", "|---|---|---:|"]
+    lines = [
+        f"# CUDA check ({'dry run on CPU: sizes are tiny, figures mean nothing' if dry else device_name})",
+        "",
+        f"torch {torch.__version__}; batch {size['batch_size']}, {size['updates']} updates, "
+        f"{size['image_size']} px; peak bf16: {peak_name}",
+        "",
+        "| step | status | seconds |",
+        "|---|---|---:|",
+    ]
     lines += [f"| {s['step']} | {s['status']} | {s['seconds']:.0f} |" for s in steps]
     lines += ["", "| run | samples/s | peak memory (GiB) | MFU |", "|---|---:|---:|---:|"]
     for name, record in runs.items():
@@ -181,7 +282,10 @@ def main(argv=None) -> int:
         utilisation = f"{100 * flops * rate / peak:.1f}%" if (flops and rate and peak) else "-"
         lines.append(f"| {name} | {rate:.1f} |" if rate else f"| {name} | - |")
         lines[-1] += f" {memory:.1f} | {utilisation} |" if memory else f" - | {utilisation} |"
-    eager, fp32 = runs.get("bf16_eager", {}).get("train/samples_per_s"), runs.get("fp32_eager", {}).get("train/samples_per_s")
+    eager, fp32 = (
+        runs.get("bf16_eager", {}).get("train/samples_per_s"),
+        runs.get("fp32_eager", {}).get("train/samples_per_s"),
+    )
     if eager and fp32:
         lines += ["", f"bf16 eager / fp32 eager samples/s: {eager / fp32:.2f}x (target >= 1.3x)"]
     if ranking_out.is_file():

@@ -10,6 +10,7 @@ Every module under the packages below that registers something is imported
 here by walking the package, so a new model file or builder folder needs no
 edit of this file; tests/test_registry.py walks every registered name.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -7,6 +7,7 @@ machine without a hub, download once elsewhere and pass the directory.
 Every file is read weights-only (safetensors preferred for transformers
 directories); see docs/ARCHITECTURE.md, "Loading checkpoints and weights".
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,33 +32,51 @@ _TORCHVISION_IMAGE = "torchvision ImageNet weights of the image backbone, or a s
 
 RELEASED_WEIGHTS: Dict[str, Tuple[WeightSource, ...]] = {
     "align": (
-        WeightSource("transformers ALIGN (both towers, projection, temperature)", "pretrained",
-                     "kakaobrain/align-base | <save_pretrained directory>"),
+        WeightSource(
+            "transformers ALIGN (both towers, projection, temperature)",
+            "pretrained",
+            "kakaobrain/align-base | <save_pretrained directory>",
+        ),
         WeightSource(_TORCHVISION_IMAGE + " (scratch build)", "image_pretrained", "imagenet | <file.pth>"),
         _TEXT,
     ),
     "clip": (
-        WeightSource("transformers CLIP or FashionCLIP (towers, projections, logit scale)", "pretrained",
-                     "openai/clip-vit-base-patch32 | patrickjohncyh/fashion-clip | <directory>"),
+        WeightSource(
+            "transformers CLIP or FashionCLIP (towers, projections, logit scale)",
+            "pretrained",
+            "openai/clip-vit-base-patch32 | patrickjohncyh/fashion-clip | <directory>",
+        ),
     ),
     "fashionvil": (
         WeightSource(_TORCHVISION_IMAGE, "image_encoder.pretrained", "imagenet | <file.pth>"),
         _TEXT,
-        WeightSource("the official FashionViL checkpoint, converted (mmf-fashion convert fashionvil, or given "
-                     "as checkpoint.resume_file: converted on load); see docs/models/fashionvil_checkpoints.md",
-                     "contrastive_dim", "0 (the official model has no ITC/MVC projection)"),
-        WeightSource("the VQ-VAE image tokenizer trained by projects/vqvae (MPFC targets)",
-                     "tokenizer_checkpoint", "save/vqvae/fashion_vqvae_final.pth"),
+        WeightSource(
+            "the official FashionViL checkpoint, converted (mmf-fashion convert fashionvil, or given "
+            "as checkpoint.resume_file: converted on load); see docs/models/fashionvil_checkpoints.md",
+            "contrastive_dim",
+            "0 (the official model has no ITC/MVC projection)",
+        ),
+        WeightSource(
+            "the VQ-VAE image tokenizer trained by projects/vqvae (MPFC targets)",
+            "tokenizer_checkpoint",
+            "save/vqvae/fashion_vqvae_final.pth",
+        ),
     ),
     "fashionbert": (
         WeightSource(_TORCHVISION_IMAGE, "image_encoder.pretrained", "imagenet | <file.pth>"),
         _TEXT,
     ),
     "xvlm": (
-        WeightSource("a ViT (transformers directory) or " + _TORCHVISION_IMAGE, "image_encoder.pretrained",
-                     "imagenet | <ViT directory> | <file.pth>"),
-        WeightSource("a BERT-architecture text model, split into text and fusion halves", "text_encoder.name",
-                     "minilm | bert-base-uncased | <save_pretrained directory>"),
+        WeightSource(
+            "a ViT (transformers directory) or " + _TORCHVISION_IMAGE,
+            "image_encoder.pretrained",
+            "imagenet | <ViT directory> | <file.pth>",
+        ),
+        WeightSource(
+            "a BERT-architecture text model, split into text and fusion halves",
+            "text_encoder.name",
+            "minilm | bert-base-uncased | <save_pretrained directory>",
+        ),
     ),
     "cots": (
         WeightSource(_TORCHVISION_IMAGE, "image_pretrained", "imagenet | <file.pth>"),

@@ -4,6 +4,7 @@ Project configs are found whether the package runs from a source checkout
 (projects/ next to mmf_fashion/) or from an installed wheel (copied into
 mmf_fashion/projects by setup.py).
 """
+
 from __future__ import annotations
 
 import os

@@ -21,6 +21,7 @@ build_model_from_config is the one function that builds a model from a
 config and a checkpoint (plot embeddings, index build/search, benchmarks);
 it reads every file through checkpointing.safe_torch_load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -216,7 +217,7 @@ def build_split_dataset(config, dataset: str, split: str = "val"):
     if dataset not in config.dataset_config:
         raise RuntimeSetupError(f"dataset '{dataset}' has no entry in dataset_config (was dataset={dataset} given?)")
     dataset_config = config.dataset_config[dataset]
-    for processor_key in (dataset_config.get("processors", None) or {}):
+    for processor_key in dataset_config.get("processors", None) or {}:
         registry.unregister(f"{dataset}_{processor_key}")
     if registry.get("current_device", no_warning=True) is None:
         registry.register("current_device", resolve_device("cpu"))

@@ -29,6 +29,7 @@ train.jsonl ("train/...") go to "train losses" (each task's loss and
 train/total_loss), "lr" and "samples_per_s". One subplot per family, one line
 per key, against num_updates; `curve_panels` is that grouping.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -117,14 +118,14 @@ def select_keys(available: Iterable[str], patterns: Optional[Sequence[str]]) -> 
     chosen = []
     for pattern in patterns:
         matched = [
-            key for key in available
+            key
+            for key in available
             if key == pattern or metric_family(key) == pattern or fnmatch.fnmatchcase(key, pattern)
         ]
         if not matched:
             families = sorted({metric_family(key) for key in available})
             raise PlotError(
-                f"--keys: '{pattern}' matches no metric. Families: {', '.join(families)}; "
-                f"keys: {', '.join(available)}"
+                f"--keys: '{pattern}' matches no metric. Families: {', '.join(families)}; keys: {', '.join(available)}"
             )
         chosen.extend(key for key in matched if key not in chosen)
     return chosen
@@ -143,7 +144,8 @@ def curve_series(records: Sequence[Mapping[str, float]], keys: Sequence[str]) ->
                 series[key][step] = float(record[key])
     return {
         key: np.array(sorted(points.items()), dtype=np.float64).reshape(-1, 2)
-        for key, points in series.items() if points
+        for key, points in series.items()
+        if points
     }
 
 
@@ -174,7 +176,7 @@ def plot_curves(
         axis.set_ylabel("loss" if family in (LOSS_FAMILY, TRAIN_LOSS_FAMILY) else "value")
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=7, loc="best")
-    for axis in list(axes.flat)[len(families):]:
+    for axis in list(axes.flat)[len(families) :]:
         axis.set_visible(False)
     if title:
         figure.suptitle(title)
@@ -311,8 +313,13 @@ def plot_embeddings(
             for label in sorted(set(int(v) for v in kind_labels)):
                 mask = kind_labels == label
                 axis.scatter(
-                    coordinates[kind][mask, 0], coordinates[kind][mask, 1], s=14, alpha=0.8,
-                    color=colour_of[label], marker=KIND_MARKERS.get(kind, "D"), linewidths=0,
+                    coordinates[kind][mask, 0],
+                    coordinates[kind][mask, 1],
+                    s=14,
+                    alpha=0.8,
+                    color=colour_of[label],
+                    marker=KIND_MARKERS.get(kind, "D"),
+                    linewidths=0,
                 )
         axis.set_title(" + ".join(panel) if len(panel) > 1 else f"{panel[0]} ({len(coordinates[panel[0]])})")
         axis.set_xticks([])
@@ -403,7 +410,8 @@ def _embed_batch(model, batch, device, fused: bool) -> Dict:
         if kind not in found:
             raise PlotError(
                 f"{type(model).__name__} gives no {kind} embeddings: it has no embed_{kind}s() and its forward "
-                f"returns no '{kind}_embedding'" + (" (the batch has no 'text')" if kind == "text" and texts is None else "")
+                f"returns no '{kind}_embedding'"
+                + (" (the batch has no 'text')" if kind == "text" and texts is None else "")
             )
     return found
 

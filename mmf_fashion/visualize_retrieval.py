@@ -31,6 +31,7 @@ the r@k_fashioniq and r@k_ocir metrics do. Ranks follow metrics/ranking.py
 item's rank). The picture is drawn on an Agg canvas at a fixed size
 (grid_pixel_size); the command is `mmf-fashion plot retrieval`.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,9 +46,9 @@ from mmf_fashion.visualize import PlotError, _figure, _get, _model_device
 
 # task -> the dataset builder whose val split it draws
 TASK_DATASETS = {"itr": "fashiongen", "tgir": "fashioniq", "ocir": "polyvore_ocir"}
-CELL_PX = 150          # one image cell, square
-QUERY_CELLS = 2        # the query takes two cells: image (or text) + text
-HEADER_PX = 44         # the figure title
+CELL_PX = 150  # one image cell, square
+QUERY_CELLS = 2  # the query takes two cells: image (or text) + text
+HEADER_PX = 44  # the figure title
 DPI = 100
 FRAME_COLOUR = "#1db954"
 FRAME_WIDTH = 5.0
@@ -57,14 +58,14 @@ FRAME_WIDTH = 5.0
 class RetrievalRow:
     """One query and what the model ranked first for it."""
 
-    query_index: int                       # row of the split (itr: the caption's first row)
-    query_text: str                        # caption, modification text, or the blank's category
-    query_images: List[np.ndarray]         # (H, W, 3) in [0, 1]: none (itr), reference, outfit items
-    ranked_ids: List[int]                  # itr: product ids of the images; tgir/ocir: gallery ids
+    query_index: int  # row of the split (itr: the caption's first row)
+    query_text: str  # caption, modification text, or the blank's category
+    query_images: List[np.ndarray]  # (H, W, 3) in [0, 1]: none (itr), reference, outfit items
+    ranked_ids: List[int]  # itr: product ids of the images; tgir/ocir: gallery ids
     scores: List[float]
     result_images: List[np.ndarray]
     ground_truth_ids: List[int]
-    ground_truth_rank: Optional[int]       # 0-based rank of the best correct item; None: not in the gallery
+    ground_truth_rank: Optional[int]  # 0-based rank of the best correct item; None: not in the gallery
     frames: List[bool] = field(default_factory=list)
 
     def to_json(self) -> Dict:
@@ -206,8 +207,9 @@ def _metric_param(config, metric_type: str, name: str, default):
     return default
 
 
-def collect_retrieval(model, dataset, task: str, count: int = 8, k: int = 5, seed: Optional[int] = None,
-                      batch_size: int = 32, config=None) -> List[RetrievalRow]:
+def collect_retrieval(
+    model, dataset, task: str, count: int = 8, k: int = 5, seed: Optional[int] = None, batch_size: int = 32, config=None
+) -> List[RetrievalRow]:
     """Rank the split for `count` sampled queries of `task` (see the module
     docstring); one RetrievalRow each, with the images to draw and frames set."""
     _check_task(task)
@@ -227,8 +229,9 @@ def collect_retrieval(model, dataset, task: str, count: int = 8, k: int = 5, see
 def _collect_itr(model, dataset, count, k, seed, batch_size, config):
     from mmf_fashion.metrics import ranking as R
 
-    report = _accumulate(model, dataset, None, ["image_embedding", "text_embedding", "product_id", "image_id"],
-                         batch_size)
+    report = _accumulate(
+        model, dataset, None, ["image_embedding", "text_embedding", "product_id", "image_id"], batch_size
+    )
     products = report["product_id"].long()
     # the protocol of r@k_general: image rows deduplicated by image_id, one caption per product
     image_rows, text_rows = R.general_rows(products, report["image_id"])
@@ -240,16 +243,18 @@ def _collect_itr(model, dataset, count, k, seed, batch_size, config):
         row = int(text_rows[chosen])
         query = report["text_embedding"][row]
         shown, scores = _top_k(query, gallery, k)
-        rows.append(RetrievalRow(
-            query_index=row,
-            query_text=str(_get(dataset[row], "text")),
-            query_images=[],
-            ranked_ids=[int(gallery_products[i]) for i in shown],
-            scores=scores,
-            result_images=[display_image(dataset[int(image_rows[i])]["image"], mean, std) for i in shown],
-            ground_truth_ids=[int(products[row])],
-            ground_truth_rank=_rank(query, products[row], gallery, gallery_products),
-        ))
+        rows.append(
+            RetrievalRow(
+                query_index=row,
+                query_text=str(_get(dataset[row], "text")),
+                query_images=[],
+                ranked_ids=[int(gallery_products[i]) for i in shown],
+                scores=scores,
+                result_images=[display_image(dataset[int(image_rows[i])]["image"], mean, std) for i in shown],
+                ground_truth_ids=[int(products[row])],
+                ground_truth_rank=_rank(query, products[row], gallery, gallery_products),
+            )
+        )
     return rows
 
 
@@ -259,13 +264,13 @@ def _gallery(model, dataset, id_key, category_key, batch_size):
     if not callable(getattr(dataset, "gallery_dataset", None)):
         raise PlotError(f"dataset {type(dataset).__name__} has no gallery_dataset()")
     gallery_dataset = dataset.gallery_dataset()
-    embedded = embed_image_dataset(model, gallery_dataset, id_key=id_key, category_key=category_key,
-                                   batch_size=batch_size, progress=False)
+    embedded = embed_image_dataset(
+        model, gallery_dataset, id_key=id_key, category_key=category_key, batch_size=batch_size, progress=False
+    )
     return gallery_dataset, embedded
 
 
-def _within_category(model, dataset, count, k, seed, batch_size, *, fields, id_key, category_key,
-                     excluded_key=None):
+def _within_category(model, dataset, count, k, seed, batch_size, *, fields, id_key, category_key, excluded_key=None):
     """TGIR and OCIR: each query ranks its category's gallery."""
     queries = sample_queries(len(dataset), count, seed)
     report = _accumulate(model, dataset, queries, ["query_embedding", id_key, category_key, *fields], batch_size)
@@ -282,20 +287,34 @@ def _within_category(model, dataset, count, k, seed, batch_size, *, fields, id_k
         gallery, gallery_ids = embedded["embedding"][keep], embedded["id"][keep]
         shown, scores = _top_k(query, gallery, k)
         target = int(report[id_key][number])
-        rows.append(RetrievalRow(
-            query_index=int(index), query_text="", query_images=[],
-            ranked_ids=[int(gallery_ids[i]) for i in shown], scores=scores,
-            result_images=[display_image(gallery_dataset[int(keep[i])]["image"], mean, std) for i in shown],
-            ground_truth_ids=[target], ground_truth_rank=_rank(query, target, gallery, gallery_ids),
-        ))
+        rows.append(
+            RetrievalRow(
+                query_index=int(index),
+                query_text="",
+                query_images=[],
+                ranked_ids=[int(gallery_ids[i]) for i in shown],
+                scores=scores,
+                result_images=[display_image(gallery_dataset[int(keep[i])]["image"], mean, std) for i in shown],
+                ground_truth_ids=[target],
+                ground_truth_rank=_rank(query, target, gallery, gallery_ids),
+            )
+        )
     return rows, mean, std
 
 
 def _collect_tgir(model, dataset, count, k, seed, batch_size, config):
     exclude = bool(_metric_param(config, "r@k_fashioniq", "exclude_reference", False))
     rows, mean, std = _within_category(
-        model, dataset, count, k, seed, batch_size, fields=["reference_id"] if exclude else [],
-        id_key="target_id", category_key="fashioniq_category", excluded_key="reference_id" if exclude else None,
+        model,
+        dataset,
+        count,
+        k,
+        seed,
+        batch_size,
+        fields=["reference_id"] if exclude else [],
+        id_key="target_id",
+        category_key="fashioniq_category",
+        excluded_key="reference_id" if exclude else None,
     )
     for row in rows:
         sample = dataset[row.query_index]
@@ -306,7 +325,15 @@ def _collect_tgir(model, dataset, count, k, seed, batch_size, config):
 
 def _collect_ocir(model, dataset, count, k, seed, batch_size, config):
     rows, mean, std = _within_category(
-        model, dataset, count, k, seed, batch_size, fields=[], id_key="blank_id", category_key="blank_category",
+        model,
+        dataset,
+        count,
+        k,
+        seed,
+        batch_size,
+        fields=[],
+        id_key="blank_id",
+        category_key="blank_category",
     )
     names = getattr(dataset, "category_names", None) or []
     for row in rows:
@@ -347,20 +374,40 @@ def plot_retrieval_grid(rows: Sequence[RetrievalRow], out_path: str, task: str, 
         else:
             text_axis, wrap = axes_at(0, line, QUERY_CELLS), 50
         text_axis.axis("off")
-        text_axis.text(0.0, 1.0, _wrapped(row.query_text, wrap, lines=7), fontsize=7, va="top", ha="left",
-                       transform=text_axis.transAxes)
-        rank = "correct item not in the gallery" if row.ground_truth_rank is None else \
-            f"correct item at rank {row.ground_truth_rank + 1}"
-        text_axis.text(0.0, 0.0, rank, fontsize=7, va="bottom", ha="left", color="0.35",
-                       transform=text_axis.transAxes)
+        text_axis.text(
+            0.0,
+            1.0,
+            _wrapped(row.query_text, wrap, lines=7),
+            fontsize=7,
+            va="top",
+            ha="left",
+            transform=text_axis.transAxes,
+        )
+        rank = (
+            "correct item not in the gallery"
+            if row.ground_truth_rank is None
+            else f"correct item at rank {row.ground_truth_rank + 1}"
+        )
+        text_axis.text(0.0, 0.0, rank, fontsize=7, va="bottom", ha="left", color="0.35", transform=text_axis.transAxes)
         for position, (image, score, framed) in enumerate(zip(row.result_images, row.scores, row.frames)):
             axis = axes_at(QUERY_CELLS + position, line)
             axis.imshow(image, interpolation="bilinear")
             _bare(axis, framed)
-            axis.set_title(f"{position + 1}. {score:.2f}", fontsize=7, pad=5,
-                           color=FRAME_COLOUR if framed else "black", fontweight="bold" if framed else "normal")
-    figure.text(0.5, 1.0 - 0.5 * HEADER_PX / height, title or f"{task}: query, then the top-{k} results "
-                "(green frame: the correct item)", ha="center", va="center", fontsize=10)
+            axis.set_title(
+                f"{position + 1}. {score:.2f}",
+                fontsize=7,
+                pad=5,
+                color=FRAME_COLOUR if framed else "black",
+                fontweight="bold" if framed else "normal",
+            )
+    figure.text(
+        0.5,
+        1.0 - 0.5 * HEADER_PX / height,
+        title or f"{task}: query, then the top-{k} results (green frame: the correct item)",
+        ha="center",
+        va="center",
+        fontsize=10,
+    )
     directory = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(directory, exist_ok=True)
     figure.savefig(out_path, dpi=DPI, facecolor="white")

@@ -1,4 +1,5 @@
 """Test-suite set-up: the MMF bridge first, then MMF's registry with our plugin."""
+
 import os
 
 import pytest
@@ -12,6 +13,9 @@ import mmf_fashion.bridge  # noqa: E402
 mmf_fashion.bridge.install()
 
 import torch  # noqa: E402
+
+# the shared data fixtures (synthetic_world, fresh_world) for every test module, without imports
+pytest_plugins = ["fixtures_data"]
 
 # at most 2 threads, unless the caller chose (OMP_NUM_THREADS=1 must really run on one)
 if "OMP_NUM_THREADS" not in os.environ:

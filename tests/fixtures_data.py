@@ -1,8 +1,9 @@
-"""Shared data fixtures and helpers for tests (import what you use).
+"""Shared data fixtures and helpers for tests. conftest.py loads this module as a
+pytest plugin, so the fixtures need no import; import the helpers you use.
 
 Cheatsheet::
 
-    from fixtures_data import synthetic_world, fresh_world, build_fashion_dataset, collate
+    from fixtures_data import build_fashion_dataset, collate
 
     def test_something(synthetic_world):          # session-wide, read only
         dataset = build_fashion_dataset("fashiongen", synthetic_world, "val", format="h5")
@@ -22,6 +23,7 @@ build_fashion_dataset merges the builder's defaults.yaml with data_dir,
 32-pixel images and any dotted overrides ("processors.image_processor.params.size"),
 then goes through MMF's build_dataset (build + load + update_registry_for_model).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -95,6 +97,7 @@ def collate(dataset, batch_size: int = 4, num_workers: int = 0, shuffle: bool = 
 
 def write_h5(path, rows, drop=()):
     """rows: (product_id, name bytes, description bytes, category, subcategory, pixels)."""
+
     def column(values):
         width = max(len(v) for v in values)
         return np.array(values, dtype=f"S{width}").reshape(-1, 1)
@@ -122,8 +125,22 @@ def hand_built_rows():
     rng = np.random.default_rng(0)
     pixels = [rng.integers(0, 255, (24, 24, 3), dtype=np.uint8) for _ in range(3)]
     return [
-        (501, "Robe mérinos".encode("latin-1"), "Laine légère, col en V".encode("latin-1"), b"DRESSES", b"MAXI DRESS", pixels[0]),
-        (501, "Robe mérinos".encode("latin-1"), "Laine légère, col en V".encode("latin-1"), b"DRESSES", b"MAXI DRESS", pixels[1]),
+        (
+            501,
+            "Robe mérinos".encode("latin-1"),
+            "Laine légère, col en V".encode("latin-1"),
+            b"DRESSES",
+            b"MAXI DRESS",
+            pixels[0],
+        ),
+        (
+            501,
+            "Robe mérinos".encode("latin-1"),
+            "Laine légère, col en V".encode("latin-1"),
+            b"DRESSES",
+            b"MAXI DRESS",
+            pixels[1],
+        ),
         (777, "Café shirt".encode("utf-8"), b"Striped cotton poplin", b"TOPS", b"SHIRT", pixels[2]),
     ], pixels
 

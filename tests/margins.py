@@ -7,6 +7,7 @@ such decisions first asserts that every margin it relies on is wide enough,
 so a near-tie fails loudly as a fixture problem instead of flipping on some
 machine.
 """
+
 import torch
 
 

@@ -9,7 +9,11 @@ import pytest
 
 from mmf_fashion.data import attributes as A
 from mmf_fashion.data.attributes import (
-    build_vocabulary, mine_attributes, pos_tagger, scaled_min_count, tokenize,
+    build_vocabulary,
+    mine_attributes,
+    pos_tagger,
+    scaled_min_count,
+    tokenize,
 )
 from mmf_fashion.data.synth import make_fixture
 from mmf_fashion.data.synth.vocab import COLOURS
@@ -21,8 +25,7 @@ def _read(path):
 
 def test_tokenizer_splits_sentences_and_hyphenated_words_stay_whole():
     tokens = tokenize("Red V-Neck T-Shirt. Long sleeves, patch pockets.")
-    assert tokens == ["red", "v-neck", "t-shirt", ".", "long", "sleeves", ",", "patch",
-                      "pockets", "."]
+    assert tokens == ["red", "v-neck", "t-shirt", ".", "long", "sleeves", ",", "patch", "pockets", "."]
 
 
 def test_packaged_tagger_works_offline():
@@ -78,8 +81,10 @@ def test_mining_from_hdf5_only_writes_the_vocabulary(tmp_path):
         (data_dir / "fashiongen" / f"{split}_info.json").unlink()
     summary = mine_attributes(data_dir, min_count=2)
     assert summary["products"] == 0 and summary["attributes"] > 10
-    assert "dress" in _read(data_dir / "fashiongen" / "attributes.json")["attributes"] or \
-        "shirt" in _read(data_dir / "fashiongen" / "attributes.json")["attributes"]
+    assert (
+        "dress" in _read(data_dir / "fashiongen" / "attributes.json")["attributes"]
+        or "shirt" in _read(data_dir / "fashiongen" / "attributes.json")["attributes"]
+    )
 
 
 def test_a_bad_entry_is_named_by_file_and_record(tmp_path):
@@ -98,8 +103,7 @@ def test_cli_mine_attributes(tmp_path, capsys):
     data_dir = make_fixture(tmp_path)
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="group"))
-    args = parser.parse_args(["data", "mine-attributes", "--data-dir", str(data_dir),
-                              "--min-count", "3"])
+    args = parser.parse_args(["data", "mine-attributes", "--data-dir", str(data_dir), "--min-count", "3"])
     assert args.func(args) == 0
     assert "attributes" in capsys.readouterr().out
     assert _read(data_dir / "fashiongen" / "attributes.json")["min_count"] == 3
@@ -109,10 +113,18 @@ def test_cli_mine_attributes(tmp_path, capsys):
 
 # ------------------------------------------------------------ paper fidelity
 def _write_products(data_dir, split, texts, images=2):
-    entries = [{"images": [f"images/{split}/{i}_{v}.jpg" for v in range(images)], "id": i,
-                "title": title, "description": description, "attributes_id": [],
-                "category_id": 0, "subcategory_id": 0}
-               for i, (title, description) in enumerate(texts)]
+    entries = [
+        {
+            "images": [f"images/{split}/{i}_{v}.jpg" for v in range(images)],
+            "id": i,
+            "title": title,
+            "description": description,
+            "attributes_id": [],
+            "category_id": 0,
+            "subcategory_id": 0,
+        }
+        for i, (title, description) in enumerate(texts)
+    ]
     (data_dir / "fashiongen" / f"{split}_info.json").write_text(json.dumps(entries))
 
 
@@ -226,12 +238,12 @@ def test_cli_paper_preset_and_its_conflicts(tmp_path, capsys, no_standard_tagger
     assert args.func(args) == 0
     assert "min count 101, paper" in capsys.readouterr().out
     assert _read(data_dir / "fashiongen" / "attributes.json")["preset"] == "paper"
-    args = parser.parse_args(["data", "mine-attributes", "--data-dir", str(data_dir), "--paper",
-                              "--max-doc-fraction", "0.5"])
+    args = parser.parse_args(
+        ["data", "mine-attributes", "--data-dir", str(data_dir), "--paper", "--max-doc-fraction", "0.5"]
+    )
     assert args.func(args) == 2
     with pytest.raises(SystemExit):
-        parser.parse_args(["data", "mine-attributes", "--data-dir", str(data_dir), "--paper",
-                           "--min-count", "3"])
+        parser.parse_args(["data", "mine-attributes", "--data-dir", str(data_dir), "--paper", "--min-count", "3"])
 
 
 def test_hdf5_only_mines_the_train_file(tmp_path, no_standard_tagger):

@@ -1,12 +1,13 @@
 """Bad input: one test per case, under on_bad_sample: error (the message names
 the file, the record and the field) and under skip (counted and reported)."""
+
 import json
 import os
 import shutil
 
 import pytest
 import torch
-from fixtures_data import build_fashion_dataset, collate, fresh_world, h5_overrides, hand_built_rows, write_h5  # noqa: F401
+from fixtures_data import build_fashion_dataset, collate, h5_overrides, hand_built_rows, write_h5  # noqa: F401
 
 from mmf_fashion.datasets.common import BadSampleCounter, BadSampleError, decode_text, resolve_data_path
 
@@ -119,7 +120,9 @@ def test_empty_caption(fresh_world):
     data = edit_json(val_info(fresh_world), _empty_caption)
     with pytest.raises(BadSampleError) as error:
         build_fashion_dataset("fashiongen", fresh_world, "val")
-    assert_names(error.value, val_info(fresh_world), f"entry 1 (id {data[1]['id']})", "title+description", "empty_caption")
+    assert_names(
+        error.value, val_info(fresh_world), f"entry 1 (id {data[1]['id']})", "title+description", "empty_caption"
+    )
     dataset = build_fashion_dataset("fashiongen", fresh_world, "val", on_bad_sample="skip", unit="product")
     assert len(dataset) == len(data) - 1
     assert dataset.bad_samples.counts("load") == {"empty_caption": 1}
@@ -278,7 +281,9 @@ def test_fashioniq_missing_image_names_the_caption_record(fresh_world):
     dataset = build_fashion_dataset("fashioniq", fresh_world, "val")
     with pytest.raises(BadSampleError) as error:
         dataset[0]
-    assert_names(error.value, captions_path, f"entry 0 ({pair['candidate']} -> {pair['target']})", "target", "missing_image")
+    assert_names(
+        error.value, captions_path, f"entry 0 ({pair['candidate']} -> {pair['target']})", "target", "missing_image"
+    )
     skipping = build_fashion_dataset("fashioniq", fresh_world, "val", on_bad_sample="skip")
     with pytest.raises(BadSampleError) as gallery_error:  # the gallery names the file that listed the asin
         dataset.gallery_dataset()[dataset.gallery_asins.index(pair["target"])]
@@ -313,10 +318,17 @@ def test_readers_and_the_data_checker_name_the_same_records(fresh_world):
     entries[5]["images"][0] = "../../outside.jpg"
     info.write_text(json.dumps(entries))
 
-    checked = {(p.record, p.field) for p in check_data_dir(fresh_world).errors if p.file.endswith("fashiongen/train_info.json")}
+    checked = {
+        (p.record, p.field) for p in check_data_dir(fresh_world).errors if p.file.endswith("fashiongen/train_info.json")
+    }
     assert len(checked) == 6
     dataset = build_fashion_dataset("fashiongen", fresh_world, "train", on_bad_sample="skip", unit="image")
-    assert dataset.bad_samples.counts("load") == {"empty_caption": 1, "missing_field": 1, "unknown_category": 1, "unsafe_path": 2}
+    assert dataset.bad_samples.counts("load") == {
+        "empty_caption": 1,
+        "missing_field": 1,
+        "unknown_category": 1,
+        "unsafe_path": 2,
+    }
     dataset[0]  # entry 0's image is missing: skipped when served
     assert dataset.bad_samples.counts()["missing_image"] == 1
     examples = dataset.bad_samples.examples()
@@ -334,11 +346,19 @@ def test_fashioniq_missing_image_says_how_many_are_missing_and_how_to_skip(fresh
         (image_dir / f"{asin}.png").unlink()
     dataset = build_fashion_dataset("fashioniq", fresh_world, "train")
     split_asins = set(dataset.gallery_asins)
-    index = next(i for i, item in enumerate(dataset.items) if item[4] == str(captions_path) and item[5].startswith("entry 1 "))
+    index = next(
+        i for i, item in enumerate(dataset.items) if item[4] == str(captions_path) and item[5].startswith("entry 1 ")
+    )
     with pytest.raises(BadSampleError) as error:
         dataset[index]
     message = str(error.value)
-    assert_names(error.value, captions_path, f"entry 1 ({pairs[1]['candidate']} -> {pairs[1]['target']})", "candidate", "missing_image")
+    assert_names(
+        error.value,
+        captions_path,
+        f"entry 1 ({pairs[1]['candidate']} -> {pairs[1]['target']})",
+        "candidate",
+        "missing_image",
+    )
     assert str(image_dir / f"{pairs[1]['candidate']}.png") in message  # the file looked for
     assert f"{len(gone)} of the {len(split_asins)} images of the train split are missing" in message
     assert "dataset_config.fashioniq.on_bad_sample=skip" in message
@@ -356,7 +376,9 @@ def test_fashioniq_missing_image_says_how_many_are_missing_and_how_to_skip(fresh
     monkeypatch.setattr(skipping, "writer", writer)
     served = [skipping[i] for i in range(len(skipping))]
     assert len(served) == len(skipping)
-    needing = [item for item in skipping.items if {skipping.gallery_asins[item[0]], skipping.gallery_asins[item[1]]} & gone]
+    needing = [
+        item for item in skipping.items if {skipping.gallery_asins[item[0]], skipping.gallery_asins[item[1]]} & gone
+    ]
     assert skipping.bad_samples.counts() == {"missing_image": len(needing)}
     assert any("missing_image" in m and "cap.shirt.train.json" in m for _, m in writer.messages)
 

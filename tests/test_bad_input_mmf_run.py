@@ -14,6 +14,7 @@ per evaluation). Error runs (one per case) stop while loading the data or in the
 evaluation of run_type=val; the skip run (all cases at once) trains one update
 of the tiny ALIGN model, then evaluates.
 """
+
 import json
 import os
 import re
@@ -40,7 +41,9 @@ def pristine(tmp_path_factory):
 def world(pristine, tmp_path):
     """A fresh copy of the FashionGen part of the world, to corrupt."""
     copy = tmp_path / "data"
-    views = [len(entry["images"]) for entry in json.loads(open(os.path.join(pristine, "fashiongen", "val_info.json")).read())]
+    views = [
+        len(entry["images"]) for entry in json.loads(open(os.path.join(pristine, "fashiongen", "val_info.json")).read())
+    ]
     assert len(views) == 6 and views[1] >= 3 and views[4] >= 4, views  # what the corruptions below expect
     shutil.copytree(os.path.join(pristine, "fashiongen"), copy / "fashiongen")
     shutil.copy(os.path.join(pristine, "synth_manifest.json"), copy / "synth_manifest.json")
@@ -113,8 +116,14 @@ def record_name(world, index):
 
 
 def mmf_run(save_dir, data_dir, *overrides):
-    command = MMF_RUN + [f"config={CONFIG}", "model=align", "dataset=fashiongen",
-                         f"env.save_dir={save_dir}", f"env.data_dir={data_dir}", *overrides]
+    command = MMF_RUN + [
+        f"config={CONFIG}",
+        "model=align",
+        "dataset=fashiongen",
+        f"env.save_dir={save_dir}",
+        f"env.data_dir={data_dir}",
+        *overrides,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     return result.returncode, result.stdout + result.stderr
@@ -126,8 +135,11 @@ def log_text(save_dir):
 
 
 # the first case also runs against MMF main (make test-mmf-main)
-@pytest.mark.parametrize("corrupt", [pytest.param(c, marks=[pytest.mark.mmf_compat] if i == 0 else [])
-                                     for i, c in enumerate(CASES)], ids=[c.__name__ for c in CASES])
+@pytest.mark.parametrize(
+    "corrupt",
+    [pytest.param(c, marks=[pytest.mark.mmf_compat] if i == 0 else []) for i, c in enumerate(CASES)],
+    ids=[c.__name__ for c in CASES],
+)
 def test_bad_input_fails_the_run_naming_file_record_and_field(world, tmp_path, corrupt):
     index, field, kind, problem = corrupt(world)
     record = record_name(world, index)
@@ -143,12 +155,20 @@ def test_bad_input_fails_the_run_naming_file_record_and_field(world, tmp_path, c
 @pytest.mark.mmf_compat
 def test_bad_input_is_skipped_counted_and_reported(world, tmp_path):
     # every corruption at once (each in its own record), so one run covers them all
-    expected = [(record_name(world, index), field, kind, problem)
-                for index, field, kind, problem in (corrupt(world) for corrupt in CASES)]
+    expected = [
+        (record_name(world, index), field, kind, problem)
+        for index, field, kind, problem in (corrupt(world) for corrupt in CASES)
+    ]
     save = tmp_path / "save"
-    code, output = mmf_run(save, world, "run_type=train_val", "dataset_config.fashiongen.on_bad_sample=skip",
-                           "training.max_updates=1", "training.evaluation_interval=100",
-                           "training.checkpoint_interval=100")
+    code, output = mmf_run(
+        save,
+        world,
+        "run_type=train_val",
+        "dataset_config.fashiongen.on_bad_sample=skip",
+        "training.max_updates=1",
+        "training.evaluation_interval=100",
+        "training.checkpoint_interval=100",
+    )
     assert code == 0, output[-3000:]
     metrics = json.loads((save / "metrics.json").read_text())
     assert metrics["num_updates"] == 1 and "val/fashiongen/r@k_general/avg" in metrics
@@ -157,11 +177,19 @@ def test_bad_input_is_skipped_counted_and_reported(world, tmp_path):
     # were found (4 records while reading val_info.json, 2 images when served), examples
     report = re.search(
         r"val/fashiongen: bad samples in fashiongen/val \(on_bad_sample: skip\): (\d+) skipped in all "
-        r"\((.*?)\); dropped while loading: (.*?); this epoch: .*((?:\n  e\.g\. .*)+)", log)
+        r"\((.*?)\); dropped while loading: (.*?); this epoch: .*((?:\n  e\.g\. .*)+)",
+        log,
+    )
     assert report, log[-3000:]
     total, every, at_load, examples = report.groups()
     assert int(total) == len(CASES)
-    assert counts(every) == {"missing_image": 1, "corrupt_image": 1, "missing_field": 1, "bad_value": 1, "unsafe_path": 2}
+    assert counts(every) == {
+        "missing_image": 1,
+        "corrupt_image": 1,
+        "missing_field": 1,
+        "bad_value": 1,
+        "unsafe_path": 2,
+    }
     assert counts(at_load) == {"missing_field": 1, "bad_value": 1, "unsafe_path": 2}
     for record, field, kind, problem in expected:
         assert f"e.g. {val_info(world)}: record {record}: field '{field}': {problem}" in examples, (kind, examples)

@@ -4,6 +4,7 @@ An MMF other than 1.0.0rc10 or 1.0.0rc12 (MMF main) stops at install() with one 
 supported versions; a patch that cannot read the rc10 source it checks raises
 instead of skipping; the whole-function replacements say so and why.
 """
+
 import importlib.metadata
 import os
 import subprocess

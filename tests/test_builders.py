@@ -2,6 +2,7 @@
 collates batches with the ARCHITECTURE.md keys; the HDF5 reader reads a
 hand-built file with the published keys. Registration, defaults and the
 missing-data message of every registered builder: tests/test_registry.py."""
+
 import json
 import pickle
 
@@ -11,11 +12,9 @@ from fixtures_data import (  # noqa: F401
     PUBLISHED_H5,
     build_fashion_dataset,
     collate,
-    fresh_world,
     h5_overrides,
     hand_built_rows,
     keep_only_layout,
-    synthetic_world,
     write_h5,
     write_published_fashiongen,
 )
@@ -25,8 +24,14 @@ TEXT = {"input_ids": (B, 40), "attention_mask": (B, 40), "token_type_ids": (B, 4
 PRODUCT_KEYS = {**TEXT, "image": (B, 3, 32, 32), "product_id": (B,), "image_id": (B,)}
 LABELS = {"category_id": (B,), "subcategory_id": (B,), "targets": (B,)}
 PRETRAINING = {
-    "masked_input_ids": (B, 40), "mlm_labels": (B, 40), "image_2": (B, 3, 32, 32), "patch_mask": (B, 49),
-    "boxes": (B, 5, 4), "box_valid": (B, 5), "box_input_ids": (B, 5, 12), "box_attention_mask": (B, 5, 12),
+    "masked_input_ids": (B, 40),
+    "mlm_labels": (B, 40),
+    "image_2": (B, 3, 32, 32),
+    "patch_mask": (B, 49),
+    "boxes": (B, 5, 4),
+    "box_valid": (B, 5),
+    "box_input_ids": (B, 5, 12),
+    "box_attention_mask": (B, 5, 12),
 }
 ALL_TASKS = {"mlm": True, "second_view": True, "patch_mask": True, "attribute_labels": True, "regions": True}
 
@@ -148,10 +153,18 @@ def test_processors_are_rebuilt_per_dataset_not_reused_from_the_registry(synthet
 def test_fashioniq_queries_and_gallery(synthetic_world):
     dataset = build_fashion_dataset("fashioniq", synthetic_world, "val")
     batch = collate(dataset, B)
-    assert_batch(batch, {
-        "reference_image": (B, 3, 32, 32), "target_image": (B, 3, 32, 32), "input_ids": (B, 32),
-        "attention_mask": (B, 32), "reference_id": (B,), "target_id": (B,), "fashioniq_category": (B,),
-    })
+    assert_batch(
+        batch,
+        {
+            "reference_image": (B, 3, 32, 32),
+            "target_image": (B, 3, 32, 32),
+            "input_ids": (B, 32),
+            "attention_mask": (B, 32),
+            "reference_id": (B,),
+            "target_id": (B,),
+            "fashioniq_category": (B,),
+        },
+    )
     captions = json.loads((synthetic_world / "fashioniq/captions/cap.dress.val.json").read_text())
     first = dataset[0]
     assert dataset.gallery_asins[int(first.target_id)] == captions[0]["target"]
@@ -160,7 +173,10 @@ def test_fashioniq_queries_and_gallery(synthetic_world):
     gallery = dataset.gallery_dataset()
     split_asins = set()
     for category in ("dress", "shirt", "toptee"):
-        split_asins |= {(a, category) for a in json.loads((synthetic_world / f"fashioniq/image_splits/split.{category}.val.json").read_text())}
+        split_asins |= {
+            (a, category)
+            for a in json.loads((synthetic_world / f"fashioniq/image_splits/split.{category}.val.json").read_text())
+        }
     assert len(gallery) == len(split_asins)
     gallery_batch = collate(gallery, len(gallery))
     assert gallery_batch["image"].shape == (len(gallery), 3, 32, 32)
@@ -176,10 +192,17 @@ def test_polyvore_ocir_questions_and_gallery(synthetic_world, version):
     questions = json.loads((synthetic_world / f"polyvore_outfits/ocir_{version}_test.json").read_text())
     assert len(dataset) == len(questions)
     batch = collate(dataset, B)
-    assert_batch(batch, {
-        "outfit_images": (B, 8, 3, 32, 32), "outfit_mask": (B, 8), "outfit_categories": (B, 8),
-        "blank_image": (B, 3, 32, 32), "blank_category": (B,), "blank_id": (B,),
-    })
+    assert_batch(
+        batch,
+        {
+            "outfit_images": (B, 8, 3, 32, 32),
+            "outfit_mask": (B, 8),
+            "outfit_categories": (B, 8),
+            "blank_image": (B, 3, 32, 32),
+            "blank_category": (B,),
+            "blank_id": (B,),
+        },
+    )
     for index in range(B):
         assert int(batch["outfit_mask"][index].sum()) == len(questions[index]["question"])
         assert dataset.gallery_items[int(batch["blank_id"][index])] == questions[index]["blank"]
@@ -188,7 +211,9 @@ def test_polyvore_ocir_questions_and_gallery(synthetic_world, version):
     blank_meta = metadata[questions[0]["blank"]]
     assert dataset.category_names[int(batch["blank_category"][0])] == blank_meta["semantic_category"]
     gallery = dataset.gallery_dataset(categories=[int(batch["blank_category"][0])])
-    assert len(gallery) >= 1 and all(int(gallery[i].blank_category) == int(batch["blank_category"][0]) for i in range(len(gallery)))
+    assert len(gallery) >= 1 and all(
+        int(gallery[i].blank_category) == int(batch["blank_category"][0]) for i in range(len(gallery))
+    )
 
 
 def test_polyvore_questions_are_derived_when_the_ocir_file_is_missing(fresh_world):
@@ -209,8 +234,14 @@ def test_fashionall_unites_sources_with_regions_where_present(synthetic_world, m
     assert len(dataset) == len(info) + len(polyvore_items)
     num_attributes = mmf_registry.get("fashionall_num_attributes")
     batch = collate(dataset, B)
-    assert_batch(batch, {**PRODUCT_KEYS, **{k: v for k, v in PRETRAINING.items() if k != "patch_mask"},
-                         "attribute_targets": (B, num_attributes)})
+    assert_batch(
+        batch,
+        {
+            **PRODUCT_KEYS,
+            **{k: v for k, v in PRETRAINING.items() if k != "patch_mask"},
+            "attribute_targets": (B, num_attributes),
+        },
+    )
     assert "category_id" not in batch
     fashiongen_sample = dataset[0]
     polyvore_sample = dataset[len(info)]
@@ -286,8 +317,10 @@ def test_jpegs_are_decoded_at_the_scale_the_processor_needs_and_no_crop_is_upsam
     image = torch.zeros(3, side, side)
     generator_state = torch.get_rng_state()
     torch.manual_seed(0)
-    shortest = min(min(v2.RandomResizedCrop.get_params(image, list(processor.scale), list(processor.ratio))[2:])
-                   for _ in range(3000))
+    shortest = min(
+        min(v2.RandomResizedCrop.get_params(image, list(processor.scale), list(processor.ratio))[2:])
+        for _ in range(3000)
+    )
     torch.set_rng_state(generator_state)
     assert shortest >= 64
 
@@ -305,7 +338,9 @@ def logged(monkeypatch):
     return messages
 
 
-@pytest.mark.parametrize("name,key", [("fashiongen", "format"), ("polyvore_ocir", "format"), ("fashionall", "fashiongen.format")])
+@pytest.mark.parametrize(
+    "name,key", [("fashiongen", "format"), ("polyvore_ocir", "format"), ("fashionall", "fashiongen.format")]
+)
 def test_two_layout_builders_default_to_auto(mmf_registry, name, key):
     from mmf.utils.configuration import load_yaml_with_defaults
     from omegaconf import OmegaConf

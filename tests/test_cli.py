@@ -3,6 +3,7 @@
 Covers plot curves, plot embeddings, new-builder (and the test it writes)
 and info. Each test checks the files a user would look at.
 """
+
 import json
 import os
 import subprocess
@@ -55,15 +56,17 @@ def write_metrics(path, records, extra_lines=()):
 def training_records():
     records = []
     for step in range(1, 6):
-        records.append({
-            "num_updates": step * 20,
-            "val/fashiongen/itc": 4.0 / step,
-            "val/fashiongen/itm": 0.7 - 0.05 * step,
-            "val/fashiongen/r@k_general/t2i_r@1": 0.05 * step,
-            "val/fashiongen/r@k_general/t2i_r@10": 0.15 * step,
-            "val/fashiongen/r@k_general/i2t_r@10": 0.12 * step,
-            "val/fashiongen/accuracy/value": 0.1 * step,
-        })
+        records.append(
+            {
+                "num_updates": step * 20,
+                "val/fashiongen/itc": 4.0 / step,
+                "val/fashiongen/itm": 0.7 - 0.05 * step,
+                "val/fashiongen/r@k_general/t2i_r@1": 0.05 * step,
+                "val/fashiongen/r@k_general/t2i_r@10": 0.15 * step,
+                "val/fashiongen/r@k_general/i2t_r@10": 0.12 * step,
+                "val/fashiongen/accuracy/value": 0.1 * step,
+            }
+        )
     return records
 
 
@@ -133,9 +136,15 @@ def pretrain_train_records(updates=60, log_interval=5):
     for step in range(log_interval, updates + 1, log_interval):
         task = PRETRAIN_TASKS[(step // log_interval) % len(PRETRAIN_TASKS)]
         loss = 5.0 / (1 + step / 20)
-        records.append({f"train/fashiongen/{task}": loss, "train/total_loss": loss,
-                        "train/lr": 1e-4 * (1 - step / updates), "train/samples_per_s": 90.0 + step,
-                        "num_updates": step})
+        records.append(
+            {
+                f"train/fashiongen/{task}": loss,
+                "train/total_loss": loss,
+                "train/lr": 1e-4 * (1 - step / updates),
+                "train/samples_per_s": 90.0 + step,
+                "num_updates": step,
+            }
+        )
     return records
 
 
@@ -193,11 +202,18 @@ def test_plot_embeddings_adapts_perplexity_to_a_handful_of_points(tmp_path):
     image = rng.normal(size=(6, 8)) + 4.0 * labels[:, None]
     text = image + 0.1 * rng.normal(size=(6, 8))
     out = tmp_path / "tsne.png"
-    coordinates = plot_embeddings({"image": image, "text": text, "fused": rng.normal(size=(6, 4))}, labels, out,
-                                  label_names={0: "dress", 1: "shirt", 2: "bag"})
+    coordinates = plot_embeddings(
+        {"image": image, "text": text, "fused": rng.normal(size=(6, 4))},
+        labels,
+        out,
+        label_names={0: "dress", 1: "shirt", 2: "bag"},
+    )
     assert default_perplexity(12) < 12 and default_perplexity(1000) == 30.0
     assert {kind: points.shape for kind, points in coordinates.items()} == {
-        "image": (6, 2), "text": (6, 2), "fused": (6, 2)}
+        "image": (6, 2),
+        "text": (6, 2),
+        "fused": (6, 2),
+    }
     assert all(np.isfinite(points).all() for points in coordinates.values())
     assert_real_png(out)
 
@@ -257,8 +273,24 @@ def test_plot_embeddings_on_the_synthetic_fixture(tmp_path, capsys, restore_mmf_
 
     out = tmp_path / "tsne.png"
     code, stdout, stderr = run_cli(
-        capsys, "plot", "embeddings", "--config", config_path, "--model", "fashionvil", "--dataset", "fashiongen",
-        "--checkpoint", checkpoint, "--split", "val", "--max-items", 12, "--out", out, *overrides,
+        capsys,
+        "plot",
+        "embeddings",
+        "--config",
+        config_path,
+        "--model",
+        "fashionvil",
+        "--dataset",
+        "fashiongen",
+        "--checkpoint",
+        checkpoint,
+        "--split",
+        "val",
+        "--max-items",
+        12,
+        "--out",
+        out,
+        *overrides,
     )
     assert code == 0, stderr
     assert_real_png(out, min_width=1000)
@@ -270,8 +302,20 @@ def test_plot_embeddings_on_the_synthetic_fixture(tmp_path, capsys, restore_mmf_
 def test_plot_embeddings_reports_a_missing_checkpoint(tmp_path, capsys, restore_mmf_state, tiny_fixture):
     data_dir, config_path = tiny_fixture
     code, _, stderr = run_cli(
-        capsys, "plot", "embeddings", "--config", config_path, "--model", "fashionvil", "--dataset", "fashiongen",
-        "--checkpoint", tmp_path / "nope.pth", "--out", tmp_path / "x.png", f"env.data_dir={data_dir}",
+        capsys,
+        "plot",
+        "embeddings",
+        "--config",
+        config_path,
+        "--model",
+        "fashionvil",
+        "--dataset",
+        "fashiongen",
+        "--checkpoint",
+        tmp_path / "nope.pth",
+        "--out",
+        tmp_path / "x.png",
+        f"env.data_dir={data_dir}",
     )
     assert code == 2
     assert "nope.pth: no such file" in stderr
@@ -309,12 +353,15 @@ def test_new_builder_writes_the_plugin_and_refuses_to_overwrite(tmp_path, capsys
     assert (folder / "dataset.py").read_text().endswith("# my edit\n")
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("my-shop", "not a valid Python identifier"),
-    ("class", "not a valid Python identifier"),
-    ("json", "already an importable Python module"),
-    ("fashiongen", "is a builder of mmf_fashion"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("my-shop", "not a valid Python identifier"),
+        ("class", "not a valid Python identifier"),
+        ("json", "already an importable Python module"),
+        ("fashiongen", "is a builder of mmf_fashion"),
+    ],
+)
 def test_new_builder_refuses_bad_names(tmp_path, capsys, name, reason):
     code, _, stderr = run_cli(capsys, "new-builder", name, "--out", tmp_path)
     assert code == 2
@@ -348,8 +395,9 @@ def test_generated_builder_loads_through_mmf_in_process(tmp_path, capsys, mmf_re
     assert builder_class is not None and builder_class.__name__ == "CliInprocessCatalogueBuilder"
 
     data_dir = tmp_path / "data"
-    _write_catalogue(data_dir, name, "train", [("red shirt", "shirts"), ("blue jeans", "trousers"),
-                                               ("green shirt", "shirts")])
+    _write_catalogue(
+        data_dir, name, "train", [("red shirt", "shirts"), ("blue jeans", "trousers"), ("green shirt", "shirts")]
+    )
     _write_catalogue(data_dir, name, "val", [("black jeans", "trousers")])
     config = load_yaml_with_defaults(builder_class.config_path()).dataset_config[name]
     config.data_dir = str(data_dir)
@@ -376,7 +424,11 @@ def test_generated_test_passes_under_pytest(tmp_path, capsys):
     environment = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     result = subprocess.run(
         [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / name / "tests")],
-        cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "8 passed" in result.stdout

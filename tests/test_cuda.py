@@ -3,6 +3,7 @@
 Every comparison with the CPU is exact only where the arithmetic is exact
 (quarter-valued embeddings), and within a tolerance otherwise.
 """
+
 import pytest
 import torch
 from tiny_models import align_batch, align_config, build_model
@@ -21,8 +22,9 @@ def test_chunked_ranking_on_the_gpu_equals_the_cpu():
     queries, gallery = quarter(300, 0), quarter(500, 1)
     query_labels, gallery_labels = torch.arange(300) % 97, torch.arange(500) % 97
     cpu = R.first_positive_ranks(queries, gallery, query_labels, gallery_labels, chunk_size=64)
-    gpu = R.first_positive_ranks(queries.cuda(), gallery.cuda(), query_labels.cuda(), gallery_labels.cuda(),
-                                 chunk_size=64)
+    gpu = R.first_positive_ranks(
+        queries.cuda(), gallery.cuda(), query_labels.cuda(), gallery_labels.cuda(), chunk_size=64
+    )
     assert torch.equal(gpu.cpu(), cpu)
 
 

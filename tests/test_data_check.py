@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from mmf_fashion.data.check import (
-    box_problem, check_data_dir, image_problem, path_problem, text_problem,
+    box_problem,
+    check_data_dir,
+    image_problem,
+    path_problem,
+    text_problem,
 )
 from mmf_fashion.data.synth import make_fixture
 
@@ -40,15 +44,13 @@ def missing_polyvore_image(root):
 
 
 def empty_fashioniq_caption(root):
-    _edit_json(root / "fashioniq/captions/cap.shirt.val.json",
-               lambda pairs: pairs[1].update(captions=["is red", "  "]))
+    _edit_json(root / "fashioniq/captions/cap.shirt.val.json", lambda pairs: pairs[1].update(captions=["is red", "  "]))
     return "fashioniq/captions/cap.shirt.val.json", "captions[1]", "empty"
 
 
 def undecodable_hdf5_name(root):
     with h5py.File(root / H5_TRAIN, "r+") as handle:
-        handle["input_name"][3] = np.array([b"\x01\x02\xff\xfe garbage"],
-                                           dtype=handle["input_name"].dtype)
+        handle["input_name"][3] = np.array([b"\x01\x02\xff\xfe garbage"], dtype=handle["input_name"].dtype)
     return H5_TRAIN, "input_name", "undecodable"
 
 
@@ -64,53 +66,66 @@ def hdf5_dataset_missing(root):
 
 
 def box_outside_image(root):
-    _edit_json(root / "fashiongen/regions_train.json",
-               lambda records: records[0]["regions"][0].update(box=[10, 10, 500, 8]))
+    _edit_json(
+        root / "fashiongen/regions_train.json", lambda records: records[0]["regions"][0].update(box=[10, 10, 500, 8])
+    )
     return "fashiongen/regions_train.json", "regions[0].box", "outside"
 
 
 def unknown_category_id(root):
-    _edit_json(root / "fashiongen/test_info.json", lambda entries: entries[0].update(
-        category_id=99))
+    _edit_json(root / "fashiongen/test_info.json", lambda entries: entries[0].update(category_id=99))
     return "fashiongen/test_info.json", "category_id", "unknown category id"
 
 
 def unknown_polyvore_category(root):
     def edit(metadata):
         metadata[next(iter(metadata))]["category_id"] = "9999"
+
     _edit_json(root / "polyvore_outfits/polyvore_item_metadata.json", edit)
     return "polyvore_outfits/polyvore_item_metadata.json", "category_id", "unknown category id"
 
 
 def absolute_image_path(root):
-    _edit_json(root / "fashiongen/train_info.json",
-               lambda entries: entries[2]["images"].__setitem__(0, "/etc/passwd"))
+    _edit_json(root / "fashiongen/train_info.json", lambda entries: entries[2]["images"].__setitem__(0, "/etc/passwd"))
     return "fashiongen/train_info.json", "images[0]", "absolute path"
 
 
 def climbing_image_path(root):
-    _edit_json(root / "fashiongen/regions_val.json",
-               lambda records: records[0].update(image="images/../../../secret.jpg"))
+    _edit_json(
+        root / "fashiongen/regions_val.json", lambda records: records[0].update(image="images/../../../secret.jpg")
+    )
     return "fashiongen/regions_val.json", "image", "climbs out of the root"
 
 
 def ocir_blank_outside_test(root):
     train = json.loads((root / "polyvore_outfits/disjoint/train.json").read_text())
-    _edit_json(root / "polyvore_outfits/ocir_disjoint_test.json",
-               lambda questions: questions[0].update(blank=train[0]["items"][0]["item_id"]))
+    _edit_json(
+        root / "polyvore_outfits/ocir_disjoint_test.json",
+        lambda questions: questions[0].update(blank=train[0]["items"][0]["item_id"]),
+    )
     return "polyvore_outfits/ocir_disjoint_test.json", "blank", "not in the test outfits"
 
 
 def broken_json_file(root):
-    (root / "fashioniq/captions/cap.dress.train.json").write_text("[{\"candidate\": ")
+    (root / "fashioniq/captions/cap.dress.train.json").write_text('[{"candidate": ')
     return "fashioniq/captions/cap.dress.train.json", "-", "unreadable JSON"
 
 
-INJECTIONS = [corrupt_jpeg, missing_polyvore_image, empty_fashioniq_caption,
-              undecodable_hdf5_name, json_entry_missing_title, hdf5_dataset_missing,
-              box_outside_image, unknown_category_id, unknown_polyvore_category,
-              absolute_image_path, climbing_image_path, ocir_blank_outside_test,
-              broken_json_file]
+INJECTIONS = [
+    corrupt_jpeg,
+    missing_polyvore_image,
+    empty_fashioniq_caption,
+    undecodable_hdf5_name,
+    json_entry_missing_title,
+    hdf5_dataset_missing,
+    box_outside_image,
+    unknown_category_id,
+    unknown_polyvore_category,
+    absolute_image_path,
+    climbing_image_path,
+    ocir_blank_outside_test,
+    broken_json_file,
+]
 
 
 def test_a_clean_world_has_no_problem(tmp_path):
@@ -128,8 +143,7 @@ def test_each_injected_problem_is_found_and_named(tmp_path, inject):
     file, field, message = inject(root)
     report = check_data_dir(root)
     assert not report.ok
-    matches = [p for p in report.errors
-               if p.file == file and field in p.field and message in p.message]
+    matches = [p for p in report.errors if p.file == file and field in p.field and message in p.message]
     assert matches, report.summary()
     assert all(p.record for p in matches)
 
@@ -185,8 +199,10 @@ def test_repeated_findings_share_one_line_with_count_and_first_rows(tmp_path, ca
 
     root = make_fixture(tmp_path)
     rows = _latin1_names(root)
-    _edit_json(root / "fashiongen/test_info.json",
-               lambda entries: [entry.update(category_id=90 + i) for i, entry in enumerate(entries[:4])])
+    _edit_json(
+        root / "fashiongen/test_info.json",
+        lambda entries: [entry.update(category_id=90 + i) for i, entry in enumerate(entries[:4])],
+    )
     report = check_data_dir(root, decode_images=False)
     # every finding is kept and counted; the summary has one line per (file, field, kind)
     assert len(report.warnings) == rows and len(report.errors) == 4
@@ -210,8 +226,9 @@ def test_repeated_findings_share_one_line_with_count_and_first_rows(tmp_path, ca
     assert len([line for line in out.splitlines() if "input_name" in line]) == 1
     written = json.loads((tmp_path / "r.json").read_text())
     assert len(written["problems"]) == rows + 4 and {g["count"] for g in written["groups"]} == {rows, 4}
-    _edit_json(root / "fashiongen/test_info.json",
-               lambda entries: [entry.update(category_id=0) for entry in entries[:4]])
+    _edit_json(
+        root / "fashiongen/test_info.json", lambda entries: [entry.update(category_id=0) for entry in entries[:4]]
+    )
     args = parser.parse_args(["data", "check", str(root), "--no-images"])
     assert args.func(args) == 0  # latin-1 is a warning
     args = parser.parse_args(["data", "check", str(root), "--no-images", "--strict"])

@@ -28,16 +28,15 @@ against the other run's within the tolerance; the filter's keep decisions are
 compared only after asserting that every similarity lies farther from its
 threshold than the runs can disagree (tests/margins.py).
 """
+
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-
 from margins import threshold_margin
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +46,9 @@ pytestmark = pytest.mark.slow
 GLOBAL_BATCH = 8
 WORLD = 2
 
-TINY_TEXT = "{name: tiny, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64, dropout: 0.0}"
+TINY_TEXT = (
+    "{name: tiny, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64, dropout: 0.0}"
+)
 COMMON = f"""
 dataset_config:
   fashiongen:
@@ -83,7 +84,8 @@ training:
 """
 
 # FashionViL pretraining with the ITC task only (every other ratio 0).
-FASHIONVIL_ITC = f"""
+FASHIONVIL_ITC = (
+    f"""
 includes: [{REPO}/projects/fashionvil/configs/pretrain.yaml]
 model_config:
   fashionvil:
@@ -91,14 +93,17 @@ model_config:
     text_encoder: {TINY_TEXT}
     pretraining:
       tasks: {{itc: 1.0, itm: 0.0, mlm: 0.0, mpfc: 0.0, mvc: 0.0, pac: 0.0}}
-""" + COMMON
+"""
+    + COMMON
+)
 
 # COTS: instance-level ITC and task-level KL against the momentum queues (24
 # rows, 8 per update: they wrap around in the 4 updates), with the adaptive
 # momentum filter on: its history is the previous global batch (size 8, k 0:
 # a pair is dropped when its similarity is below the previous batch's mean),
 # which here drops pairs unevenly between the ranks (checked below).
-COTS = f"""
+COTS = (
+    f"""
 includes: [{REPO}/projects/cots/configs/pretrain.yaml]
 model_config:
   cots:
@@ -109,7 +114,9 @@ model_config:
     queue_size: 24
     loss_weights: {{itc: 1.0, kl: 1.0, cmlm: 0.0, cmvm: 0.0}}
     filter: {{enabled: true, k: 0.0, size: 8, min_count: 8, start_update: 0}}
-""" + COMMON
+"""
+    + COMMON
+)
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +148,23 @@ def train(tmp_path, name, config_text, model, data_dir, world, *overrides):
     if world == 1:
         launcher = [sys.executable, THIS]
     else:
-        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}",
-                    f"--master_port={free_port()}", THIS]
-    command = launcher + [f"config={config}", f"model={model}", "dataset=fashiongen", "run_type=train_val",
-                          f"env.save_dir={save}", f"env.data_dir={data_dir}", *overrides]
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={world}",
+            f"--master_port={free_port()}",
+            THIS,
+        ]
+    command = launcher + [
+        f"config={config}",
+        f"model={model}",
+        "dataset=fashiongen",
+        "run_type=train_val",
+        f"env.save_dir={save}",
+        f"env.data_dir={data_dir}",
+        *overrides,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", MMF_SAVE_DIR=str(save))
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -156,8 +176,9 @@ def logged_train_losses(save):
     losses = {}
     for line in open(os.path.join(save, "train.jsonl")):
         record = json.loads(line)
-        losses[record["num_updates"]] = {key.split("/")[-1]: value for key, value in record.items()
-                                         if key.startswith("train/fashiongen/")}
+        losses[record["num_updates"]] = {
+            key.split("/")[-1]: value for key, value in record.items() if key.startswith("train/fashiongen/")
+        }
     return losses
 
 
@@ -188,8 +209,9 @@ def assert_same_evaluation_set(one, two):
     assert torch.equal(one["image_ids"][order_one], two["image_ids"][order_two])
     assert torch.equal(one["products"][order_one], two["products"][order_two])
     for field in ("image", "text"):
-        torch.testing.assert_close(two[field][order_two], one[field][order_one], rtol=1e-4, atol=1e-4,
-                                   msg=lambda m: f"{field} embeddings: {m}")
+        torch.testing.assert_close(
+            two[field][order_two], one[field][order_one], rtol=1e-4, atol=1e-4, msg=lambda m: f"{field} embeddings: {m}"
+        )
 
 
 def assert_same_training(one, two, loss_names, reordered=()):
@@ -240,7 +262,9 @@ def assert_same_training(one, two, loss_names, reordered=()):
             assert torch.equal(final[0][key], value), key
     assert moved > 1000 * max(worst, 1e-8), (moved, worst)
     # the trainer's own final weights (rank 0) are the dumped ones
-    saved = torch.load(os.path.join(two, [f for f in os.listdir(two) if f.endswith("_final.pth")][0]), weights_only=True)
+    saved = torch.load(
+        os.path.join(two, [f for f in os.listdir(two) if f.endswith("_final.pth")][0]), weights_only=True
+    )
     for key, value in saved.items():
         assert torch.equal(value, final[0][key]), key
     return final_one, final
@@ -270,9 +294,12 @@ def test_cots_two_processes_equal_one_and_queues_agree(tmp_path, data_dir):
         assert threshold_margin(decision["similarity"], decision["threshold"]) > 1e-4, (update, decision)
         halves = [keep_two[rank][update] for rank in range(WORLD)]
         assert halves[0]["threshold"] == pytest.approx(decision["threshold"], abs=1e-5), update
-        torch.testing.assert_close(torch.tensor(halves[0]["similarity"] + halves[1]["similarity"]),
-                                   torch.tensor(decision["similarity"][0::2] + decision["similarity"][1::2]),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            torch.tensor(halves[0]["similarity"] + halves[1]["similarity"]),
+            torch.tensor(decision["similarity"][0::2] + decision["similarity"][1::2]),
+            rtol=1e-4,
+            atol=1e-5,
+        )
         assert halves[0]["keep"] + halves[1]["keep"] == decision["keep"][0::2] + decision["keep"][1::2], update
     assert any(d["keep"].count("0") for d in keep_one), keep_one
     assert any(a["keep"].count("0") != b["keep"].count("0") for a, b in zip(*keep_two)), keep_two
@@ -296,7 +323,8 @@ def test_cots_two_processes_equal_one_and_queues_agree(tmp_path, data_dir):
     torch.testing.assert_close(
         final[0]["momentum_filter.history.similarity"],
         final_one["momentum_filter.history.similarity"][history_order],
-        rtol=1e-4, atol=2e-5,
+        rtol=1e-4,
+        atol=2e-5,
     )
 
 
@@ -327,9 +355,11 @@ if __name__ == "__main__":
 
     def recorded_keep_mask(self, similarity):
         keep = keep_mask(self, similarity)
-        record = {"keep": "".join("1" if k else "0" for k in keep.tolist()),
-                  "similarity": similarity.detach().double().tolist(),
-                  "threshold": float(self.momentum_filter.threshold())}
+        record = {
+            "keep": "".join("1" if k else "0" for k in keep.tolist()),
+            "similarity": similarity.detach().double().tolist(),
+            "threshold": float(self.momentum_filter.threshold()),
+        }
         with open(os.path.join(os.environ["MMF_SAVE_DIR"], f"keep_rank{current_rank()}.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
         return keep
@@ -346,7 +376,11 @@ if __name__ == "__main__":
         evaluations_ranked.append(path)
         return recalls
 
-    FashionTrainer.load, FashionTrainer._finalize, COTS._keep_mask = load_and_dump, finalize_and_dump, recorded_keep_mask
+    FashionTrainer.load, FashionTrainer._finalize, COTS._keep_mask = (
+        load_and_dump,
+        finalize_and_dump,
+        recorded_keep_mask,
+    )
     ranking.general_recalls = recorded_general_recalls
     from mmf_cli.run import run
 

@@ -5,6 +5,7 @@ builder and metric this package registers must be named there. Markdown
 files are read by people on other machines: an absolute path of one machine
 (a home folder, a pytest temp folder) is meaningless to them.
 """
+
 import os
 import re
 import subprocess
@@ -47,7 +48,9 @@ def test_name_check_needs_whole_names():
 def _markdown_files():
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.md"],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     if listed.returncode != 0:
         pytest.skip(f"not a git checkout: {listed.stderr.strip()}")

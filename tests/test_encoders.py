@@ -5,6 +5,7 @@ One model per family: the trunk returns (B, C, h, w) with C == out_channels
 what torchvision's own graph feeds to the classifier (found independently
 with torchvision.models.feature_extraction).
 """
+
 import pytest
 import torch
 import torchvision
@@ -19,16 +20,17 @@ FAMILIES = {
     "efficientnet_b0": (1280, 64),
     "convnext_tiny": (768, 64),
     "regnet_y_400mf": (440, 64),
-    "swin_t": (768, 64),        # channels-last inside torchvision
-    "vit_b_32": (768, 224),     # fixed image size, 7x7 patches
+    "swin_t": (768, 64),  # channels-last inside torchvision
+    "vit_b_32": (768, 224),  # fixed image size, 7x7 patches
 }
 
 
 def _classifier_width(model):
     # the first Linear of the classification head reads one vector of C values
     head = [m for name, m in model.named_children() if name in ("fc", "classifier", "head", "heads")][0]
-    linears = [m for m in ([head] if isinstance(head, torch.nn.Linear) else head.modules())
-               if isinstance(m, torch.nn.Linear)]
+    linears = [
+        m for m in ([head] if isinstance(head, torch.nn.Linear) else head.modules()) if isinstance(m, torch.nn.Linear)
+    ]
     return linears[0].in_features
 
 

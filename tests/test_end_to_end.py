@@ -1,7 +1,7 @@
 """`mmf_run` end to end in subprocesses: train, evaluate, resume, kill -9, torchrun."""
+
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,8 +24,14 @@ def data_dir(tmp_path_factory):
 
 
 def mmf_run(save_dir, data_dir, *overrides, launcher=None, timeout=600, wait=True):
-    command = (launcher or MMF_RUN) + [f"config={CONFIG}", "model=align", "dataset=fashiongen",
-                                       f"env.save_dir={save_dir}", f"env.data_dir={data_dir}", *overrides]
+    command = (launcher or MMF_RUN) + [
+        f"config={CONFIG}",
+        "model=align",
+        "dataset=fashiongen",
+        f"env.save_dir={save_dir}",
+        f"env.data_dir={data_dir}",
+        *overrides,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     if not wait:
         return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -83,7 +89,9 @@ def test_kill_during_training_then_resume_equals_an_uninterrupted_run(tmp_path, 
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not os.path.exists(os.path.join(interrupted, "align_final.pth"))
-    mmf_run(interrupted, data_dir, "training.max_updates=10", "training.evaluation_interval=100", "checkpoint.resume=True")
+    mmf_run(
+        interrupted, data_dir, "training.max_updates=10", "training.evaluation_interval=100", "checkpoint.resume=True"
+    )
     a, b = final_weights(straight), final_weights(interrupted)
     assert a.keys() == b.keys()
     for key in a:
@@ -93,8 +101,14 @@ def test_kill_during_training_then_resume_equals_an_uninterrupted_run(tmp_path, 
 @pytest.mark.mmf_compat
 def test_torchrun_two_cpu_processes_train_on_different_shards(tmp_path, data_dir):
     save = str(tmp_path / "ddp")
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-                os.path.join(os.path.dirname(sys.executable), "mmf_run")]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        os.path.join(os.path.dirname(sys.executable), "mmf_run"),
+    ]
     mmf_run(save, data_dir, "training.log_sample_ids=True", "training.max_updates=4", launcher=launcher)
     seen = []
     for rank in (0, 1):
@@ -111,10 +125,17 @@ def test_resume_file_null_on_the_command_line_trains_from_scratch_and_a_missing_
     # (the string MMF's command line hands over) must mean "no checkpoint", as it does in YAML
     pretrained = tmp_path / "nowhere" / "align_final.pth"
     overrides = ("run_type=val", f"checkpoint.resume_file={pretrained}", "checkpoint.resume_pretrained=True")
-    command = MMF_RUN + [f"config={CONFIG}", "model=align", "dataset=fashiongen", f"env.save_dir={tmp_path / 'a'}",
-                         f"env.data_dir={data_dir}", *overrides]
-    result = subprocess.run(command, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
-                            text=True, timeout=600)
+    command = MMF_RUN + [
+        f"config={CONFIG}",
+        "model=align",
+        "dataset=fashiongen",
+        f"env.save_dir={tmp_path / 'a'}",
+        f"env.data_dir={data_dir}",
+        *overrides,
+    ]
+    result = subprocess.run(
+        command, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600
+    )
     assert result.returncode != 0
     assert f"checkpoint.resume_file={pretrained}: no such file" in result.stdout + result.stderr
     save = tmp_path / "b"

@@ -3,14 +3,15 @@
 a torchvision ResNet trunk) computes what the official code computes; after conversion our
 registered model gives the same fused and unimodal outputs. Unmatched keys are named,
 a checkpoint of another size or model is an error naming the file."""
+
 import pytest
 import torch
+from tiny_models import build_fashionvil, fashionvil_batch, fashionvil_config
 from torch import nn
 
 from mmf_fashion.cli.main import main as cli_main
 from mmf_fashion.convert import fashionvil as convert
 from mmf_fashion.trainers.checkpointing import load_model_state, safe_torch_load
-from tiny_models import build_fashionvil, fashionvil_batch, fashionvil_config
 
 TOLERANCE = 1e-5
 TASKS = {"itc": 0.4, "itm": 0.3, "mlm": 0.3}
@@ -33,8 +34,9 @@ class OfficialLayout(nn.Module):
         )
 
         torch.manual_seed(seed)
-        config = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                            intermediate_size=intermediate)
+        config = BertConfig(
+            hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate
+        )
         config.visual_embedding_dim = 512  # resnet18's channels
         config._attn_implementation = "eager"  # modules used outside a BertModel
         self.image_encoder = nn.Module()
@@ -65,14 +67,18 @@ class OfficialLayout(nn.Module):
         parts = []
         if input_ids is not None:
             positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
-            parts.append(e.word_embeddings(input_ids) + e.position_embeddings(positions)
-                         + e.token_type_embeddings(token_type_ids))
+            parts.append(
+                e.word_embeddings(input_ids)
+                + e.position_embeddings(positions)
+                + e.token_type_embeddings(token_type_ids)
+            )
         if grid is not None:
             b, n, _ = grid.shape
             positions = torch.arange(n).repeat(b, 1)
             types = torch.zeros(b, n, dtype=torch.long)
-            parts.append(e.projection(grid) + e.position_embeddings_visual(positions)
-                         + e.token_type_embeddings_visual(types))
+            parts.append(
+                e.projection(grid) + e.position_embeddings_visual(positions) + e.token_type_embeddings_visual(types)
+            )
         return e.dropout(e.LayerNorm(torch.cat(parts, dim=1)))
 
     def _bert(self, states, mask):
@@ -91,7 +97,7 @@ class OfficialLayout(nn.Module):
         return {
             "fused_sequence": sequence,
             "fused_pooled": pooled,
-            "composed": sequence[:, -grid.shape[1]:].mean(dim=1),
+            "composed": sequence[:, -grid.shape[1] :].mean(dim=1),
             "image": self.model.bert.embeddings.projection(grid).mean(dim=1),
             "text": (text_sequence * weights).sum(1) / weights.sum(1),
             "itm": self.model.heads["itm"](pooled),
@@ -132,8 +138,21 @@ def test_converted_outputs_equal_official(mmf_registry, tmp_path, capsys, visual
     official = OfficialLayout()
     source = save_official(official, tmp_path / "official.pth")
     out = tmp_path / "ours.pth"
-    assert cli_main(["convert", "fashionvil", "--from", source, "--out", str(out),
-                     "--visual-token-type", str(visual_token_type)]) == 0
+    assert (
+        cli_main(
+            [
+                "convert",
+                "fashionvil",
+                "--from",
+                source,
+                "--out",
+                str(out),
+                "--visual-token-type",
+                str(visual_token_type),
+            ]
+        )
+        == 0
+    )
     assert "unmatched" in capsys.readouterr().out
 
     model = our_model(mmf_registry, visual_token_type=visual_token_type)
@@ -197,8 +216,16 @@ def test_resume_file_in_official_layout_is_converted(mmf_registry, tmp_path):
     source = save_official(official, tmp_path / "official.pth")
     written = []
     trainer = SimpleNamespace(
-        config=OmegaConf.create({"checkpoint": {"resume": False, "resume_file": source, "resume_pretrained": False,
-                                                "allow_unsafe_load": False}}),
+        config=OmegaConf.create(
+            {
+                "checkpoint": {
+                    "resume": False,
+                    "resume_file": source,
+                    "resume_pretrained": False,
+                    "allow_unsafe_load": False,
+                }
+            }
+        ),
         model=our_model(mmf_registry),
         writer=SimpleNamespace(write=lambda text, level="info": written.append(text)),
         _checkpoint_paths=lambda: {"current": str(tmp_path / "current.ckpt")},

@@ -1,4 +1,5 @@
 """The MMF bridge, the start-up hook and the packaging promises."""
+
 import os
 import subprocess
 import sys
@@ -42,7 +43,14 @@ def test_patches_fix_the_rc10_behaviours(mmf_registry):
     import mmf_fashion.bridge as bridge
 
     applied = "\n".join(bridge.applied())
-    for needle in ("defaults.yaml", "oc.env", "collections.abc.Mapping", "AdamW", "params passed to the metric", "LOCAL_RANK" if "mmf_cli.run" in sys.modules else "distributed"):
+    for needle in (
+        "defaults.yaml",
+        "oc.env",
+        "collections.abc.Mapping",
+        "AdamW",
+        "params passed to the metric",
+        "LOCAL_RANK" if "mmf_cli.run" in sys.modules else "distributed",
+    ):
         assert needle in applied, needle
     from mmf.utils import distributed
 
@@ -77,7 +85,10 @@ def test_includes_resolve_from_our_project_roots(tmp_path, mmf_registry):
 def test_unknown_model_name_lists_registered_models():
     result = subprocess.run(
         [PYTHON, "-c", "from mmf_cli.run import run; run()", "model=not_a_model", "dataset=fashiongen"],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
     )
     assert result.returncode != 0
     assert "Unknown model 'not_a_model'" in result.stderr
@@ -86,7 +97,7 @@ def test_unknown_model_name_lists_registered_models():
 
 def test_legacy_transformers_paths_alias_the_new_modules(mmf_registry):
     import torch
-    from transformers.modeling_bert import BertLayerNorm, BertEmbeddings
+    from transformers.modeling_bert import BertEmbeddings, BertLayerNorm
     from transformers.models.bert.modeling_bert import BertEmbeddings as Real
 
     assert BertEmbeddings is Real
@@ -143,9 +154,12 @@ def test_a_missing_optional_dependency_names_its_extra(monkeypatch):
 def test_null_on_the_command_line_is_none_as_in_yaml(restore_mmf_state):
     from mmf_fashion.runtime import load_config
 
-    config = load_config("projects/fashionvil/configs/itr.yaml", "fashionvil", "fashiongen",
-                         ["model_config.fashionvil.image_encoder.pretrained=null", "checkpoint.resume_file=~",
-                          "training.seed=7"])
+    config = load_config(
+        "projects/fashionvil/configs/itr.yaml",
+        "fashionvil",
+        "fashiongen",
+        ["model_config.fashionvil.image_encoder.pretrained=null", "checkpoint.resume_file=~", "training.seed=7"],
+    )
     assert config.model_config.fashionvil.image_encoder.pretrained is None
     assert config.checkpoint.resume_file is None
     assert config.training.seed == 7  # other values decode as before
@@ -171,6 +185,7 @@ def test_project_base_config_repeats_our_defaults_and_every_project_config_inclu
     flat_defaults = dict(leaves(defaults))
     for key, value in leaves(base):
         assert flat_defaults.get(key, "<missing>") == value, key
+
     # every project config reaches base.yaml through its includes (overlays such as
     # paper.yaml, which only override, say so in their first line and are left out)
     def reaches_base(path, seen=()):

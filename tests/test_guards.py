@@ -1,4 +1,5 @@
 """Guarded losses: a NaN stops with the update named, or is skipped by config; never saved."""
+
 import os
 
 import pytest
@@ -16,7 +17,9 @@ def trainer_factory(tmp_path, mmf_registry):
 
     def make(*overrides):
         config = load_config(
-            os.path.join(REPO, "tests", "configs", "tiny_align.yaml"), "align", "fashiongen",
+            os.path.join(REPO, "tests", "configs", "tiny_align.yaml"),
+            "align",
+            "fashiongen",
             [f"env.data_dir={data_dir}", f"env.save_dir={tmp_path / 'save'}", *overrides],
         )
         trainer = mmf_registry.get_trainer_class("fashion_trainer")(config)

@@ -2,6 +2,7 @@
 the `index` CLI, with a tiny deterministic colour model implementing the
 retrieval interface: an image is its mean colour, a text the sum of its
 colour words, projected by a fixed orthonormal map (cosines are preserved)."""
+
 import argparse
 import json
 import re
@@ -23,8 +24,14 @@ from mmf_fashion.retrieval import (
 from mmf_fashion.retrieval.images import IMAGENET_MEAN, IMAGENET_STD, default_transform, load_images
 
 COLOURS = {
-    "red": (1, 0, 0), "green": (0, 1, 0), "blue": (0, 0, 1), "magenta": (1, 0, 1),
-    "yellow": (1, 1, 0), "cyan": (0, 1, 1), "white": (1, 1, 1), "black": (0, 0, 0),
+    "red": (1, 0, 0),
+    "green": (0, 1, 0),
+    "blue": (0, 0, 1),
+    "magenta": (1, 0, 1),
+    "yellow": (1, 1, 0),
+    "cyan": (0, 1, 1),
+    "white": (1, 1, 1),
+    "black": (0, 0, 0),
 }
 WORDS = ["<unk>"] + list(COLOURS)
 
@@ -98,8 +105,16 @@ def test_build_save_load_and_search_images(tmp_path, gallery_dir, backend):
     model = TinyColourNet()
     paths = list_images(str(gallery_dir))
     assert len(paths) == len(COLOURS)  # recursive, images only
-    index = build_index(model, paths, modality="image", batch_size=3, progress=False,
-                        image_size=32, backend=backend, model_info={"name": "tiny"})
+    index = build_index(
+        model,
+        paths,
+        modality="image",
+        batch_size=3,
+        progress=False,
+        image_size=32,
+        backend=backend,
+        model_info={"name": "tiny"},
+    )
     assert index.backend == backend and len(index) == 8 and index.dim == 8
     index_path, meta_path = index.save(tmp_path / "out" / "colours.index")
     assert json.loads(meta_path.read_text())["backend"] == backend
@@ -174,8 +189,9 @@ def test_zero_shot_classifies_colours_from_prompts(gallery_dir):
     model = TinyColourNet()
     names = ["red", "green", "blue", "yellow"]
     images = load_images([str(gallery_dir / f"{n}.png") for n in names], default_transform(32))
-    preds, logits = zero_shot_classify(model.embed_texts, model.embed_images(images), names,
-                                       templates=("a photo of a {} dress.", "{}"))
+    preds, logits = zero_shot_classify(
+        model.embed_texts, model.embed_images(images), names, templates=("a photo of a {} dress.", "{}")
+    )
     assert preds.tolist() == [0, 1, 2, 3]
     assert logits.shape == (4, 4) and torch.allclose(logits.diagonal(), torch.ones(4), atol=1e-5)
     with pytest.raises(ValueError, match="has no"):
@@ -188,12 +204,16 @@ def test_embed_image_dataset_reads_ids_and_categories():
             return 5
 
         def __getitem__(self, i):
-            return {"image": torch.full((3, 4, 4), i / 5.0), "target_id": torch.tensor(10 + i),
-                    "fashioniq_category": i % 2}
+            return {
+                "image": torch.full((3, 4, 4), i / 5.0),
+                "target_id": torch.tensor(10 + i),
+                "fashioniq_category": i % 2,
+            }
 
     model = TinyColourNet()
-    out = embed_image_dataset(model, Items(), id_key="target_id", category_key="fashioniq_category",
-                              batch_size=2, progress=False)
+    out = embed_image_dataset(
+        model, Items(), id_key="target_id", category_key="fashioniq_category", batch_size=2, progress=False
+    )
     assert out["id"].tolist() == [10, 11, 12, 13, 14] and out["category"].tolist() == [0, 1, 0, 1, 0]
     expected = model.embed_images(torch.stack([Items()[i]["image"] for i in range(5)]))
     assert torch.allclose(out["embedding"], expected)
@@ -243,35 +263,85 @@ def test_cli_build_and_search_with_a_checkpoint(tmp_path, gallery_dir, capsys, c
     swapped[[red, blue]] = swapped[[blue, red]]  # the trained model confuses red and blue
     state["net.words.weight"] = swapped
     ckpt = tmp_path / "model.pth"
-    torch.save({"model": state, "config": {"model": MODEL_NAME,
-                                           "model_config": {MODEL_NAME: {"dim": 6}}}}, ckpt)
+    torch.save({"model": state, "config": {"model": MODEL_NAME, "model_config": {MODEL_NAME: {"dim": 6}}}}, ckpt)
     out = tmp_path / "idx" / "gallery.index"
-    assert run_cli(["index", "build", "--checkpoint", str(ckpt), "--images", str(gallery_dir),
-                    "--out", str(out), "--batch-size", "3", "--image-size", "32", "--no-progress"]) == 0
+    assert (
+        run_cli(
+            [
+                "index",
+                "build",
+                "--checkpoint",
+                str(ckpt),
+                "--images",
+                str(gallery_dir),
+                "--out",
+                str(out),
+                "--batch-size",
+                "3",
+                "--image-size",
+                "32",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "indexed 8 images with 'test_index_colour' (6-d" in capsys.readouterr().out
 
     assert run_cli(["index", "search", "--index", str(out), "--text", "red", "-k", "3", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert [h["rank"] for h in hits] == [1, 2, 3]
     assert name_of(hits[0]) == "blue"  # the checkpoint's weights were loaded
-    assert run_cli(["index", "search", "--index", str(out), "--image", str(gallery_dir / "red.png"),
-                    "--text", "add green", "-k", "1"]) == 0
+    assert (
+        run_cli(
+            [
+                "index",
+                "search",
+                "--index",
+                str(out),
+                "--image",
+                str(gallery_dir / "red.png"),
+                "--text",
+                "add green",
+                "-k",
+                "1",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "yellow.png" in printed and "query:" in printed
 
 
 def test_cli_reports_user_errors(tmp_path, gallery_dir, capsys, colour_model_registered):
     out = str(tmp_path / "x.index")
-    assert run_cli(["index", "build", "--model", "no_such_model", "--images", str(gallery_dir),
-                    "--out", out, "--no-progress"]) == 1
+    assert (
+        run_cli(
+            ["index", "build", "--model", "no_such_model", "--images", str(gallery_dir), "--out", out, "--no-progress"]
+        )
+        == 1
+    )
     assert "no model registered as 'no_such_model'" in capsys.readouterr().err
-    assert run_cli(["index", "build", "--model", MODEL_NAME, "--images", str(tmp_path / "none"),
-                    "--out", out]) == 1
+    assert run_cli(["index", "build", "--model", MODEL_NAME, "--images", str(tmp_path / "none"), "--out", out]) == 1
     assert "neither a directory nor a list file" in capsys.readouterr().err
     bad_ckpt = tmp_path / "bad.pth"
     torch.save({"model": {"other.weight": torch.zeros(1)}}, bad_ckpt)
-    assert run_cli(["index", "build", "--model", MODEL_NAME, "--checkpoint", str(bad_ckpt),
-                    "--texts", str(gallery_dir / "notes.txt"), "--out", out]) == 1
+    assert (
+        run_cli(
+            [
+                "index",
+                "build",
+                "--model",
+                MODEL_NAME,
+                "--checkpoint",
+                str(bad_ckpt),
+                "--texts",
+                str(gallery_dir / "notes.txt"),
+                "--out",
+                out,
+            ]
+        )
+        == 1
+    )
     assert "does not fit model 'test_index_colour'" in capsys.readouterr().err
     assert run_cli(["index", "search", "--index", out]) == 1
     assert "give --text, --image" in capsys.readouterr().err
@@ -309,8 +379,10 @@ def data_dir(tmp_path):
     for item, colour in (("901", "white"), ("902", "black"), ("903", "red")):
         image(pv / "images" / f"{item}.jpg", colour)
     (pv / "nondisjoint").mkdir(parents=True)
-    outfits = [{"set_id": "s1", "items": [{"item_id": "901", "index": 1}, {"item_id": "902", "index": 2}]},
-               {"set_id": "s2", "items": [{"item_id": "902", "index": 1}, {"item_id": "903", "index": 2}]}]
+    outfits = [
+        {"set_id": "s1", "items": [{"item_id": "901", "index": 1}, {"item_id": "902", "index": 2}]},
+        {"set_id": "s2", "items": [{"item_id": "902", "index": 1}, {"item_id": "903", "index": 2}]},
+    ]
     (pv / "nondisjoint" / "valid.json").write_text(json.dumps(outfits))
     return root
 
@@ -336,26 +408,77 @@ def test_dataset_galleries_follow_the_published_layouts(data_dir):
 
 def test_cli_indexes_a_dataset_split(tmp_path, data_dir, capsys, colour_model_registered):
     out = tmp_path / "fg.index"
-    assert run_cli(["index", "build", "--model", MODEL_NAME, "--set", "dim=5", "--dataset", "fashiongen",
-                    "--split", "val", "--data-dir", str(data_dir), "--out", str(out), "--no-progress",
-                    "--backend", "torch"]) == 0
+    assert (
+        run_cli(
+            [
+                "index",
+                "build",
+                "--model",
+                MODEL_NAME,
+                "--set",
+                "dim=5",
+                "--dataset",
+                "fashiongen",
+                "--split",
+                "val",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--backend",
+                "torch",
+            ]
+        )
+        == 0
+    )
     assert "indexed 4 images" in capsys.readouterr().out
     assert run_cli(["index", "search", "--index", str(out), "--text", "yellow", "--top-k", "2", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert len(hits) == 2 and hits[0]["product_id"] == 13 and hits[0]["path"].endswith("13_0.jpg")
     texts = tmp_path / "fg_text.index"
-    assert run_cli(["index", "build", "--model", MODEL_NAME, "--dataset", "fashiongen", "--modality", "text",
-                    "--data-dir", str(data_dir), "--out", str(texts), "--no-progress"]) == 0
+    assert (
+        run_cli(
+            [
+                "index",
+                "build",
+                "--model",
+                MODEL_NAME,
+                "--dataset",
+                "fashiongen",
+                "--modality",
+                "text",
+                "--data-dir",
+                str(data_dir),
+                "--out",
+                str(texts),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert run_cli(["index", "search", "--index", str(texts), "--image",
-                    str(data_dir / "fashiongen" / "images" / "val" / "12_0.jpg"), "-k", "1"]) == 0
+    assert (
+        run_cli(
+            [
+                "index",
+                "search",
+                "--index",
+                str(texts),
+                "--image",
+                str(data_dir / "fashiongen" / "images" / "val" / "12_0.jpg"),
+                "-k",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "blue jeans. soft cotton" in capsys.readouterr().out
 
 
 # ------------------------------- FashionGen galleries in either layout (format auto)
-from fixtures_data import (  # noqa: E402,F401  (fixtures and helpers shared with test_builders)
+from fixtures_data import (  # noqa: E402  (helpers shared with test_builders)
     PUBLISHED_H5,
-    fresh_world,
     keep_only_layout,
     write_published_fashiongen,
 )
@@ -371,8 +494,19 @@ def test_cli_indexes_the_published_fashiongen_hdf5(tmp_path, capsys, colour_mode
     with h5py.File(folder / PUBLISHED_H5["val"], "r") as handle:
         product_ids = handle["input_productID"][:, 0].tolist()
     images = tmp_path / "fg_images.index"
-    common = ["--model", MODEL_NAME, "--dataset", "fashiongen", "--split", "val", "--data-dir", str(data),
-              "--no-progress", "--backend", "torch"]
+    common = [
+        "--model",
+        MODEL_NAME,
+        "--dataset",
+        "fashiongen",
+        "--split",
+        "val",
+        "--data-dir",
+        str(data),
+        "--no-progress",
+        "--backend",
+        "torch",
+    ]
     assert run_cli(["index", "build", *common, "--out", str(images), "--image-size", "24", "--batch-size", "2"]) == 0
     assert "indexed 3 images" in capsys.readouterr().out
     index = EmbeddingIndex.load(images)
@@ -390,8 +524,10 @@ def test_cli_indexes_the_published_fashiongen_hdf5(tmp_path, capsys, colour_mode
     index = EmbeddingIndex.load(texts)
     assert [item["product_id"] for item in index.items] == [501, 777]  # one text per product
     # the builder's reader: latin-1 fallback, title + ". " + description
-    assert [item["text"] for item in index.items] == ["Robe mérinos. Laine légère, col en V",
-                                                      "Café shirt. Striped cotton poplin"]
+    assert [item["text"] for item in index.items] == [
+        "Robe mérinos. Laine légère, col en V",
+        "Café shirt. Striped cotton poplin",
+    ]
     assert run_cli(["index", "search", "--index", str(images), "--text", "red", "-k", "1", "--json"]) == 0
     [hit] = json.loads(capsys.readouterr().out)
     assert "#row=" in hit["path"] and hit["product_id"] in (501, 777)
@@ -413,16 +549,60 @@ def test_fashiongen_layouts_give_the_same_gallery(fresh_world, tmp_path, caplog,
     assert texts_json == texts_h5
     # the command line picks the other layout with --format
     out = tmp_path / "h5.index"
-    assert run_cli(["index", "build", "--model", MODEL_NAME, "--dataset", "fashiongen", "--split", "val",
-                    "--data-dir", str(fresh_world), "--format", "h5", "--out", str(out), "--no-progress",
-                    "--backend", "torch", "--image-size", "32"]) == 0
+    assert (
+        run_cli(
+            [
+                "index",
+                "build",
+                "--model",
+                MODEL_NAME,
+                "--dataset",
+                "fashiongen",
+                "--split",
+                "val",
+                "--data-dir",
+                str(fresh_world),
+                "--format",
+                "h5",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--backend",
+                "torch",
+                "--image-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert [item["path"] for item in EmbeddingIndex.load(out).items] == [str(i) for i in from_h5]
 
     keep_only_layout(fresh_world, "json")  # FashionViL's JSON alone still works
     out = tmp_path / "json.index"
-    assert run_cli(["index", "build", "--model", MODEL_NAME, "--dataset", "fashiongen", "--split", "val",
-                    "--data-dir", str(fresh_world), "--out", str(out), "--no-progress", "--backend", "torch",
-                    "--image-size", "32"]) == 0
+    assert (
+        run_cli(
+            [
+                "index",
+                "build",
+                "--model",
+                MODEL_NAME,
+                "--dataset",
+                "fashiongen",
+                "--split",
+                "val",
+                "--data-dir",
+                str(fresh_world),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--backend",
+                "torch",
+                "--image-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert f"indexed {len(from_json)} images" in capsys.readouterr().out
     index = EmbeddingIndex.load(out)
     assert [item["path"] for item in index.items] == from_json
@@ -431,8 +611,26 @@ def test_fashiongen_layouts_give_the_same_gallery(fresh_world, tmp_path, caplog,
 
 def test_no_fashiongen_layout_names_both(tmp_path, capsys, colour_model_registered):
     (tmp_path / "data" / "fashiongen").mkdir(parents=True)
-    assert run_cli(["index", "build", "--model", MODEL_NAME, "--dataset", "fashiongen", "--split", "val",
-                    "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "x.index"), "--no-progress"]) == 1
+    assert (
+        run_cli(
+            [
+                "index",
+                "build",
+                "--model",
+                MODEL_NAME,
+                "--dataset",
+                "fashiongen",
+                "--split",
+                "val",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--out",
+                str(tmp_path / "x.index"),
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     error = capsys.readouterr().err
     assert "looked in" in error and "either layout" in error
     assert "val_info.json" in error and "FashionViL's product JSON" in error
@@ -511,8 +709,14 @@ def test_every_kind_finds_the_exact_neighbours(clustered, kind, params):
 def test_default_parameters_follow_the_gallery_size():
     from mmf_fashion.retrieval.index import default_params
 
-    assert default_params("ivf", 2000, 32) == {"nlist": 51, "nprobe": 7, "pq_m": None, "pq_bits": 8, "seed": 0,
-                                               "train_size": 2000}  # 4 sqrt(N) = 179 > N / 39 = 51
+    assert default_params("ivf", 2000, 32) == {
+        "nlist": 51,
+        "nprobe": 7,
+        "pq_m": None,
+        "pq_bits": 8,
+        "seed": 0,
+        "train_size": 2000,
+    }  # 4 sqrt(N) = 179 > N / 39 = 51
     big = default_params("ivf", 1_000_000, 256)
     assert (big["nlist"], big["nprobe"], big["train_size"]) == (4000, 63, 256_000)
     assert default_params("ivf", 1_000_000, 256, {"pq_m": 32, "nprobe": 10})["nprobe"] == 10
@@ -546,8 +750,9 @@ def test_nprobe_and_ef_are_per_search(clustered):
 @pytest.mark.parametrize("kind,params", KIND_CASES, ids=KIND_IDS)
 def test_save_and_load_keep_kind_and_parameters(tmp_path, clustered, kind, params):
     gallery, queries, exact, items = clustered
-    index = EmbeddingIndex(gallery, items, modality="image", kind=kind, params=params,
-                           model_info={"name": "m"}, queries=["text"])
+    index = EmbeddingIndex(
+        gallery, items, modality="image", kind=kind, params=params, model_info={"name": "m"}, queries=["text"]
+    )
     path, meta_path = index.save(tmp_path / f"{kind}.index")
     meta = json.loads(meta_path.read_text())
     assert meta["kind"] == kind and meta["params"] == index.params and meta["queries"] == ["text"]
@@ -569,7 +774,8 @@ def test_save_and_load_keep_kind_and_parameters(tmp_path, clustered, kind, param
 def test_sidecar_and_index_file_must_agree(tmp_path, clustered):
     gallery, _, _, items = clustered
     path, meta_path = EmbeddingIndex(gallery[:100], items[:100], modality="image", kind="hnsw").save(
-        tmp_path / "h.index")
+        tmp_path / "h.index"
+    )
     meta = json.loads(meta_path.read_text())
     meta["kind"] = "ivf"
     meta_path.write_text(json.dumps(meta))
@@ -593,8 +799,7 @@ def test_added_items_are_searchable_and_aligned(tmp_path, clustered, kind, param
         pytest.skip("faiss does not import here")
     gallery, queries, exact, items = clustered
     backend = "faiss" if faiss_available() else "torch"
-    index = EmbeddingIndex(gallery[:1500], items[:1500], modality="image", kind=kind, params=params,
-                           backend=backend)
+    index = EmbeddingIndex(gallery[:1500], items[:1500], modality="image", kind=kind, params=params, backend=backend)
     trained = dict(index.params)
     index.add(gallery[1500:], items[1500:])
     assert len(index) == 2000 and index.items == items and index.params == trained  # lists not retrained
@@ -625,13 +830,18 @@ def test_query_of_the_wrong_kind_and_missing_images(tmp_path, gallery_dir):
     from mmf_fashion.retrieval.index import add_items
 
     model = TinyColourNet()
-    index = build_index(model, ["red", "blue"], modality="text", progress=False, backend="torch",
-                        queries=["image"])
-    with pytest.raises(RetrievalError, match=r"holds texts and answers image queries .*a text query was given: "
-                                             r"query with --image, or rebuild the index with --queries"):
+    index = build_index(model, ["red", "blue"], modality="text", progress=False, backend="torch", queries=["image"])
+    with pytest.raises(
+        RetrievalError,
+        match=r"holds texts and answers image queries .*a text query was given: "
+        r"query with --image, or rebuild the index with --queries",
+    ):
         search(model, index, texts=["red"])
     assert build_index(model, ["red"], modality="text", progress=False, backend="torch").queries == [
-        "text", "image", "composed"]  # default: what the model embeds
+        "text",
+        "image",
+        "composed",
+    ]  # default: what the model embeds
     with pytest.raises(RetrievalError, match="the index holds texts; images cannot be added"):
         add_items(model, index, [str(gallery_dir / "red.png")], modality="image")
     with pytest.raises(RetrievalError, match=r"add: item 0 'red' is already in the index"):
@@ -685,8 +895,27 @@ def test_cli_approximate_index_add_and_checks(tmp_path, gallery_dir, capsys, col
             later.append(str(target / image.name))
     out = tmp_path / "idx" / f"{kind}.index"
     tuning = ["--nprobe", "1"] if kind == "ivf" else ["--ef", "16", "--hnsw-m", "8"]
-    assert run_cli(["index", "build", "--checkpoint", str(ckpt), "--images", str(first), "--out", str(out),
-                    "--image-size", "32", "--no-progress", "--kind", kind, *tuning]) == 0
+    assert (
+        run_cli(
+            [
+                "index",
+                "build",
+                "--checkpoint",
+                str(ckpt),
+                "--images",
+                str(first),
+                "--out",
+                str(out),
+                "--image-size",
+                "32",
+                "--no-progress",
+                "--kind",
+                kind,
+                *tuning,
+            ]
+        )
+        == 0
+    )
     assert f"indexed 4 images with 'test_index_colour' (6-d, {kind} (faiss" in capsys.readouterr().out
     meta = json.loads((tmp_path / "idx" / f"{kind}.index.json").read_text())
     assert meta["kind"] == kind and meta["model"]["checkpoint_sha256"] == file_sha256(ckpt)
@@ -725,17 +954,51 @@ def test_cli_checks_the_query_kind_and_the_checkpoint(tmp_path, gallery_dir, cap
     out = tmp_path / "t.index"
     captions = tmp_path / "captions.txt"
     captions.write_text("a red dress\na blue shirt\n")
-    assert run_cli(["index", "build", "--checkpoint", str(ckpt), "--texts", str(captions), "--out", str(out),
-                    "--no-progress", "--backend", "torch", "--queries", "image"]) == 0
+    assert (
+        run_cli(
+            [
+                "index",
+                "build",
+                "--checkpoint",
+                str(ckpt),
+                "--texts",
+                str(captions),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--backend",
+                "torch",
+                "--queries",
+                "image",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert run_cli(["index", "search", "--index", str(out), "--text", "red"]) == 1
     assert "holds texts and answers image queries" in capsys.readouterr().err
-    assert run_cli(["index", "search", "--index", str(out), "--image", str(gallery_dir / "blue.png"),
-                    "-k", "1"]) == 0
+    assert run_cli(["index", "search", "--index", str(out), "--image", str(gallery_dir / "blue.png"), "-k", "1"]) == 0
     assert "a blue shirt" in capsys.readouterr().out
     _colour_checkpoint(ckpt, swap=True)  # the checkpoint changed since the build
     assert run_cli(["index", "search", "--index", str(out), "--image", str(gallery_dir / "blue.png")]) == 1
     assert "checkpoint file sha256" in capsys.readouterr().err
-    assert run_cli(["index", "build", "--checkpoint", str(ckpt), "--texts", str(captions), "--out", str(out),
-                    "--kind", "hnsw", "--nprobe", "3"]) == 1
+    assert (
+        run_cli(
+            [
+                "index",
+                "build",
+                "--checkpoint",
+                str(ckpt),
+                "--texts",
+                str(captions),
+                "--out",
+                str(out),
+                "--kind",
+                "hnsw",
+                "--nprobe",
+                "3",
+            ]
+        )
+        == 1
+    )
     assert "--nprobe applies to --kind ivf, not --kind hnsw" in capsys.readouterr().err

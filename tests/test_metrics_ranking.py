@@ -4,6 +4,7 @@ Python loops (sort every candidate list, negatives first among equal scores).
 Embeddings are small multiples of 1/4 in a few dimensions: every dot product is
 exact in float32 and float64, so ties are real ties in both implementations.
 """
+
 import pytest
 import torch
 
@@ -173,8 +174,10 @@ def test_general_deduplicates_image_rows_by_image_id():
     once = R.general_recalls(image, text, products, image_ids=image_ids)
     # the same rows again (as DistributedSampler pads), with the same image ids
     repeated = R.general_recalls(
-        torch.cat([image, image[:5]]), torch.cat([text, text[:5]]),
-        torch.cat([products, products[:5]]), image_ids=torch.cat([image_ids, image_ids[:5]]),
+        torch.cat([image, image[:5]]),
+        torch.cat([text, text[:5]]),
+        torch.cat([products, products[:5]]),
+        image_ids=torch.cat([image_ids, image_ids[:5]]),
     )
     assert repeated == once
     with pytest.raises(ValueError, match="image_id 0"):
@@ -252,8 +255,14 @@ def test_hundred_negative_recalls_match_brute_force_over_the_same_draws():
     text = quarter_embeddings(n, seed=41, low=-1, high=2)
     seeds, ks = (0, 1, 2), (1, 5, 10)
     actual = R.hundred_negative_recalls(
-        products, subs, R.embedding_pair_scorer(image, text),
-        num_queries=40, num_negatives=12, seeds=seeds, ks=ks, pair_batch_size=37,
+        products,
+        subs,
+        R.embedding_pair_scorer(image, text),
+        num_queries=40,
+        num_negatives=12,
+        seeds=seeds,
+        ks=ks,
+        pair_batch_size=37,
     )
     img, txt = image.tolist(), text.tolist()
     totals = {}
@@ -284,7 +293,10 @@ def brute_grouped(query, q_labels, q_groups, gallery, g_labels, g_groups, ks, ex
     for i, (vec, label, group) in enumerate(zip(query.tolist(), q_labels.tolist(), q_groups.tolist())):
         rows = [j for j, gg in enumerate(g_groups.tolist()) if gg == group]
         rank = brute_rank(
-            vec, [gallery.tolist()[j] for j in rows], label, [g_labels.tolist()[j] for j in rows],
+            vec,
+            [gallery.tolist()[j] for j in rows],
+            label,
+            [g_labels.tolist()[j] for j in rows],
             excluded=None if excluded is None else excluded.tolist()[i],
         )
         per_group.setdefault(group, []).append(rank)
@@ -308,11 +320,19 @@ def tgir_world(seed=0):
 def test_fashioniq_recalls_match_brute_force(drop_reference):
     query, targets, q_cats, refs, gallery, g_ids, g_cats = tgir_world()
     actual = R.fashioniq_recalls(
-        query, targets, q_cats, gallery, g_ids, g_cats, ks=(1, 10), chunk_size=6,
+        query,
+        targets,
+        q_cats,
+        gallery,
+        g_ids,
+        g_cats,
+        ks=(1, 10),
+        chunk_size=6,
         reference_ids=refs if drop_reference else None,
     )
-    per = brute_grouped(query, targets, q_cats, gallery, g_ids, g_cats, (1, 10),
-                        excluded=refs if drop_reference else None)
+    per = brute_grouped(
+        query, targets, q_cats, gallery, g_ids, g_cats, (1, 10), excluded=refs if drop_reference else None
+    )
     expected = {}
     for cat, name in enumerate(("dress", "shirt", "toptee")):
         expected.update({f"{name}_r@{k}": per[cat][k] for k in (1, 10)})
@@ -348,8 +368,15 @@ def test_ocir_recalls_are_macro_averaged_over_categories():
 
 def test_query_of_a_category_without_gallery_is_a_miss():
     query = torch.ones(2, 2)
-    out = R.ocir_recalls(query, torch.tensor([0, 0]), torch.tensor([0, 1]),
-                         torch.ones(1, 2), torch.tensor([0]), torch.tensor([0]), ks=(10,))
+    out = R.ocir_recalls(
+        query,
+        torch.tensor([0, 0]),
+        torch.tensor([0, 1]),
+        torch.ones(1, 2),
+        torch.tensor([0]),
+        torch.tensor([0]),
+        ks=(10,),
+    )
     assert out["r@10"] == 50.0  # category 0: hit (100), category 1: no gallery (0)
 
 
@@ -364,9 +391,7 @@ def test_reranked_ranks_match_a_brute_force_two_stage_list():
     second = torch.stack([(rerank[s] * rerank[q % 40]).sum(1) for q, s in enumerate(shortlist)])
     actual = R.reranked_first_positive_ranks(shortlist, second, ql, gl, first)
     for q in range(25):
-        ordered = sorted(
-            range(k), key=lambda j: (-second[q, j].item(), bool(gl[shortlist[q, j]] == ql[q]))
-        )
+        ordered = sorted(range(k), key=lambda j: (-second[q, j].item(), bool(gl[shortlist[q, j]] == ql[q])))
         positives = [pos for pos, j in enumerate(ordered) if gl[shortlist[q, j]] == ql[q]]
         expected = positives[0] if positives else first[q].item()
         assert actual[q].item() == expected
@@ -421,8 +446,13 @@ def test_two_stage_with_a_full_shortlist_equals_ranking_by_the_matching_head():
     model = TinyMatcher()
     scorer = model_pair_scorer(model, report)
     actual = two_stage_general_recalls(
-        report["image_embedding"], report["text_embedding"], report["product_id"], scorer,
-        shortlist_k=1000, ks=(1, 3, 5), pair_batch_size=7,
+        report["image_embedding"],
+        report["text_embedding"],
+        report["product_id"],
+        scorer,
+        shortlist_k=1000,
+        ks=(1, 3, 5),
+        pair_batch_size=7,
     )
     # brute force: score every (text row, image row) pair with the head, rank with loops
     n = report["product_id"].numel()
@@ -433,8 +463,13 @@ def test_two_stage_with_a_full_shortlist_equals_ranking_by_the_matching_head():
     with torch.no_grad():
         grid_t = torch.arange(n).repeat_interleave(n)
         grid_i = torch.arange(n).repeat(n)
-        full = model.match_scores({k: report[k][grid_t] for k in ("input_ids", "attention_mask")}
-                                  | {"image": report["image"][grid_i]}).view(n, n).tolist()
+        full = (
+            model.match_scores(
+                {k: report[k][grid_t] for k in ("input_ids", "attention_mask")} | {"image": report["image"][grid_i]}
+            )
+            .view(n, n)
+            .tolist()
+        )
 
     def rank(scores_and_labels, label):
         ordered = sorted(scores_and_labels, key=lambda c: (-c[0], c[1] == label))

@@ -3,6 +3,7 @@ functions (themselves checked against brute force in test_metrics_ranking.py);
 MMF's classification metrics re-registered in percent (MMF's value x 100);
 gathering across two real gloo processes with shards of different sizes.
 Every registered metric against a brute-force reference: tests/test_registry.py."""
+
 import os
 import warnings
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from mmf_fashion.metrics import ranking as R
+
 
 def quarter(n, dim=6, seed=0, low=-2, high=3):
     g = torch.Generator().manual_seed(seed)
@@ -40,10 +42,12 @@ def tgir_report(seed=0, queries=50):
     categories = torch.randint(0, 3, (queries,), generator=g)
     pick = torch.stack([torch.randint(0, 35, (1,), generator=g) for _ in range(queries)]).flatten()
     # a target of the query's own category
-    target_rows = torch.tensor([
-        int((gallery_category == c).nonzero()[p % int((gallery_category == c).sum())])
-        for c, p in zip(categories.tolist(), pick.tolist())
-    ])
+    target_rows = torch.tensor(
+        [
+            int((gallery_category == c).nonzero()[p % int((gallery_category == c).sum())])
+            for c, p in zip(categories.tolist(), pick.tolist())
+        ]
+    )
     gallery = quarter(35, seed=seed + 3)
     return {
         "query_embedding": quarter(queries, seed=seed + 4),
@@ -91,7 +95,11 @@ class DotMatcher(torch.nn.Module):
 # ------------------------------------------------------------------ params
 def test_required_params_follow_the_params(mmf_registry):
     assert build(mmf_registry, "r@k_general").required_params == [
-        "image_embedding", "text_embedding", "product_id", "image_id"]
+        "image_embedding",
+        "text_embedding",
+        "product_id",
+        "image_id",
+    ]
     assert "input_ids" in build(mmf_registry, "r@k_general", rerank_k=8).required_params
     model_mode = build(mmf_registry, "r@k_kaleido", scoring="model").required_params
     assert "image" in model_mode and "image_embedding" not in model_mode
@@ -116,8 +124,9 @@ def test_general_on_a_report_equals_the_pure_function(mmf_registry):
     sample_list = SampleList({k: report[k] for k in ("product_id", "image_id")})
     model_output = {k: report[k] for k in ("image_embedding", "text_embedding")}
     value = metric.calculate(sample_list, model_output)
-    expected = R.general_recalls(report["image_embedding"], report["text_embedding"],
-                                 report["product_id"], image_ids=report["image_id"])
+    expected = R.general_recalls(
+        report["image_embedding"], report["text_embedding"], report["product_id"], image_ids=report["image_id"]
+    )
     assert value == expected
     assert set(value) == {"i2t_r@1", "i2t_r@5", "i2t_r@10", "t2i_r@1", "t2i_r@5", "t2i_r@10", "avg"}
     # MMF's own Report (what the trainer accumulates) works as both arguments
@@ -140,8 +149,14 @@ def test_general_rerank_uses_the_models_matching_head(mmf_registry):
     # the head scores with a second pair of features: re-ranking must change the result
     report["text_feature"] = quarter(60, seed=30)
     report["image_feature"] = quarter(60, seed=31)
-    metric = build(mmf_registry, "r@k_general", rerank_k=100, text_keys=["text_feature"],
-                   image_keys=["image_feature"], pair_batch_size=50)
+    metric = build(
+        mmf_registry,
+        "r@k_general",
+        rerank_k=100,
+        text_keys=["text_feature"],
+        image_keys=["image_feature"],
+        pair_batch_size=50,
+    )
     model = DotMatcher("text_feature", "image_feature")
     with pytest.raises(ValueError, match="needs calculate"):
         metric.calculate(report, report)
@@ -164,20 +179,33 @@ def test_kaleido_embedding_and_model_scoring_agree(mmf_registry):
     with pytest.warns(UserWarning, match="fewer than 6"):  # small subcategories in this report
         by_embedding = build(mmf_registry, "r@k_kaleido", **params).calculate(report, report)
     expected = R.hundred_negative_recalls(
-        report["product_id"], report["subcategory_id"],
+        report["product_id"],
+        report["subcategory_id"],
         R.embedding_pair_scorer(report["image_embedding"], report["text_embedding"]),
-        num_queries=30, num_negatives=6, seeds=[0, 1, 2], ks=[1, 5],
+        num_queries=30,
+        num_negatives=6,
+        seeds=[0, 1, 2],
+        ks=[1, 5],
     )
     assert by_embedding == pytest.approx(expected)
     model = DotMatcher()
     with pytest.warns(UserWarning, match="fewer than 6"):
         by_model = build(
-            mmf_registry, "r@k_kaleido", scoring="model", text_keys=["text_embedding"],
-            image_keys=["image_embedding"], pair_batch_size=64, **params,
+            mmf_registry,
+            "r@k_kaleido",
+            scoring="model",
+            text_keys=["text_embedding"],
+            image_keys=["image_embedding"],
+            pair_batch_size=64,
+            **params,
         ).calculate(report, report, model=model)
     assert by_model == pytest.approx(by_embedding)
-    draws = [R.sample_hundred_negatives(report["product_id"], report["subcategory_id"],
-                                        num_queries=30, num_negatives=6, seed=s) for s in (0, 1, 2)]
+    draws = [
+        R.sample_hundred_negatives(
+            report["product_id"], report["subcategory_id"], num_queries=30, num_negatives=6, seed=s
+        )
+        for s in (0, 1, 2)
+    ]
     # only each query's own candidates: 1 positive + its negatives both ways
     assert model.pairs_seen == sum(30 + 2 * int(d.valid.sum()) for d in draws)
     assert model.pairs_seen <= 3 * 30 * (1 + 2 * 6)
@@ -198,12 +226,25 @@ def test_fashioniq_split_gallery_from_report_keys(mmf_registry):
     report = tgir_report()
     value = build(mmf_registry, "r@k_fashioniq", chunk_size=4).calculate(report, report)
     expected = R.fashioniq_recalls(
-        report["query_embedding"], report["target_id"], report["fashioniq_category"],
-        report["gallery_embedding"], report["gallery_id"], report["gallery_category"],
+        report["query_embedding"],
+        report["target_id"],
+        report["fashioniq_category"],
+        report["gallery_embedding"],
+        report["gallery_id"],
+        report["gallery_category"],
     )
     assert value == expected
-    assert set(value) == {"dress_r@10", "dress_r@50", "shirt_r@10", "shirt_r@50",
-                          "toptee_r@10", "toptee_r@50", "r@10", "r@50", "avg"}
+    assert set(value) == {
+        "dress_r@10",
+        "dress_r@50",
+        "shirt_r@10",
+        "shirt_r@50",
+        "toptee_r@10",
+        "toptee_r@50",
+        "r@10",
+        "r@50",
+        "avg",
+    }
     # a gallery repeated (as when every rank adds it) gives the same numbers
     doubled = dict(report)
     for key in ("gallery_embedding", "gallery_id", "gallery_category"):
@@ -215,15 +256,21 @@ def test_fashioniq_unique_targets_and_reference_exclusion(mmf_registry):
     report = tgir_report(seed=1)
     unique = build(mmf_registry, "r@k_fashioniq", gallery="unique_targets", ks=[1, 5])
     emb, ids, cats = R.unique_gallery(report["target_embedding"], report["target_id"], report["fashioniq_category"])
-    expected = R.fashioniq_recalls(report["query_embedding"], report["target_id"],
-                                   report["fashioniq_category"], emb, ids, cats, ks=(1, 5))
+    expected = R.fashioniq_recalls(
+        report["query_embedding"], report["target_id"], report["fashioniq_category"], emb, ids, cats, ks=(1, 5)
+    )
     without_gallery = {k: v for k, v in report.items() if not k.startswith("gallery")}
     assert unique.calculate(without_gallery, without_gallery) == expected
     excluding = build(mmf_registry, "r@k_fashioniq", exclude_reference=True, ks=[1, 5])
     expected_ex = R.fashioniq_recalls(
-        report["query_embedding"], report["target_id"], report["fashioniq_category"],
-        report["gallery_embedding"], report["gallery_id"], report["gallery_category"],
-        ks=(1, 5), reference_ids=report["reference_id"],
+        report["query_embedding"],
+        report["target_id"],
+        report["fashioniq_category"],
+        report["gallery_embedding"],
+        report["gallery_id"],
+        report["gallery_category"],
+        ks=(1, 5),
+        reference_ids=report["reference_id"],
     )
     assert excluding.calculate(report, report) == expected_ex
 
@@ -251,8 +298,11 @@ class GalleryDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, index):
-        return {"image": self.images[index], "target_id": torch.tensor(100 + index),
-                "fashioniq_category": torch.tensor(index % 3)}
+        return {
+            "image": self.images[index],
+            "target_id": torch.tensor(100 + index),
+            "fashioniq_category": torch.tensor(index % 3),
+        }
 
 
 class Holder:
@@ -269,14 +319,12 @@ def test_fashioniq_embeds_the_gallery_dataset_when_given(mmf_registry):
     ids = torch.arange(20) + 100
     cats = torch.arange(20) % 3
     queries = gallery[[1, 5, 9, 12]] + 0.01
-    report = {"query_embedding": queries, "target_id": ids[[1, 5, 9, 12]],
-              "fashioniq_category": cats[[1, 5, 9, 12]]}
+    report = {"query_embedding": queries, "target_id": ids[[1, 5, 9, 12]], "fashioniq_category": cats[[1, 5, 9, 12]]}
     metric = build(mmf_registry, "r@k_fashioniq", ks=[1])
     with pytest.raises(KeyError, match="gallery_dataset"):
         metric.calculate(report, report)
     value = metric.calculate(report, report, model=model, dataset=holder)
-    assert value == R.fashioniq_recalls(queries, ids[[1, 5, 9, 12]], cats[[1, 5, 9, 12]],
-                                        gallery, ids, cats, ks=(1,))
+    assert value == R.fashioniq_recalls(queries, ids[[1, 5, 9, 12]], cats[[1, 5, 9, 12]], gallery, ids, cats, ks=(1,))
     assert value["r@1"] == 100.0
 
 
@@ -284,15 +332,22 @@ def test_fashioniq_embeds_the_gallery_dataset_when_given(mmf_registry):
 def test_ocir_split_and_blanks_galleries(mmf_registry):
     report = ocir_report(seed=2)
     value = build(mmf_registry, "r@k_ocir", per_category=True).calculate(report, report)
-    expected = R.ocir_recalls(report["query_embedding"], report["blank_id"], report["blank_category"],
-                              report["gallery_embedding"], report["gallery_id"],
-                              report["gallery_category"], per_category=True)
+    expected = R.ocir_recalls(
+        report["query_embedding"],
+        report["blank_id"],
+        report["blank_category"],
+        report["gallery_embedding"],
+        report["gallery_id"],
+        report["gallery_category"],
+        per_category=True,
+    )
     assert value == expected
     assert {"r@10", "r@30", "r@50", "avg"} <= set(value)
     blanks = build(mmf_registry, "r@k_ocir", gallery="blanks", ks=[1, 2])
     emb, ids, cats = R.unique_gallery(report["target_embedding"], report["blank_id"], report["blank_category"])
     assert blanks.calculate(report, report) == R.ocir_recalls(
-        report["query_embedding"], report["blank_id"], report["blank_category"], emb, ids, cats, ks=(1, 2))
+        report["query_embedding"], report["blank_id"], report["blank_category"], emb, ids, cats, ks=(1, 2)
+    )
 
 
 # ------------------------------------------------------------------- SCR
@@ -351,8 +406,9 @@ def test_the_percent_metrics_stay_the_ones_configs_get(mmf_registry):
     assert values == {f"val/fashiongen/{name}/value": pytest.approx(v, rel=1e-6) for name, v in expected.items()}
     batch = SampleList({**report, "dataset_type": "val", "dataset_name": "fashiongen"})
     mmf_values = Metrics(names)(batch, report)
-    assert {key: float(v) for key, v in mmf_values.items()} == \
-        {f"val/fashiongen/{name}": pytest.approx(v, rel=1e-6) for name, v in expected.items()}
+    assert {key: float(v) for key, v in mmf_values.items()} == {
+        f"val/fashiongen/{name}": pytest.approx(v, rel=1e-6) for name, v in expected.items()
+    }
 
 
 # -------------------------------------------------------------- distributed
@@ -365,7 +421,10 @@ def _ddp_worker(rank, world, init_file, shards, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         from mmf_fashion.metrics.registered import (
-            FashionIQRecall, GeneralRecall, HundredNegativeRecall, gather_rows,
+            FashionIQRecall,
+            GeneralRecall,
+            HundredNegativeRecall,
+            gather_rows,
         )
 
         retrieval, tgir = shards[rank]
@@ -373,8 +432,13 @@ def _ddp_worker(rank, world, init_file, shards, out_dir):
         results = {
             "general": GeneralRecall(chunk_size=5).calculate(retrieval, retrieval),
             "kaleido": HundredNegativeRecall(
-                num_queries=20, num_negatives=5, seeds=[0, 1], scoring="model",
-                text_keys=["text_embedding"], image_keys=["image_embedding"], pair_batch_size=33,
+                num_queries=20,
+                num_negatives=5,
+                seeds=[0, 1],
+                scoring="model",
+                text_keys=["text_embedding"],
+                image_keys=["image_embedding"],
+                pair_batch_size=33,
             ).calculate(retrieval, retrieval, model=DotMatcher()),
             "fashioniq": FashionIQRecall().calculate(tgir, tgir),
             "flags": gather_rows(flags),
@@ -400,8 +464,9 @@ def test_metrics_gather_uneven_shards_across_two_processes(tmp_path, mmf_registr
     outputs = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
     general = mmf_registry.get_metric_class("r@k_general")().calculate(retrieval, retrieval)
-    kaleido = mmf_registry.get_metric_class("r@k_kaleido")(
-        num_queries=20, num_negatives=5, seeds=[0, 1]).calculate(retrieval, retrieval)
+    kaleido = mmf_registry.get_metric_class("r@k_kaleido")(num_queries=20, num_negatives=5, seeds=[0, 1]).calculate(
+        retrieval, retrieval
+    )
     fashioniq = mmf_registry.get_metric_class("r@k_fashioniq")().calculate(tgir, tgir)
     for out in outputs:
         assert out["general"] == general

@@ -5,6 +5,7 @@ the whole suite on rc10, then this file and the other tests marked
 `mmf_compat` again in a second environment with MMF main (.venv-mmf-main, see
 `make test-mmf-main`). The last test compares the two MMFs directly.
 """
+
 import json
 import os
 import subprocess
@@ -26,8 +27,13 @@ FAMILIES = [
     ("cots", "projects/cots/configs/pretrain.yaml", "fashiongen", ["model_config.cots.cmvm.tokenizer=random"]),
     ("align", "projects/align/configs/pretrain.yaml", "fashiongen", []),
 ]
-TINY = ["training.batch_size=8", "training.num_workers=0", "training.log_interval=1",
-        "training.checkpoint_interval=2", "training.evaluation_interval=2"]
+TINY = [
+    "training.batch_size=8",
+    "training.num_workers=0",
+    "training.log_interval=1",
+    "training.checkpoint_interval=2",
+    "training.evaluation_interval=2",
+]
 
 
 def mmf_version(python=sys.executable) -> str:
@@ -43,8 +49,17 @@ def data_dir(tmp_path_factory):
 
 
 def mmf_run(config, model, dataset, save_dir, data_dir, *overrides, python=sys.executable):
-    command = [python, "-c", "from mmf_cli.run import run; run()", f"config={config}", f"model={model}",
-               f"dataset={dataset}", f"env.save_dir={save_dir}", f"env.data_dir={data_dir}", *overrides]
+    command = [
+        python,
+        "-c",
+        "from mmf_cli.run import run; run()",
+        f"config={config}",
+        f"model={model}",
+        f"dataset={dataset}",
+        f"env.save_dir={save_dir}",
+        f"env.data_dir={data_dir}",
+        *overrides,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore")
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
@@ -60,13 +75,24 @@ def run_logs(save_dir) -> str:
 
 
 def test_info_names_the_active_mmf_and_every_registered_name():
-    result = subprocess.run([sys.executable, "-m", "mmf_fashion.cli.main", "info"], cwd=REPO, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "mmf_fashion.cli.main", "info"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     version = mmf_version()
     assert f"mmf {version}" in result.stdout
-    for name in ("fashionvil", "cots", "align", "xvlm", "fashionbert", "fashion_trainer", "r@k_general",
-                 "fashiongen", "fashioniq", "polyvore_ocir"):
+    for name in (
+        "fashionvil",
+        "cots",
+        "align",
+        "xvlm",
+        "fashionbert",
+        "fashion_trainer",
+        "r@k_general",
+        "fashiongen",
+        "fashioniq",
+        "polyvore_ocir",
+    ):
         assert name in result.stdout
 
 
@@ -74,9 +100,18 @@ def test_our_own_keys_are_accepted_as_command_line_overrides(tmp_path):
     """Keys only mmf_fashion defines were unknown to MMF main's defaults."""
     from mmf_fashion.runtime import load_config
 
-    config = load_config("tests/configs/tiny_align.yaml", "align", "fashiongen", [
-        "training.amp.enabled=True", "training.on_nonfinite_loss=skip", "checkpoint.allow_unsafe_load=False",
-        "training.seed=5", f"env.save_dir={tmp_path}"])
+    config = load_config(
+        "tests/configs/tiny_align.yaml",
+        "align",
+        "fashiongen",
+        [
+            "training.amp.enabled=True",
+            "training.on_nonfinite_loss=skip",
+            "checkpoint.allow_unsafe_load=False",
+            "training.seed=5",
+            f"env.save_dir={tmp_path}",
+        ],
+    )
     assert config.training.amp.enabled is True and config.training.on_nonfinite_loss == "skip"
     assert config.checkpoint.allow_unsafe_load is False
     # what projects/base.yaml fixes, whatever MMF's own defaults say
@@ -91,8 +126,18 @@ def test_each_family_trains_evaluates_and_resumes(tmp_path, data_dir, model, con
     metrics = json.loads(open(os.path.join(save, "metrics.json")).read())
     assert metrics["num_updates"] == 2
     assert any(key.startswith(f"val/{dataset}/") for key in metrics), sorted(metrics)
-    mmf_run(config, model, dataset, save, data_dir, "run_type=train", "checkpoint.resume=True",
-            "training.max_updates=3", *TINY, *extra)
+    mmf_run(
+        config,
+        model,
+        dataset,
+        save,
+        data_dir,
+        "run_type=train",
+        "checkpoint.resume=True",
+        "training.max_updates=3",
+        *TINY,
+        *extra,
+    )
     assert "Resumed from" in run_logs(save)
     assert json.loads(open(os.path.join(save, "metrics.json")).read())["num_updates"] == 3
 
@@ -112,8 +157,9 @@ def test_the_same_config_and_seed_give_the_same_metrics_on_both_mmfs(tmp_path, d
     results = {}
     for version, python in pythons.items():
         save = str(tmp_path / version)
-        mmf_run("tests/configs/tiny_align.yaml", "align", "fashiongen", save, data_dir, "run_type=train_val",
-                python=python)
+        mmf_run(
+            "tests/configs/tiny_align.yaml", "align", "fashiongen", save, data_dir, "run_type=train_val", python=python
+        )
         results[version] = json.loads(open(os.path.join(save, "metrics.json")).read())
         results[version]["train"] = [json.loads(line) for line in open(os.path.join(save, "train.jsonl"))]
     rc10, main = results["1.0.0rc10"], results["1.0.0rc12"]

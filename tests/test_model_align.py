@@ -1,11 +1,12 @@
 """ALIGN: the contrastive dual encoder, its retrieval interface and zero-shot classification."""
+
 import json
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_data import build_fashion_dataset, synthetic_world  # noqa: F401
+from fixtures_data import build_fashion_dataset
 from omegaconf import OmegaConf
 from tiny_models import ALIGN_CLASSES, align_batch, align_config, build_model
 
@@ -23,8 +24,11 @@ def test_contrastive_forward_backward_gives_finite_gradients(mmf_registry):
     output = model(batch)
     assert list(output["losses"]) == ["train/fashiongen/itc"]
     output["losses"]["train/fashiongen/itc"].backward()
-    missing = [name for name, p in model.named_parameters()
-               if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    missing = [
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
+    ]
     assert missing == []
     assert model.logit_scale.log_scale.grad is not None  # the temperature is learnt
     torch.testing.assert_close(output["image_embedding"].norm(dim=-1), torch.ones(4))
@@ -39,8 +43,9 @@ def test_loss_is_the_label_smoothed_two_way_infonce(mmf_registry):
     text = model.encode_text(batch["input_ids"], batch["attention_mask"])
     logits = model.logit_scale() * image @ text.t()
     labels = torch.arange(4)
-    expected = 0.5 * (F.cross_entropy(logits, labels, label_smoothing=0.1)
-                      + F.cross_entropy(logits.t(), labels, label_smoothing=0.1))
+    expected = 0.5 * (
+        F.cross_entropy(logits, labels, label_smoothing=0.1) + F.cross_entropy(logits.t(), labels, label_smoothing=0.1)
+    )
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
     assert float(model.logit_scale()) == pytest.approx(1 / 0.07, rel=1e-5)
 
@@ -67,8 +72,11 @@ def _steer_image_tower(model, images, class_embeddings, targets):
 
 
 def test_zeroshot_picks_the_class_whose_prompt_matches(mmf_registry):
-    model = build_align(mmf_registry, head="zeroshot",
-                        zeroshot={"class_names": ALIGN_CLASSES, "templates": ["a photo of a {}", "a {} for sale"]})
+    model = build_align(
+        mmf_registry,
+        head="zeroshot",
+        zeroshot={"class_names": ALIGN_CLASSES, "templates": ["a photo of a {}", "a {} for sale"]},
+    )
     model.eval()
     prompts = model.prompts()
     assert prompts[:3] == ["a photo of a maxi dress", "a maxi dress for sale", "a photo of a sneakers"]
@@ -127,7 +135,10 @@ def test_class_names_sources(mmf_registry, tmp_path):
     assert resolve_class_names({"dataset": "testset"}, with_data, mmf_registry) == ["x", "y", "z"]
     assert resolve_class_names({"dataset": "testset", "class_names": ["u"]}, with_data, mmf_registry) == ["u"]
     mmf_registry.register("testset_category_names", ["top", "shoe"])
-    assert resolve_class_names({"dataset": "testset", "label_field": "category"}, with_data, mmf_registry) == ["top", "shoe"]
+    assert resolve_class_names({"dataset": "testset", "label_field": "category"}, with_data, mmf_registry) == [
+        "top",
+        "shoe",
+    ]
     assert resolve_class_names({"class_names_source": "synthetic"}, no_data) == [s.name for s in SUBCATEGORIES]
     with pytest.raises(ValueError, match="no class names"):
         resolve_class_names({"dataset": "nothing_here"}, no_data, mmf_registry)
@@ -143,8 +154,9 @@ def test_text_pooling_cls_and_mean():
     from mmf_fashion.modules.two_stream import text_features
 
     torch.manual_seed(0)
-    encoder = build_text_encoder({"name": "tiny", "hidden_size": 32, "num_hidden_layers": 1,
-                                  "num_attention_heads": 2, "dropout": 0.0}).eval()
+    encoder = build_text_encoder(
+        {"name": "tiny", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "dropout": 0.0}
+    ).eval()
     projection = torch.nn.Linear(32, 8)
     input_ids = torch.tensor([[101, 2000, 2001, 102, 0], [101, 2003, 102, 0, 0]])
     mask = (input_ids != 0).long()
@@ -214,7 +226,8 @@ def test_zeroshot_reads_the_dataset_vocabulary_and_matches_brute_force(mmf_regis
     brute_accuracy = float((brute_predictions == targets).float().mean())
     # the metric is in percent, like every metric in metrics.json
     assert correct_by_metric / len(targets) == pytest.approx(
-        100 * brute_accuracy, abs=100 * float((~clear).float().mean()) + 1e-4)
+        100 * brute_accuracy, abs=100 * float((~clear).float().mean()) + 1e-4
+    )
 
 
 @pytest.mark.slow
@@ -233,19 +246,39 @@ def test_zeroshot_scr_config_under_mmf_run_val_matches_brute_force(synthetic_wor
     common = [f"env.data_dir={synthetic_world}", "training.num_workers=0", "training.batch_size=8"]
     pretrain = tmp_path / "pretrain"
     for command in (
-        ["config=projects/align/configs/pretrain.yaml", "run_type=train", f"env.save_dir={pretrain}",
-         "training.max_updates=2", "training.checkpoint_interval=2", "training.evaluation_interval=2"],
-        ["config=projects/align/configs/zeroshot_scr.yaml", "run_type=val", f"env.save_dir={tmp_path / 'scr'}",
-         f"checkpoint.resume_file={pretrain / 'align_final.pth'}"],
+        [
+            "config=projects/align/configs/pretrain.yaml",
+            "run_type=train",
+            f"env.save_dir={pretrain}",
+            "training.max_updates=2",
+            "training.checkpoint_interval=2",
+            "training.evaluation_interval=2",
+        ],
+        [
+            "config=projects/align/configs/zeroshot_scr.yaml",
+            "run_type=val",
+            f"env.save_dir={tmp_path / 'scr'}",
+            f"checkpoint.resume_file={pretrain / 'align_final.pth'}",
+        ],
     ):
-        result = subprocess.run(mmf_run + command + ["model=align", "dataset=fashiongen"] + common, cwd=repo,
-                                env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            mmf_run + command + ["model=align", "dataset=fashiongen"] + common,
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     metrics = json.loads((tmp_path / "scr" / "metrics.json").read_text())
     reported = metrics["val/fashiongen/accuracy/value"]
 
-    config = load_config(os.path.join(repo, "projects/align/configs/zeroshot_scr.yaml"), "align", "fashiongen",
-                         [f"env.data_dir={synthetic_world}"])
+    config = load_config(
+        os.path.join(repo, "projects/align/configs/zeroshot_scr.yaml"),
+        "align",
+        "fashiongen",
+        [f"env.data_dir={synthetic_world}"],
+    )
     model = build_model_from_config(config, checkpoint=str(pretrain / "align_final.pth"))
     dataset = build_split_dataset(config, "fashiongen", "val")
     manifest = json.loads((synthetic_world / "synth_manifest.json").read_text())
@@ -277,11 +310,25 @@ def save_tiny_align(directory, seed=0, with_processor=True):
 
     tokenizer = build_tokenizer("minilm")
     config = AlignConfig(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "intermediate_size": 64},
-        vision_config={"image_size": 32, "width_coefficient": 1.0, "depth_coefficient": 1.0,
-                       "kernel_sizes": [3, 3], "in_channels": [32, 16], "out_channels": [16, 16],
-                       "strides": [1, 2], "num_block_repeats": [1, 1], "expand_ratios": [1, 2], "hidden_dim": 64},
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
+        vision_config={
+            "image_size": 32,
+            "width_coefficient": 1.0,
+            "depth_coefficient": 1.0,
+            "kernel_sizes": [3, 3],
+            "in_channels": [32, 16],
+            "out_channels": [16, 16],
+            "strides": [1, 2],
+            "num_block_repeats": [1, 1],
+            "expand_ratios": [1, 2],
+            "hidden_dim": 64,
+        },
         projection_dim=16,
         temperature_init_value=0.2,
     )
@@ -298,9 +345,14 @@ def save_tiny_align(directory, seed=0, with_processor=True):
                 module.bias.normal_(0, 0.1)
     model.save_pretrained(str(directory))
     if with_processor:
-        processor = EfficientNetImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False,
-                                               rescale_factor=1 / 127.5, rescale_offset=True,
-                                               do_normalize=False, include_top=False)
+        processor = EfficientNetImageProcessor(
+            size={"height": 32, "width": 32},
+            do_center_crop=False,
+            rescale_factor=1 / 127.5,
+            rescale_offset=True,
+            do_normalize=False,
+            include_top=False,
+        )
         AlignProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(str(directory))
     return str(directory)
 
@@ -315,8 +367,12 @@ def test_released_align_equals_transformers_align(mmf_registry, align_dir):
     AlignModel's logits (text @ image.T / temperature), on the same tiny random checkpoint."""
     from transformers import AlignModel, AutoTokenizer
 
-    model = build_align(mmf_registry, pretrained=align_dir, head="zeroshot",
-                        zeroshot={"class_names": ALIGN_CLASSES, "templates": ["a photo of a {}"]}).eval()
+    model = build_align(
+        mmf_registry,
+        pretrained=align_dir,
+        head="zeroshot",
+        zeroshot={"class_names": ALIGN_CLASSES, "templates": ["a photo of a {}"]},
+    ).eval()
     peer = AlignModel.from_pretrained(align_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(align_dir)
     images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
@@ -345,8 +401,11 @@ def test_released_align_trains_on_the_raw_text_with_its_tokenizer(mmf_registry, 
     batch = make_batch(text=texts)
     output = model(batch)
     output["losses"]["train/fashiongen/itc"].backward()
-    problems = [name for name, p in model.named_parameters()
-                if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    problems = [
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
+    ]
     assert problems == []
     assert not any(name.startswith("text_encoder.pooler") for name, _ in model.named_parameters())
     model.eval()
@@ -380,8 +439,13 @@ def test_released_align_image_settings(mmf_registry, align_dir):
     image = Image.fromarray(pixels.numpy())
     processors = [
         EfficientNetImageProcessor.from_pretrained(align_dir),
-        EfficientNetImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False, include_top=True,
-                                   image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.25, 0.3]),
+        EfficientNetImageProcessor(
+            size={"height": 32, "width": 32},
+            do_center_crop=False,
+            include_top=True,
+            image_mean=[0.4, 0.5, 0.6],
+            image_std=[0.2, 0.25, 0.3],
+        ),
         CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
     ]
     for processor in processors:  # at the native size no resampling: the affine maps must agree
@@ -404,10 +468,19 @@ def test_zeroshot_scr_config_under_mmf_run_from_released_weights(synthetic_world
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     save_dir = tmp_path / "scr"
-    command = [sys.executable, "-c", "from mmf_cli.run import run; run()",
-               "config=projects/align/configs/zeroshot_scr.yaml", "model=align", "dataset=fashiongen", "run_type=val",
-               f"model_config.align.pretrained={align_dir}", f"env.data_dir={synthetic_world}",
-               f"env.save_dir={save_dir}", "training.num_workers=0"]
+    command = [
+        sys.executable,
+        "-c",
+        "from mmf_cli.run import run; run()",
+        "config=projects/align/configs/zeroshot_scr.yaml",
+        "model=align",
+        "dataset=fashiongen",
+        "run_type=val",
+        f"model_config.align.pretrained={align_dir}",
+        f"env.data_dir={synthetic_world}",
+        f"env.save_dir={save_dir}",
+        "training.num_workers=0",
+    ]
     result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     metrics = json.loads((save_dir / "metrics.json").read_text())

@@ -1,4 +1,5 @@
 """The one adapter pattern (mmf_fashion/models/base.py): loss keys, options, prefixes, config paths."""
+
 import dataclasses
 import os
 from typing import Dict, Optional
@@ -52,16 +53,19 @@ class Outer:
 
 def test_options_are_typed_and_unknown_or_missing_keys_are_named():
     options = options_from_mapping(
-        Outer, {"name": "x", "scale": "2", "inner": {"enabled": "false", "size": "3"}, "extra": {"a": 1}}, "m.x")
+        Outer, {"name": "x", "scale": "2", "inner": {"enabled": "false", "size": "3"}, "extra": {"a": 1}}, "m.x"
+    )
     assert options == Outer("x", 2.0, Inner(False, 3), {"a": 1})
     with pytest.raises(ValueError, match=r"m.x.inner: unknown option\(s\) \['sise'\]"):
-        options_from_mapping(Outer, {"name": "x", "scale": None, "inner": {"enabled": True, "size": 1, "sise": 2},
-                                     "extra": {}}, "m.x")
+        options_from_mapping(
+            Outer, {"name": "x", "scale": None, "inner": {"enabled": True, "size": 1, "sise": 2}, "extra": {}}, "m.x"
+        )
     with pytest.raises(ValueError, match=r"m.x: option\(s\) \['inner'\] missing"):
         options_from_mapping(Outer, {"name": "x", "scale": None, "extra": {}}, "m.x")
     with pytest.raises(ValueError, match="m.x.inner.enabled must be true or false"):
-        options_from_mapping(Outer, {"name": "x", "scale": None, "inner": {"enabled": "maybe", "size": 1},
-                                     "extra": {}}, "m.x")
+        options_from_mapping(
+            Outer, {"name": "x", "scale": None, "inner": {"enabled": "maybe", "size": 1}, "extra": {}}, "m.x"
+        )
 
 
 def test_a_typo_in_a_model_config_names_the_model_and_the_key(mmf_registry):

@@ -1,13 +1,14 @@
 """CLIP / FashionCLIP from released weights: the registered `clip` equals transformers'
 CLIPModel on a tiny random checkpoint saved locally; every head trains; the
 checkpoint's tokenizer and image processor are the ones used; bad checkpoints."""
+
 import json
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_data import build_fashion_dataset, collate, synthetic_world  # noqa: F401
+from fixtures_data import build_fashion_dataset, collate
 from omegaconf import OmegaConf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,12 +38,25 @@ def save_tiny_clip(directory, seed=0, with_tokenizer=True, with_processor=True):
 
     tokenizer = tiny_clip_tokenizer()
     config = CLIPConfig(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
-                     "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 32,
-                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                     "pad_token_id": tokenizer.pad_token_id},
-        vision_config={"image_size": SIDE, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
-                       "num_hidden_layers": 1, "num_attention_heads": 2},
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 32,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "image_size": SIDE,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        },
         projection_dim=16,
     )
     torch.manual_seed(seed)
@@ -105,8 +119,9 @@ def test_embeddings_and_logits_equal_transformers_clip(mmf_registry, clip_dir):
     CLIPModel's logits_per_image, on the same tiny random checkpoint, float32."""
     from transformers import AutoTokenizer, CLIPModel
 
-    model = build_clip(mmf_registry, clip_dir, head="zeroshot",
-                       zeroshot={"class_names": CLASSES, "templates": ["a photo of a {}"]}).eval()
+    model = build_clip(
+        mmf_registry, clip_dir, head="zeroshot", zeroshot={"class_names": CLASSES, "templates": ["a photo of a {}"]}
+    ).eval()
     peer = CLIPModel.from_pretrained(clip_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(clip_dir)
     images = torch.randn(5, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(3))
@@ -116,8 +131,9 @@ def test_embeddings_and_logits_equal_transformers_clip(mmf_registry, clip_dir):
         tokens = tokenizer(prompts, padding=True, return_tensors="pt")
         image_peer = F.normalize(peer.get_image_features(pixel_values=images).pooler_output, dim=-1)
         text_peer = F.normalize(peer.get_text_features(**tokens).pooler_output, dim=-1)
-        logits_peer = peer(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                           pixel_values=images).logits_per_image
+        logits_peer = peer(
+            input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=images
+        ).logits_per_image
         image_ours, text_ours = model.embed_images(images), model.embed_texts(prompts)
         logits_ours = model.zeroshot_scores(images)
     differences = {
@@ -132,8 +148,11 @@ def test_embeddings_and_logits_equal_transformers_clip(mmf_registry, clip_dir):
 
 
 def _grad_problems(model):
-    return [name for name, p in model.named_parameters()
-            if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    return [
+        name
+        for name, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
+    ]
 
 
 def _outfit_batch():
@@ -142,15 +161,23 @@ def _outfit_batch():
     return make_batch(**outfit_fields(SIDE, 5, [[0, 1, 2], [1, 2, 0], [3, 0, 0], [2, 3, 1]], [3, 0, 1, 0]))
 
 
-@pytest.mark.parametrize("head,freeze", [("contrastive", False), ("zeroshot", False), ("composition", False),
-                                         ("composition", True), ("ocir", False)])
+@pytest.mark.parametrize(
+    "head,freeze",
+    [("contrastive", False), ("zeroshot", False), ("composition", False), ("composition", True), ("ocir", False)],
+)
 def test_every_head_runs_forward_and_backward_with_finite_gradients(mmf_registry, clip_dir, head, freeze):
-    model = build_clip(mmf_registry, clip_dir, head=head, freeze_towers=freeze,
-                       zeroshot={"class_names": CLASSES}, ocir={"num_categories": 4, "num_subspaces": 3,
-                                                                "category_dim": 8})
+    model = build_clip(
+        mmf_registry,
+        clip_dir,
+        head=head,
+        freeze_towers=freeze,
+        zeroshot={"class_names": CLASSES},
+        ocir={"num_categories": 4, "num_subspaces": 3, "category_dim": 8},
+    )
     if head == "composition":
-        batch = make_batch(reference_image=torch.randn(BATCH, 3, SIDE, SIDE),
-                           target_image=torch.randn(BATCH, 3, SIDE, SIDE))
+        batch = make_batch(
+            reference_image=torch.randn(BATCH, 3, SIDE, SIDE), target_image=torch.randn(BATCH, 3, SIDE, SIDE)
+        )
         expected_loss, keys = "train/fashiongen/batch_classification", ("query_embedding", "target_embedding")
     elif head == "ocir":
         batch, expected_loss, keys = _outfit_batch(), "train/fashiongen/ocir", ("query_embedding", "target_embedding")
@@ -184,8 +211,9 @@ def test_every_head_runs_forward_and_backward_with_finite_gradients(mmf_registry
         image_key = "target_image" if head == "composition" else "blank_image"
         torch.testing.assert_close(again["target_embedding"], model.embed_images(batch[image_key]))
         if head == "composition":
-            torch.testing.assert_close(again["query_embedding"],
-                                       model.embed_composed(batch["reference_image"], batch["text"]))
+            torch.testing.assert_close(
+                again["query_embedding"], model.embed_composed(batch["reference_image"], batch["text"])
+            )
 
 
 def test_state_dict_round_trip_and_composed_queries_without_a_combiner(mmf_registry, clip_dir, tmp_path):
@@ -221,8 +249,10 @@ def test_contrastive_head_is_aligns_loss_with_gathered_negatives(mmf_registry, c
     text = model.embed_texts(TEXTS)
     scale = model.logit_scale()
     labels = torch.arange(BATCH)
-    expected = 0.5 * (F.cross_entropy(scale * image @ torch.cat([text, other_rank]).t(), labels, label_smoothing=0.1)
-                      + F.cross_entropy(scale * text @ torch.cat([image, other_rank]).t(), labels, label_smoothing=0.1))
+    expected = 0.5 * (
+        F.cross_entropy(scale * image @ torch.cat([text, other_rank]).t(), labels, label_smoothing=0.1)
+        + F.cross_entropy(scale * text @ torch.cat([image, other_rank]).t(), labels, label_smoothing=0.1)
+    )
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
 
 
@@ -346,23 +376,48 @@ def _mmf_run(arguments, cwd):
 def test_zeroshot_scr_config_under_mmf_run_val(synthetic_world, clip_dir, tmp_path):
     """projects/clip/configs/zeroshot_scr.yaml as is, from the tiny saved CLIP, run_type=val."""
     save_dir = tmp_path / "scr"
-    _mmf_run(["config=projects/clip/configs/zeroshot_scr.yaml", "model=clip", "dataset=fashiongen", "run_type=val",
-              f"model_config.clip.pretrained={clip_dir}", f"env.data_dir={synthetic_world}",
-              f"env.save_dir={save_dir}", "training.num_workers=0"], ROOT)
+    _mmf_run(
+        [
+            "config=projects/clip/configs/zeroshot_scr.yaml",
+            "model=clip",
+            "dataset=fashiongen",
+            "run_type=val",
+            f"model_config.clip.pretrained={clip_dir}",
+            f"env.data_dir={synthetic_world}",
+            f"env.save_dir={save_dir}",
+            "training.num_workers=0",
+        ],
+        ROOT,
+    )
     metrics = json.loads((save_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["val/fashiongen/accuracy/value"] <= 100.0
     assert "val/fashiongen/macro_f1/value" in metrics
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config,dataset,metric", [("itr", "fashiongen", "val/fashiongen/r@k_general/"),
-                                                   ("tgir", "fashioniq", "val/fashioniq/r@k_fashioniq/")])
+@pytest.mark.parametrize(
+    "config,dataset,metric",
+    [("itr", "fashiongen", "val/fashiongen/r@k_general/"), ("tgir", "fashioniq", "val/fashioniq/r@k_fashioniq/")],
+)
 def test_training_configs_under_mmf_run(synthetic_world, clip_dir, tmp_path, config, dataset, metric):
     """projects/clip/configs/{itr,tgir}.yaml train 2 updates and evaluate from the tiny CLIP."""
     save_dir = tmp_path / config
-    _mmf_run([f"config=projects/clip/configs/{config}.yaml", "model=clip", f"dataset={dataset}",
-              "run_type=train_val", f"model_config.clip.pretrained={clip_dir}", f"env.data_dir={synthetic_world}",
-              f"env.save_dir={save_dir}", "training.num_workers=0", "training.batch_size=8",
-              "training.max_updates=2", "training.evaluation_interval=2", "training.checkpoint_interval=2"], ROOT)
+    _mmf_run(
+        [
+            f"config=projects/clip/configs/{config}.yaml",
+            "model=clip",
+            f"dataset={dataset}",
+            "run_type=train_val",
+            f"model_config.clip.pretrained={clip_dir}",
+            f"env.data_dir={synthetic_world}",
+            f"env.save_dir={save_dir}",
+            "training.num_workers=0",
+            "training.batch_size=8",
+            "training.max_updates=2",
+            "training.evaluation_interval=2",
+            "training.checkpoint_interval=2",
+        ],
+        ROOT,
+    )
     metrics = json.loads((save_dir / "metrics.json").read_text())
     assert any(key.startswith(metric) for key in metrics), sorted(metrics)

@@ -1,18 +1,29 @@
 """COTS: queues, EMA, task-level KL, the adaptive momentum filter, resume, and the MMF model."""
+
 import math
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import (
+    COTS_TINY,
+    COTS_TOKENIZER,
+    COTS_VIT,
+    ROOT,
+    build_cots,
+    build_model,
+    cots_all_tasks_batch,
+    cots_vit_batch,
+    default_config,
+)
+from tiny_models import (
+    cots_batch as make_batch,
+)
 from torch import nn
 
 from mmf_fashion.modules import cots as cots_ops
 from mmf_fashion.modules.two_stream import average_by_group, average_view_embeddings
-from tiny_models import (
-    COTS_TINY, COTS_TOKENIZER, COTS_VIT, ROOT, build_cots, build_model, cots_all_tasks_batch, cots_batch as make_batch,
-    cots_vit_batch, default_config,
-)
 
 
 # ------------------------------------------------------------------ queues
@@ -177,8 +188,9 @@ def test_view_averaging_and_masking_helpers():
 def test_token_masking_fallback_masks_only_real_tokens():
     input_ids = torch.tensor([[101, 2000, 2001, 2002, 102, 0, 0]])
     attention = torch.tensor([[1, 1, 1, 1, 1, 0, 0]])
-    masked, labels = cots_ops.mask_tokens(input_ids, attention, 103, 30522, [0, 101, 102, 103], 0.5,
-                                          generator=torch.Generator().manual_seed(0))
+    masked, labels = cots_ops.mask_tokens(
+        input_ids, attention, 103, 30522, [0, 101, 102, 103], 0.5, generator=torch.Generator().manual_seed(0)
+    )
     chosen = labels != -100
     assert chosen.any() and not chosen[0, [0, 4, 5, 6]].any()
     assert torch.equal(labels[chosen], input_ids[chosen])
@@ -239,7 +251,9 @@ def test_filtered_pairs_leave_the_loss_but_enter_the_queues(mmf_registry):
     # and the loss is the loss of the kept rows only (queue was empty: batch keys only)
     image = model.encode_image(batch["image"])
     text = model.encode_text(batch["input_ids"], batch["attention_mask"])
-    expected = cots_ops.momentum_contrastive_losses(image, text, image_m, text_m, model.logit_scale(), keep=expected_keep)
+    expected = cots_ops.momentum_contrastive_losses(
+        image, text, image_m, text_m, model.logit_scale(), keep=expected_keep
+    )
     assert float(output["losses"]["train/fashiongen/itc"]) == pytest.approx(float(expected["itc"]), rel=1e-4)
     # every similarity enters the filter's history too (size 16: the six newest are this batch's)
     assert len(model.momentum_filter.history) == 16
@@ -270,9 +284,15 @@ def test_state_dict_round_trip_restores_queues_and_momentum_towers(mmf_registry,
     original = model.state_dict()
     for name, value in restored.state_dict().items():
         assert torch.equal(value, original[name]), name
-    for key in ("queue.image", "queue.text", "queue.ids", "queue.pointer", "queue.count",
-                "momentum_filter.history.similarity",
-                "momentum_encoders.image_encoder.trunk.0.0.weight"):
+    for key in (
+        "queue.image",
+        "queue.text",
+        "queue.ids",
+        "queue.pointer",
+        "queue.count",
+        "momentum_filter.history.similarity",
+        "momentum_encoders.image_encoder.trunk.0.0.weight",
+    ):
         assert key in original
     # and the restored model continues exactly like the original would
     model.eval(), restored.eval()
@@ -284,12 +304,19 @@ def test_switches_written_on_the_command_line_are_read_as_booleans(mmf_registry,
     'false' (MMF decodes Python literals only); it must switch the filter off."""
     from mmf_fashion.modules.two_stream import config_flag
 
-    model = build_cots(mmf_registry, filter={"enabled": "false"}, mask_same_product="False",
-                       learnable_temperature="no", loss_weights={"cmlm": 0.0, "cmvm": 0.0})
+    model = build_cots(
+        mmf_registry,
+        filter={"enabled": "false"},
+        mask_same_product="False",
+        learnable_temperature="no",
+        loss_weights={"cmlm": 0.0, "cmvm": 0.0},
+    )
     assert model.momentum_filter is None and model.mask_same_product is False
     assert not model.logit_scale.log_scale.requires_grad
     assert build_cots(mmf_registry, tmp_path, filter={"enabled": "true"}).momentum_filter is not None
-    assert [config_flag(v) for v in (True, "TRUE", "on", 1, "1", False, "false", "Off", 0, None)] == [True] * 5 + [False] * 5
+    assert [config_flag(v) for v in (True, "TRUE", "on", 1, "1", False, "false", "Off", 0, None)] == [True] * 5 + [
+        False
+    ] * 5
     with pytest.raises(ValueError, match="filter.enabled"):
         build_cots(mmf_registry, tmp_path, filter={"enabled": "maybe"})
 
@@ -317,9 +344,13 @@ def test_online_towers_loaded_alone_become_the_momentum_towers(mmf_registry, tmp
     # a checkpoint that has the momentum towers keeps them
     full = source.state_dict()
     with torch.no_grad():
-        full["momentum_encoders.text_projection.weight"] = torch.zeros_like(full["momentum_encoders.text_projection.weight"])
+        full["momentum_encoders.text_projection.weight"] = torch.zeros_like(
+            full["momentum_encoders.text_projection.weight"]
+        )
     model.load_state_dict(full)
-    assert torch.equal(model.momentum_encoders["text_projection"].weight, torch.zeros_like(model.text_projection.weight))
+    assert torch.equal(
+        model.momentum_encoders["text_projection"].weight, torch.zeros_like(model.text_projection.weight)
+    )
 
 
 def test_queue_size_zero_means_in_batch_negatives_only(mmf_registry):
@@ -338,9 +369,13 @@ def test_cmvm_without_a_trained_tokenizer_is_an_error_that_says_how_to_get_one(m
     with pytest.raises(ValueError) as error:
         build_model(mmf_registry, "cots", bare)
     message = str(error.value)
-    for needed in ("model_config.cots.cmvm.tokenizer_checkpoint", "projects/vqvae/configs/train.yaml",
-                   "model_config.fashionvil.tokenizer_checkpoint", "model_config.cots.cmvm.tokenizer=random",
-                   "loss_weights.cmvm=0"):
+    for needed in (
+        "model_config.cots.cmvm.tokenizer_checkpoint",
+        "projects/vqvae/configs/train.yaml",
+        "model_config.fashionvil.tokenizer_checkpoint",
+        "model_config.cots.cmvm.tokenizer=random",
+        "loss_weights.cmvm=0",
+    ):
         assert needed in message
     absent = OmegaConf.merge(bare, {"cmvm": {"tokenizer_checkpoint": str(tmp_path / "nothing.pth")}})
     with pytest.raises(FileNotFoundError, match="projects/vqvae/configs/train.yaml"):
@@ -348,8 +383,9 @@ def test_cmvm_without_a_trained_tokenizer_is_an_error_that_says_how_to_get_one(m
     with pytest.raises(ValueError, match="cmvm.tokenizer must be one of"):
         build_model(mmf_registry, "cots", OmegaConf.merge(bare, {"cmvm": {"tokenizer": "untrained"}}))
     # no CMVM: no tokenizer needed; the random one only when named
-    assert not hasattr(build_model(mmf_registry, "cots", OmegaConf.merge(bare, {"loss_weights": {"cmvm": 0.0}})),
-                       "image_tokenizer")
+    assert not hasattr(
+        build_model(mmf_registry, "cots", OmegaConf.merge(bare, {"loss_weights": {"cmvm": 0.0}})), "image_tokenizer"
+    )
     model = build_model(mmf_registry, "cots", OmegaConf.merge(bare, {"cmvm": {"tokenizer": "random"}}))
     model.train()
     assert torch.isfinite(model(cots_all_tasks_batch())["losses"]["train/fashiongen/cmvm"])
@@ -415,8 +451,9 @@ def test_cmlm_fuses_text_tokens_plus_the_projected_image_embedding(mmf_registry,
         image = model.encode_image(batch["image"])  # train mode: the same batch statistics as in forward
         expected = hidden[rows, columns] + model.cmlm_head.other_projection(image[rows])
     torch.testing.assert_close(seen[0], expected, rtol=1e-4, atol=1e-5)
-    concat = build_cots(mmf_registry, tmp_path, loss_weights={"itc": 0.0, "kl": 0.0, "cmvm": 0.0},
-                        cmlm={"fusion": "concat"})
+    concat = build_cots(
+        mmf_registry, tmp_path, loss_weights={"itc": 0.0, "kl": 0.0, "cmvm": 0.0}, cmlm={"fusion": "concat"}
+    )
     assert concat.cmlm_head.transform.in_features == 32 + 16
     assert torch.isfinite(concat(batch)["losses"]["train/fashiongen/cmlm"])
 

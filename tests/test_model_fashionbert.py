@@ -1,10 +1,29 @@
 """FashionBERT: patch grid, negatives, adaptive weights, every head through MMF's registry."""
+
 import itertools
 import os
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tiny_models import (
+    FASHIONBERT_B as B,
+)
+from tiny_models import (
+    FASHIONBERT_L as L,
+)
+from tiny_models import (
+    FASHIONBERT_TINY_TEXT as TINY_TEXT,
+)
+from tiny_models import (
+    build_fashionbert as _build,
+)
+from tiny_models import (
+    fashionbert_batch as _sample_list,
+)
+from tiny_models import (
+    fashionbert_config as _config,
+)
 
 from mmf_fashion.modules.fashionbert import (
     FashionBert,
@@ -26,14 +45,6 @@ from mmf_fashion.modules.fashionbert_patches import (
     merge_patches,
     precompute_patch_features,
     split_into_patches,
-)
-from tiny_models import (
-    FASHIONBERT_B as B,
-    FASHIONBERT_L as L,
-    FASHIONBERT_TINY_TEXT as TINY_TEXT,
-    build_fashionbert as _build,
-    fashionbert_batch as _sample_list,
-    fashionbert_config as _config,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,8 +95,14 @@ def test_patch_encoder_sees_each_patch_alone():
 
 def test_patch_cache_round_trip_and_signature(tmp_path):
     path = str(tmp_path / "patches.pt")
-    options = dict(image_encoder="resnet18", grid_size=2, patch_size=16, text_encoder=TINY_TEXT,
-                   freeze_image_encoder=True, patch_cache_file=path)
+    options = dict(
+        image_encoder="resnet18",
+        grid_size=2,
+        patch_size=16,
+        text_encoder=TINY_TEXT,
+        freeze_image_encoder=True,
+        patch_cache_file=path,
+    )
     net = FashionBert(FashionBertOptions(**options))
     images, ids = torch.randn(3, 3, 32, 32), torch.tensor([7, 8, 9])
     count = precompute_patch_features(net, [(ids, images)])
@@ -103,8 +120,16 @@ def test_patch_cache_round_trip_and_signature(tmp_path):
 
 
 def test_eval_pair_scoring_runs_the_cnn_once_per_image():
-    net = FashionBert(FashionBertOptions(image_encoder="resnet18", grid_size=2, patch_size=16,
-                                         text_encoder=TINY_TEXT, heads=("alignment",), tasks=("alignment",)))
+    net = FashionBert(
+        FashionBertOptions(
+            image_encoder="resnet18",
+            grid_size=2,
+            patch_size=16,
+            text_encoder=TINY_TEXT,
+            heads=("alignment",),
+            tasks=("alignment",),
+        )
+    )
     calls = []
     net.image_encoder.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
     net.eval()
@@ -150,9 +175,17 @@ def test_negative_rows_leave_a_matched_row():
 
 
 def _alignment_net(**extra):
-    return FashionBert(FashionBertOptions(image_encoder="resnet18", grid_size=2, patch_size=16,
-                                          text_encoder=TINY_TEXT, heads=("alignment",), tasks=("alignment",),
-                                          **extra))
+    return FashionBert(
+        FashionBertOptions(
+            image_encoder="resnet18",
+            grid_size=2,
+            patch_size=16,
+            text_encoder=TINY_TEXT,
+            heads=("alignment",),
+            tasks=("alignment",),
+            **extra,
+        )
+    )
 
 
 def test_in_batch_negatives_swap_the_text_within_the_subcategory():
@@ -161,8 +194,9 @@ def test_in_batch_negatives_swap_the_text_within_the_subcategory():
     features = torch.randn(B, 4, net.image_encoder.out_channels)
     ids = torch.randint(1000, 2000, (B, L))
     net.eval()  # evaluation: batch negatives only, the bank is neither read nor filled
-    result = net.alignment_loss(features, ids, torch.ones_like(ids), product, subcategory,
-                                generator=torch.Generator().manual_seed(1))
+    result = net.alignment_loss(
+        features, ids, torch.ones_like(ids), product, subcategory, generator=torch.Generator().manual_seed(1)
+    )
     swapped = result["labels"] == 0
     assert int(swapped.sum()) == 3
     assert torch.equal(subcategory[result["text_product"]], subcategory)
@@ -184,8 +218,7 @@ def test_bank_negatives_come_from_the_same_subcategory_across_batches():
         ids = product[:, None].repeat(1, L)  # a text names its product
         features = torch.randn(B, 4, net.image_encoder.out_channels)
         seen_before = dict(subcategory_of)
-        result = net.alignment_loss(features, ids, torch.ones_like(ids), product, subcategory,
-                                    generator=generator)
+        result = net.alignment_loss(features, ids, torch.ones_like(ids), product, subcategory, generator=generator)
         negative = result["labels"] == 0
         for row in negative.nonzero().flatten().tolist():
             other = int(result["text_product"][row])
@@ -201,11 +234,24 @@ def test_bank_negatives_come_from_the_same_subcategory_across_batches():
 
 def test_bank_texts_are_fitted_to_the_batch_length():
     bank = SubcategoryTextBank(2)
-    bank.add(torch.tensor([1]), torch.tensor([4]), torch.tensor([[101, 9, 9, 102]]), torch.ones(1, 4, dtype=torch.long),
-             torch.zeros(1, 4, dtype=torch.long))
+    bank.add(
+        torch.tensor([1]),
+        torch.tensor([4]),
+        torch.tensor([[101, 9, 9, 102]]),
+        torch.ones(1, 4, dtype=torch.long),
+        torch.zeros(1, 4, dtype=torch.long),
+    )
     ids = torch.tensor([[101, 5, 5, 5, 5, 102], [101, 6, 6, 6, 6, 102]])
-    pairs = pair_with_negative_texts(ids, torch.ones_like(ids), None, torch.tensor([2, 3]), torch.tensor([4, 4]),
-                                     0.5, bank, torch.Generator().manual_seed(0))
+    pairs = pair_with_negative_texts(
+        ids,
+        torch.ones_like(ids),
+        None,
+        torch.tensor([2, 3]),
+        torch.tensor([4, 4]),
+        0.5,
+        bank,
+        torch.Generator().manual_seed(0),
+    )
     row = int(pairs["negative"].nonzero())
     assert pairs["input_ids"][row].tolist() == [101, 9, 9, 102, 0, 0]
     assert pairs["attention_mask"][row].tolist() == [1, 1, 1, 1, 0, 0]
@@ -300,13 +346,21 @@ def test_the_pretraining_step_weights_its_losses_by_the_subproblem(mmf_registry)
     weights = output["loss_weights"]
     assert set(weights) == {"mlm", "mpm", "alignment"} and state["weights"] is not None
     assert torch.isclose(sum(weights.values()), torch.tensor(1.0)) and all(float(w) >= 0 for w in weights.values())
-    assert {task: round(float(w), 5) for task, w in weights.items()} == \
-        {task: round(w, 5) for task, w in state["weights"].items()}
+    assert {task: round(float(w), 5) for task, w in weights.items()} == {
+        task: round(w, 5) for task, w in state["weights"].items()
+    }
     # they are the sub-problem's solution for this step's gradients (last BERT layer)
     batch = _sample_list()
     input_ids, attention_mask, token_type_ids, labels = model.text_inputs(batch, masked=True)
-    result = model.pretraining_losses(model.encode_patches(batch["image"]), input_ids, attention_mask, labels,
-                                      batch["product_id"], batch["subcategory_id"], token_type_ids)
+    result = model.pretraining_losses(
+        model.encode_patches(batch["image"]),
+        input_ids,
+        attention_mask,
+        labels,
+        batch["product_id"],
+        batch["subcategory_id"],
+        token_type_ids,
+    )
     names = list(result["losses"])
     layer = list(model.text_encoder.encoder.layer[-1].parameters())
     gram = task_gradient_gram([result["losses"][task] for task in names], layer)
@@ -341,12 +395,15 @@ def test_weights_and_unweighted_losses_reach_the_training_log(mmf_registry, monk
     assert "unweighted losses mlm:" in lines[0] and "alignment:" in lines[0]
 
 
-@pytest.mark.parametrize("weighting, mode, source", [
-    ({"mode": "fixed", "fixed": {"mlm": 0.5}}, "fixed", "last_layer"),
-    ("fixed", "fixed", "last_layer"),
-    ({"adaptive": False}, "fixed", "last_layer"),  # the older boolean form
-    ({"mode": "adaptive", "adaptive": {"grad_source": "shared", "alpha": 0.5}}, "adaptive", "shared"),
-])
+@pytest.mark.parametrize(
+    "weighting, mode, source",
+    [
+        ({"mode": "fixed", "fixed": {"mlm": 0.5}}, "fixed", "last_layer"),
+        ("fixed", "fixed", "last_layer"),
+        ({"adaptive": False}, "fixed", "last_layer"),  # the older boolean form
+        ({"mode": "adaptive", "adaptive": {"grad_source": "shared", "alpha": 0.5}}, "adaptive", "shared"),
+    ],
+)
 def test_loss_weighting_config_forms(weighting, mode, source):
     from mmf_fashion.models.fashionbert import options_from_config
 
@@ -377,8 +434,9 @@ def test_masked_patch_losses():
 def test_query_title_segments_join_two_texts():
     query = torch.tensor([[101, 5, 6, 102, 0]])
     title = torch.tensor([[101, 7, 8, 9, 102]])
-    ids, mask, types, labels = query_title_inputs(query, (query > 0).long(), title, torch.ones_like(title),
-                                                  torch.tensor([[-100, 7, -100, -100, -100]]))
+    ids, mask, types, labels = query_title_inputs(
+        query, (query > 0).long(), title, torch.ones_like(title), torch.tensor([[-100, 7, -100, -100, -100]])
+    )
     assert ids.tolist() == [[101, 5, 6, 102, 0, 7, 8, 9, 102]]
     assert mask.tolist() == [[1, 1, 1, 1, 0, 1, 1, 1, 1]]
     assert types.tolist() == [[0, 0, 0, 0, 0, 1, 1, 1, 1]]
@@ -399,16 +457,22 @@ def _check_gradients(model, unused=()):
     assert not bad, f"non-finite gradient: {bad}"
 
 
-@pytest.mark.parametrize("head, extra, expected_losses", [
-    ("pretraining", {}, {"mlm", "mpm", "alignment"}),
-    ("pretraining", {"pretraining": {"mpm_loss": "mse"}, "loss_weighting": {"mode": "fixed"}},
-     {"mlm", "mpm", "alignment"}),
-    ("pretraining", {"loss_weighting": {"adaptive": {"grad_source": "shared"}}}, {"mlm", "mpm", "alignment"}),
-    ("pretraining", {"segments": "query_title_image"}, {"mlm", "mpm", "alignment"}),
-    ("pretraining", {"pretraining": {"tasks": ["mlm", "mpm"]}}, {"mlm", "mpm"}),
-    ("alignment", {}, {"alignment"}),
-    ("classification", {}, {"classification"}),
-])
+@pytest.mark.parametrize(
+    "head, extra, expected_losses",
+    [
+        ("pretraining", {}, {"mlm", "mpm", "alignment"}),
+        (
+            "pretraining",
+            {"pretraining": {"mpm_loss": "mse"}, "loss_weighting": {"mode": "fixed"}},
+            {"mlm", "mpm", "alignment"},
+        ),
+        ("pretraining", {"loss_weighting": {"adaptive": {"grad_source": "shared"}}}, {"mlm", "mpm", "alignment"}),
+        ("pretraining", {"segments": "query_title_image"}, {"mlm", "mpm", "alignment"}),
+        ("pretraining", {"pretraining": {"tasks": ["mlm", "mpm"]}}, {"mlm", "mpm"}),
+        ("alignment", {}, {"alignment"}),
+        ("classification", {}, {"classification"}),
+    ],
+)
 def test_every_head_trains_with_finite_gradients(mmf_registry, head, extra, expected_losses):
     model = _build(mmf_registry, head=head, **extra)
     model.train()
@@ -419,8 +483,9 @@ def test_every_head_trains_with_finite_gradients(mmf_registry, head, extra, expe
     assert torch.isfinite(total)
     total.backward()
     # without the alignment task nothing reads the pooled [CLS]
-    _check_gradients(model, unused=() if "alignment" in expected_losses or head != "pretraining"
-                     else ("text_encoder.pooler.",))
+    _check_gradients(
+        model, unused=() if "alignment" in expected_losses or head != "pretraining" else ("text_encoder.pooler.",)
+    )
     if head == "pretraining":
         weights = output["loss_weights"]
         if _config(**extra).loss_weighting.get("mode", "adaptive") == "adaptive":
@@ -441,12 +506,12 @@ def test_match_scores_is_the_alignment_margin_and_keeps_the_mode(mmf_registry):
     batch = _sample_list()
     pairs = {key: batch[key] for key in ("image", "input_ids", "attention_mask", "token_type_ids")}
     scores = model.match_scores(pairs)
-    logits = model.alignment_logits(model.encode_patches(batch["image"]), batch["input_ids"],
-                                    batch["attention_mask"])
+    logits = model.alignment_logits(model.encode_patches(batch["image"]), batch["input_ids"], batch["attention_mask"])
     assert scores.shape == (B,)
     assert torch.allclose(scores, logits[:, 1] - logits[:, 0], atol=1e-5)
-    assert torch.allclose(model.match_scores(batch["image"], batch["input_ids"], batch["attention_mask"]),
-                          scores, atol=1e-5)
+    assert torch.allclose(
+        model.match_scores(batch["image"], batch["input_ids"], batch["attention_mask"]), scores, atol=1e-5
+    )
     assert not model.training
     model.train()
     model.match_scores(pairs)
@@ -457,20 +522,26 @@ def test_hundred_negative_metric_scores_pairs_with_the_model(mmf_registry):
     model = _build(mmf_registry, head="alignment")
     model.eval()
     batch = _sample_list()
-    report = {key: batch[key] for key in ("image", "input_ids", "attention_mask", "token_type_ids",
-                                          "product_id", "subcategory_id")}
+    report = {
+        key: batch[key]
+        for key in ("image", "input_ids", "attention_mask", "token_type_ids", "product_id", "subcategory_id")
+    }
     report["subcategory_id"] = torch.zeros(B, dtype=torch.long)
     metric = mmf_registry.get_metric_class("r@k_kaleido")(
-        num_queries=B, num_negatives=3, seeds=[0], ks=[1, 4], scoring="model")
+        num_queries=B, num_negatives=3, seeds=[0], ks=[1, 4], scoring="model"
+    )
     values = metric.calculate(report, report, model=model)
     assert values["i2t_r@4"] == 100.0 and values["t2i_r@4"] == 100.0  # 1 positive + 3 negatives
     assert 0.0 <= values["i2t_r@1"] <= 100.0
 
 
-@pytest.mark.parametrize("config_file, head, new_weights", [
-    ("itr.yaml", "alignment", ()),
-    ("scr.yaml", "classification", ("classification_head.",)),
-])
+@pytest.mark.parametrize(
+    "config_file, head, new_weights",
+    [
+        ("itr.yaml", "alignment", ()),
+        ("scr.yaml", "classification", ("classification_head.",)),
+    ],
+)
 def test_pretrained_weights_map_into_the_downstream_heads(mmf_registry, config_file, head, new_weights):
     from mmf_fashion.trainers.checkpointing import apply_state_mapping
 
@@ -491,9 +562,11 @@ def test_pretrained_weights_map_into_the_downstream_heads(mmf_registry, config_f
 
 def test_shortlist_towers_give_two_stream_embeddings_in_eval(mmf_registry, tmp_path):
     towers = {"image_encoder": "mobilenet_v3_small", "text_encoder": TINY_TEXT, "embed_dim": 16}
-    align = mmf_registry.get_model_class("align")(OmegaConf.create(
-        {"head": "contrastive", "image_encoder": "mobilenet_v3_small", "text_encoder": TINY_TEXT,
-         "embed_dim": 16}))
+    align = mmf_registry.get_model_class("align")(
+        OmegaConf.create(
+            {"head": "contrastive", "image_encoder": "mobilenet_v3_small", "text_encoder": TINY_TEXT, "embed_dim": 16}
+        )
+    )
     align.build()
     path = str(tmp_path / "align_final.pth")
     torch.save(align.state_dict(), path)
@@ -504,11 +577,15 @@ def test_shortlist_towers_give_two_stream_embeddings_in_eval(mmf_registry, tmp_p
     batch = _sample_list()
     output = model(batch)
     assert torch.allclose(output["image_embedding"], align.encode_image(batch["image"]), atol=1e-5)
-    assert torch.allclose(output["text_embedding"], align.encode_text(batch["input_ids"], batch["attention_mask"],
-                                                                      batch["token_type_ids"]), atol=1e-5)
+    assert torch.allclose(
+        output["text_embedding"],
+        align.encode_text(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]),
+        atol=1e-5,
+    )
     with pytest.raises(FileNotFoundError, match="no such file"):
-        _build(mmf_registry, head="alignment", shortlist={"enabled": True, "checkpoint": str(tmp_path / "x.pth"),
-                                                           **towers})
+        _build(
+            mmf_registry, head="alignment", shortlist={"enabled": True, "checkpoint": str(tmp_path / "x.pth"), **towers}
+        )
 
 
 def test_bad_config_and_missing_keys_are_named(mmf_registry):

@@ -1,6 +1,7 @@
 """FashionViL: every head and every pretraining task runs forward + backward at tiny size
 through MMF's registry; each loss equals its formula; ITM negatives; MPFC masking; PAC targets;
 ITC / MVC projection heads; OCIR same-category negatives; CR (category targets)."""
+
 import math
 import os
 
@@ -8,25 +9,45 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from tiny_models import (
+    FASHIONVIL_BATCH as BATCH,
+)
+from tiny_models import (
+    FASHIONVIL_CONTRASTIVE_DIM as CONTRASTIVE_DIM,
+)
+from tiny_models import (
+    FASHIONVIL_GRID as GRID,
+)
+from tiny_models import (
+    FASHIONVIL_TOKENIZER as TOKENIZER,
+)
+from tiny_models import (
+    build_fashionvil as build,
+)
+from tiny_models import (
+    fashionvil_batch as sample_list,
+)
+from tiny_models import (
+    fashionvil_classification_batch,
+    fashionvil_composition_batch,
+    write_fashionvil_tokenizer,
+)
+from tiny_models import (
+    fashionvil_config as tiny_config,
+)
+from tiny_models import (
+    fashionvil_ocir_batch as ocir_batch,
+)
+from tiny_models import (
+    fashionvil_pretraining_batch as pretraining_batch,
+)
+from tiny_models import (
+    fashionvil_update_running as update_running,
+)
 
 from mmf_fashion.modules.fashionvil import tasks as T
 from mmf_fashion.modules.fashionvil.heads import CategorySubspaces, CosineClassifier, resolve_contrastive_dim
 from mmf_fashion.modules.losses import batch_classification_loss
-from tiny_models import (
-    FASHIONVIL_BATCH as BATCH,
-    FASHIONVIL_CONTRASTIVE_DIM as CONTRASTIVE_DIM,
-    FASHIONVIL_GRID as GRID,
-    FASHIONVIL_TOKENIZER as TOKENIZER,
-    build_fashionvil as build,
-    fashionvil_batch as sample_list,
-    fashionvil_classification_batch,
-    fashionvil_composition_batch,
-    fashionvil_config as tiny_config,
-    fashionvil_ocir_batch as ocir_batch,
-    fashionvil_pretraining_batch as pretraining_batch,
-    fashionvil_update_running as update_running,
-    write_fashionvil_tokenizer,
-)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_YAML = os.path.join(ROOT, "mmf_fashion", "models", "configs", "fashionvil.yaml")
@@ -37,14 +58,24 @@ TEXT_TOWER = ["text_encoder.embeddings.", "text_encoder.encoder."]
 IMAGE_TOWER = ["image_encoder.", "image_projection."]
 FUSION = IMAGE_TOWER + TEXT_TOWER + ["visual_embeddings."]
 EXPECTED = {
-    "itc": (IMAGE_TOWER + TEXT_TOWER + ["logit_scale.", "itc_projection."],
-            ["visual_embeddings.", "text_encoder.pooler.", "itm_head.", "mvc_projection."]),
-    "itm": (FUSION + ["text_encoder.pooler.", "itm_head."], ["logit_scale.", "mlm_head.", "pac_head.", "itc_projection."]),
+    "itc": (
+        IMAGE_TOWER + TEXT_TOWER + ["logit_scale.", "itc_projection."],
+        ["visual_embeddings.", "text_encoder.pooler.", "itm_head.", "mvc_projection."],
+    ),
+    "itm": (
+        FUSION + ["text_encoder.pooler.", "itm_head."],
+        ["logit_scale.", "mlm_head.", "pac_head.", "itc_projection."],
+    ),
     "mlm": (FUSION + ["mlm_head."], ["itm_head.", "mpfc_head.", "logit_scale."]),
     "mpfc": (FUSION + ["mpfc_head."], ["mpfc_tokenizer.", "itm_head.", "mlm_head."]),
-    "mvc": (FUSION + ["logit_scale.", "mvc_projection."], ["itm_head.", "text_encoder.pooler.", "pac_head.", "itc_projection."]),
-    "pac": (IMAGE_TOWER + TEXT_TOWER + ["pac_head."],
-            ["visual_embeddings.", "itm_head.", "logit_scale.", "itc_projection.", "mvc_projection."]),
+    "mvc": (
+        FUSION + ["logit_scale.", "mvc_projection."],
+        ["itm_head.", "text_encoder.pooler.", "pac_head.", "itc_projection."],
+    ),
+    "pac": (
+        IMAGE_TOWER + TEXT_TOWER + ["pac_head."],
+        ["visual_embeddings.", "itm_head.", "logit_scale.", "itc_projection.", "mvc_projection."],
+    ),
 }
 
 
@@ -152,12 +183,24 @@ def test_missing_key_names_the_task_and_the_option(pretraining_model):
 
 # ---------------------------------------------------------------- downstream heads
 HEAD_CASES = {
-    "contrastive": (lambda: sample_list(), "contrastive",
-                    IMAGE_TOWER + TEXT_TOWER + ["logit_scale.", "itc_projection."],
-                    ["visual_embeddings.", "text_encoder.pooler."]),
-    "composition": (fashionvil_composition_batch, "batch_classification", FUSION + ["logit_scale."], ["text_encoder.pooler."]),
-    "classification": (fashionvil_classification_batch, "cross_entropy",
-                       FUSION + ["text_encoder.pooler.", "classification_head."], ["logit_scale."]),
+    "contrastive": (
+        lambda: sample_list(),
+        "contrastive",
+        IMAGE_TOWER + TEXT_TOWER + ["logit_scale.", "itc_projection."],
+        ["visual_embeddings.", "text_encoder.pooler."],
+    ),
+    "composition": (
+        fashionvil_composition_batch,
+        "batch_classification",
+        FUSION + ["logit_scale."],
+        ["text_encoder.pooler."],
+    ),
+    "classification": (
+        fashionvil_classification_batch,
+        "cross_entropy",
+        FUSION + ["text_encoder.pooler.", "classification_head."],
+        ["logit_scale."],
+    ),
     "ocir": (ocir_batch, "ocir", IMAGE_TOWER + ["ocir_head.", "logit_scale."], TEXT_TOWER + ["visual_embeddings."]),
 }
 
@@ -222,8 +265,10 @@ def test_ocir_loss_ignores_candidates_of_other_categories():
     moved = target.clone()
     moved[[1, 3, 4]] = F.normalize(torch.randn(3, 6, generator=generator), dim=-1)
     rows = torch.tensor([0, 2])
-    assert torch.allclose(T.ocir_loss(query[rows], target[rows], category[rows], scale),
-                          T.ocir_loss(query[rows], moved[rows], category[rows], scale))
+    assert torch.allclose(
+        T.ocir_loss(query[rows], target[rows], category[rows], scale),
+        T.ocir_loss(query[rows], moved[rows], category[rows], scale),
+    )
     # a query whose category has no other blank has nothing to rank against: zero loss
     assert torch.allclose(T.ocir_loss(query[3:4], target[3:4], category[3:4], scale), torch.tensor(0.0))
     everything = T.ocir_loss(query, target, category, scale, same_category=False)
@@ -276,10 +321,13 @@ def test_mvc_uses_its_own_projection_not_the_itc_one(pretraining_model):
         model.eval()  # no dropout: two forwards give the same numbers
         output = T.run_mvc(model, batch)
         image = model.mvc_projection.f(model.image_embedding(batch["image"]))
-        fused = model.fuse(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                           model.image_tokens(batch["image_2"]))
+        fused = model.fuse(
+            batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], model.image_tokens(batch["image_2"])
+        )
         composed = model.mvc_projection.g(fused.visual_mean())
-        assert torch.allclose(output["losses"]["mvc"], _symmetric_infonce(image, composed, model.logit_scale()), atol=1e-5)
+        assert torch.allclose(
+            output["losses"]["mvc"], _symmetric_infonce(image, composed, model.logit_scale()), atol=1e-5
+        )
         assert output["mvc_image_embedding"].shape == (BATCH, CONTRASTIVE_DIM)
         # changing ITC's head leaves MVC unchanged
         saved = {k: v.clone() for k, v in model.itc_projection.state_dict().items()}
@@ -336,12 +384,17 @@ def test_match_scores_is_the_itm_margin(mmf_registry):
     # embed_images / embed_texts / embed_composed unit rows: tests/test_registry.py
     model = build(mmf_registry, tiny_config("contrastive", build_itm_head=True)).eval()
     batch = sample_list()
-    positional = model.match_scores(batch["image"], batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    positional = model.match_scores(
+        batch["image"], batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    )
     from_pairs = model.match_scores({k: batch[k] for k in ("image", "input_ids", "attention_mask", "token_type_ids")})
     assert positional.shape == (BATCH,) and torch.allclose(positional, from_pairs)
     assert not model.training
-    logits = model.itm_head(model.fuse(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                                       model.image_tokens(batch["image"])).pooled)
+    logits = model.itm_head(
+        model.fuse(
+            batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], model.image_tokens(batch["image"])
+        ).pooled
+    )
     assert torch.allclose(positional, logits[:, 1] - logits[:, 0], atol=1e-5)
 
 
@@ -439,7 +492,9 @@ def test_ocir_query_ranks_like_the_mean_subspace_compatibility():
     unit = F.normalize(items[0], dim=-1)
     masks = head.pair_mask(categories[0], blank.expand(3))
     direct = torch.stack([sum((masks[i] * unit[i] * masks[i] * y).sum() for i in range(2)) / 2 for y in candidates])
-    assert torch.equal(torch.argsort(query[0] @ candidates.t(), descending=True), torch.argsort(direct, descending=True))
+    assert torch.equal(
+        torch.argsort(query[0] @ candidates.t(), descending=True), torch.argsort(direct, descending=True)
+    )
     assert torch.allclose(F.normalize(direct, dim=0), F.normalize(query[0] @ candidates.t(), dim=0), atol=1e-5)
     with pytest.raises(ValueError, match="num_categories"):
         head.outfit_query(items, categories, valid, torch.tensor([5]))
@@ -474,8 +529,14 @@ def test_itm_choice_never_labels_the_positive_as_negative(seed):
 
 # ---------------------------------------------------------------- project configs
 PROJECT = os.path.join(ROOT, "projects", "fashionvil", "configs")
-TASK_HEADS = {"pretrain": "pretraining", "itr": "contrastive", "tgir": "composition",
-              "scr": "classification", "cr": "classification", "ocir": "ocir"}
+TASK_HEADS = {
+    "pretrain": "pretraining",
+    "itr": "contrastive",
+    "tgir": "composition",
+    "scr": "classification",
+    "cr": "classification",
+    "ocir": "ocir",
+}
 
 
 @pytest.mark.parametrize("task", sorted(TASK_HEADS))
@@ -488,8 +549,14 @@ def test_project_config_selects_its_head_and_a_buildable_model_config(task):
         assert config.checkpoint.resume_pretrained
         assert config.checkpoint.resume_file.endswith("fashionvil_pretrain/fashionvil_final.pth")
         assert set(config.checkpoint.pretrained_state_mapping) <= {
-            "image_encoder", "image_projection", "text_encoder", "visual_embeddings", "logit_scale", "itm_head",
-            "itc_projection"}
+            "image_encoder",
+            "image_projection",
+            "text_encoder",
+            "visual_embeddings",
+            "logit_scale",
+            "itm_head",
+            "itc_projection",
+        }
 
 
 def test_itr_reports_full_ranking_and_the_100_negative_protocol():
@@ -530,7 +597,9 @@ def test_paper_override_gives_the_paper_sizes(tmp_path, mmf_registry):
     from mmf.utils.configuration import load_yaml
 
     user = tmp_path / "paper_pretrain.yaml"
-    user.write_text(f"includes:\n  - {os.path.join(PROJECT, 'pretrain.yaml')}\n  - {os.path.join(PROJECT, 'paper.yaml')}\n")
+    user.write_text(
+        f"includes:\n  - {os.path.join(PROJECT, 'pretrain.yaml')}\n  - {os.path.join(PROJECT, 'paper.yaml')}\n"
+    )
     config = load_yaml(str(user))
     model = config.model_config.fashionvil
     assert model.head == "pretraining"

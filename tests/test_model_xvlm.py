@@ -1,37 +1,53 @@
 """X-VLM: box-to-patch rule, concept pooling, restricted cross-attention, ITC/ITM/MLM/box maths,
 the text/fusion split of one BERT, region MLM, every head through MMF's registry, and the
 grounding metric."""
+
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tiny_models import (
+    XVLM_B as B,
+)
+from tiny_models import (
+    XVLM_L as L,
+)
+from tiny_models import (
+    XVLM_LB as LB,
+)
+from tiny_models import (
+    XVLM_R as R,
+)
+from tiny_models import (
+    XVLM_TINY as TINY,
+)
+from tiny_models import (
+    build_xvlm as _build,
+)
+from tiny_models import (
+    xvlm_batch as _sample_list,
+)
 from torchvision.ops import box_convert, generalized_box_iou, generalized_box_iou_loss
 
 from mmf_fashion.modules import xvlm_ops as X
 from mmf_fashion.modules.encoders import masked_mean
 from mmf_fashion.modules.xvlm import XVLMNetwork, temperature
-from tiny_models import (
-    XVLM_B as B,
-    XVLM_L as L,
-    XVLM_LB as LB,
-    XVLM_R as R,
-    XVLM_TINY as TINY,
-    build_xvlm as _build,
-    xvlm_batch as _sample_list,
-)
 
 
 # ------------------------------------------------------------ box -> patches
-@pytest.mark.parametrize("box, expected_ranges, expected_patches", [
-    # (x, y, w, h) pixels on a 64 px image, patch 16 -> 4 x 4 grid, patches row-major
-    ((0, 0, 16, 16), (0, 1, 0, 1), [0]),
-    ((10, 20, 30, 10), (0, 3, 1, 2), [4, 5, 6]),          # floor(10/16)=0, ceil(40/16)=3; rows 1..2
-    ((33, 33, 1, 1), (2, 3, 2, 3), [10]),                 # inside one patch
-    ((16, 16, 16, 16), (1, 2, 1, 2), [5]),                # on patch borders: no spill into the next patch
-    ((60, 60, 4, 4), (3, 4, 3, 4), [15]),                 # bottom-right corner
-    ((64, 0, 0, 8), (3, 4, 0, 1), [3]),                   # zero width at the edge: clamped, still one patch
-    ((32, 8, 0, 0), (2, 3, 0, 1), [2]),                   # no area on a patch border: x_max = x_min + 1
-    ((0, 0, 64, 64), (0, 4, 0, 4), list(range(16))),      # whole image
-])
+@pytest.mark.parametrize(
+    "box, expected_ranges, expected_patches",
+    [
+        # (x, y, w, h) pixels on a 64 px image, patch 16 -> 4 x 4 grid, patches row-major
+        ((0, 0, 16, 16), (0, 1, 0, 1), [0]),
+        ((10, 20, 30, 10), (0, 3, 1, 2), [4, 5, 6]),  # floor(10/16)=0, ceil(40/16)=3; rows 1..2
+        ((33, 33, 1, 1), (2, 3, 2, 3), [10]),  # inside one patch
+        ((16, 16, 16, 16), (1, 2, 1, 2), [5]),  # on patch borders: no spill into the next patch
+        ((60, 60, 4, 4), (3, 4, 3, 4), [15]),  # bottom-right corner
+        ((64, 0, 0, 8), (3, 4, 0, 1), [3]),  # zero width at the edge: clamped, still one patch
+        ((32, 8, 0, 0), (2, 3, 0, 1), [2]),  # no area on a patch border: x_max = x_min + 1
+        ((0, 0, 64, 64), (0, 4, 0, 4), list(range(16))),  # whole image
+    ],
+)
 def test_box_to_patch_rule_on_hand_worked_boxes(box, expected_ranges, expected_patches):
     pixels = torch.tensor([box], dtype=torch.float)
     ranges = X.box_patch_ranges(pixels, patch_size=16, grid_hw=(4, 4))
@@ -91,20 +107,21 @@ def test_region_cross_attention_sees_only_the_patches_in_its_box():
     assert inside[1].nonzero().flatten().tolist() == [15]
 
     def region_outputs(tokens):
-        pairs = net.build_pairs(tokens, boxes=boxes, box_valid=valid, box_input_ids=phrase,
-                                box_attention_mask=phrase_mask)
+        pairs = net.build_pairs(
+            tokens, boxes=boxes, box_valid=valid, box_input_ids=phrase, box_attention_mask=phrase_mask
+        )
         fused = net.fuse(pairs.text_hidden, pairs.text_mask, pairs.concept_tokens, pairs.concept_mask)
         return fused, pairs.concept_feat
 
     with torch.no_grad():
         fused, feat = region_outputs(image_tokens)
         outside = image_tokens.clone()
-        outside[:, 0] += 3.0                       # the ViT [CLS] is not part of a region concept
+        outside[:, 0] += 3.0  # the ViT [CLS] is not part of a region concept
         outside[0, 1:][~inside[0]] += 5.0
         outside[1, 1:][~inside[1]] -= 5.0
         fused_out, feat_out = region_outputs(outside)
         changed = image_tokens.clone()
-        changed[0, 1 + 5] += 5.0                   # a patch inside the first box
+        changed[0, 1 + 5] += 5.0  # a patch inside the first box
         fused_in, _ = region_outputs(changed)
     assert torch.allclose(fused, fused_out, atol=1e-5)
     assert torch.allclose(feat, feat_out, atol=1e-6)
@@ -120,7 +137,7 @@ def test_fusing_in_buckets_cut_to_the_real_length_changes_nothing():
     concept_mask[1, 5:] = 0
     hidden = torch.randn(4, 9, 32)
     text_mask = torch.ones(4, 9, dtype=torch.long)
-    text_mask[2:, 3:] = 0                                  # two short texts
+    text_mask[2:, 3:] = 0  # two short texts
     hidden[2:, 3:] = 0.0
     with torch.no_grad():
         full = net.fuse(hidden, text_mask, tokens, concept_mask)[:, 0]
@@ -133,8 +150,17 @@ def _saved_bert(tmp_path, layers=4):
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(5)
-    bert = BertModel(BertConfig(vocab_size=3000, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                                intermediate_size=64, max_position_embeddings=64), add_pooling_layer=False)
+    bert = BertModel(
+        BertConfig(
+            vocab_size=3000,
+            hidden_size=32,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        ),
+        add_pooling_layer=False,
+    )
     with torch.no_grad():  # distinct non-trivial values everywhere (LayerNorms and biases start at 1 / 0)
         for parameter in bert.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
@@ -154,7 +180,7 @@ def test_text_and_fusion_layers_come_from_one_saved_bert(tmp_path):
 
     bert, path = _saved_bert(tmp_path, layers=4)
     net = _split_network(path)
-    assert len(net.text_encoder.encoder.layer) == 2 and len(net.cross_encoder.layers) == 2   # half and half
+    assert len(net.text_encoder.encoder.layer) == 2 and len(net.cross_encoder.layers) == 2  # half and half
     assert net.text_encoder.config.num_hidden_layers == 2
     assert net.cross_encoder.split.tolist() == [2, 2]
     for index in range(2):
@@ -165,22 +191,24 @@ def test_text_and_fusion_layers_come_from_one_saved_bert(tmp_path):
         upper = bert.encoder.layer[2 + index].state_dict()
         state = fusion.state_dict()
         copied = [k for k in state if not k.startswith("crossattention.")]
-        assert sorted(copied) == sorted(upper)          # self-attention + feed-forward, by name
+        assert sorted(copied) == sorted(upper)  # self-attention + feed-forward, by name
         for key in copied:
             assert torch.equal(state[key], upper[key]), key
-        cross = {k[len("crossattention."):]: v for k, v in state.items() if k.startswith("crossattention.")}
-        assert set(cross) == {k[len("attention."):] for k in upper if k.startswith("attention.")}
-        for key, value in cross.items():                # random: not a copy of any BERT attention weight
+        cross = {k[len("crossattention.") :]: v for k, v in state.items() if k.startswith("crossattention.")}
+        assert set(cross) == {k[len("attention.") :] for k in upper if k.startswith("attention.")}
+        for key, value in cross.items():  # random: not a copy of any BERT attention weight
             if key.endswith("weight") and "LayerNorm" not in key:
-                assert not any(torch.equal(value, layer.state_dict()["attention." + key])
-                               for layer in bert.encoder.layer)
+                assert not any(
+                    torch.equal(value, layer.state_dict()["attention." + key]) for layer in bert.encoder.layer
+                )
     # the text encoder computes what the saved BERT's lower half computes
     ids = torch.randint(1000, 2000, (2, 7))
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 5:] = 0
     with torch.no_grad():
-        reference = bert(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids),
-                         output_hidden_states=True).hidden_states[2]
+        reference = bert(
+            input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids), output_hidden_states=True
+        ).hidden_states[2]
         assert torch.allclose(net.encode_text(ids, mask), reference, atol=1e-5)
 
 
@@ -229,12 +257,15 @@ def test_a_checkpoint_of_another_layout_is_refused_by_name(tmp_path, mmf_registr
     # and on the strict path (resume, runtime.build_model_from_config): the layout, not a key list
     with pytest.raises(ValueError, match="old X-VLM layout.*text_encoder.fusion_layers"):
         load_model_state(fresh, old, strict=True, source="old.pth")
-    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())   # nothing half loaded
-    assert not torch.equal(before["cross_encoder.layers.0.intermediate.dense.weight"],
-                           state["cross_encoder.layers.0.intermediate.dense.weight"])
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())  # nothing half loaded
+    assert not torch.equal(
+        before["cross_encoder.layers.0.intermediate.dense.weight"],
+        state["cross_encoder.layers.0.intermediate.dense.weight"],
+    )
     # another split of the same depth: named too
-    other = XVLMNetwork({**TINY, "text_encoder": {**TINY["text_encoder"], "num_hidden_layers": 3,
-                                                   "fusion_layers": 2}}).state_dict()
+    other = XVLMNetwork(
+        {**TINY, "text_encoder": {**TINY["text_encoder"], "num_hidden_layers": 3, "fusion_layers": 2}}
+    ).state_dict()
     with pytest.raises(ValueError, match="1 text \\+ 2 fusion layers.*text_encoder.fusion_layers"):
         fresh.load_state_dict(other, strict=False)
     # the same layout loads; so does a text-only transfer (no fusion weights)
@@ -249,11 +280,14 @@ def test_a_checkpoint_of_another_layout_is_refused_by_name(tmp_path, mmf_registr
 
     with pytest.raises(ValueError, match="2 text layers \\+ 1 cross layers.*mark_old_layout"):
         fresh.load_state_dict(old, strict=False)
-    rebuilt = XVLMNetwork({**TINY, "text_encoder": {**TINY["text_encoder"], "num_hidden_layers": 3,
-                                                     "fusion_layers": 1}})
+    rebuilt = XVLMNetwork(
+        {**TINY, "text_encoder": {**TINY["text_encoder"], "num_hidden_layers": 3, "fusion_layers": 1}}
+    )
     rebuilt.load_state_dict(mark_old_layout(old), strict=True)
-    assert torch.equal(rebuilt.cross_encoder.layers[0].crossattention.self.key.weight,
-                       state["cross_encoder.layers.0.crossattention.self.key.weight"])
+    assert torch.equal(
+        rebuilt.cross_encoder.layers[0].crossattention.self.key.weight,
+        state["cross_encoder.layers.0.crossattention.self.key.weight"],
+    )
 
 
 # --------------------------------------------------------------- region MLM
@@ -268,8 +302,9 @@ def test_region_mlm_predicts_phrase_tokens_from_the_box_pooled_concept():
     inside = net.region_patch_masks(boxes[:, 0])
 
     def loss(tokens, seed=0):
-        pairs = net.build_pairs(tokens, boxes=boxes, box_valid=valid, box_input_ids=phrase,
-                                box_attention_mask=phrase_mask)
+        pairs = net.build_pairs(
+            tokens, boxes=boxes, box_valid=valid, box_input_ids=phrase, box_attention_mask=phrase_mask
+        )
         return net.region_mlm_loss(pairs, generator=torch.Generator().manual_seed(seed))
 
     with torch.no_grad():
@@ -278,23 +313,32 @@ def test_region_mlm_predicts_phrase_tokens_from_the_box_pooled_concept():
         outside[0, 1:][~inside[0]] += 5.0
         outside[1, 1:][~inside[1]] -= 5.0
         changed = image_tokens.clone()
-        changed[0, 1 + 5] += 5.0                  # a patch inside the first box
+        changed[0, 1 + 5] += 5.0  # a patch inside the first box
         assert reference is not None and torch.isfinite(reference)
         assert torch.allclose(loss(outside), reference, atol=1e-5)
         assert not torch.allclose(loss(changed), reference, atol=1e-5)
         # by hand: mask the phrases the same way, fuse with the concepts, predict with the tied head
-        pairs = net.build_pairs(image_tokens, boxes=boxes, box_valid=valid, box_input_ids=phrase,
-                                box_attention_mask=phrase_mask)
+        pairs = net.build_pairs(
+            image_tokens, boxes=boxes, box_valid=valid, box_input_ids=phrase, box_attention_mask=phrase_mask
+        )
         tokenizer = net.tokenizer
-        masked, labels = X.mask_tokens(pairs.text_ids, pairs.text_mask, tokenizer.all_special_ids,
-                                       tokenizer.mask_token_id, net.text_encoder.config.vocab_size, 0.25, 8,
-                                       torch.Generator().manual_seed(0))
-        fused = net.fuse(net.encode_text(masked, pairs.text_mask), pairs.text_mask, pairs.concept_tokens,
-                         pairs.concept_mask)
+        masked, labels = X.mask_tokens(
+            pairs.text_ids,
+            pairs.text_mask,
+            tokenizer.all_special_ids,
+            tokenizer.mask_token_id,
+            net.text_encoder.config.vocab_size,
+            0.25,
+            8,
+            torch.Generator().manual_seed(0),
+        )
+        fused = net.fuse(
+            net.encode_text(masked, pairs.text_mask), pairs.text_mask, pairs.concept_tokens, pairs.concept_mask
+        )
         chosen = labels != -100
         expected = torch.nn.functional.cross_entropy(net.mlm_head(fused[chosen]), labels[chosen])
     assert reference.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert chosen.sum(1).tolist() == [1, 1]       # 4 real tokens * 0.25 -> 1 per phrase
+    assert chosen.sum(1).tolist() == [1, 1]  # 4 real tokens * 0.25 -> 1 per phrase
     # captions only: no region MLM
     captions = net.build_pairs(image_tokens, torch.randint(1000, 2000, (2, 5)), torch.ones(2, 5, dtype=torch.long))
     assert net.region_mlm_loss(captions) is None
@@ -307,8 +351,9 @@ def test_box_losses_equal_torchvision_giou_and_hand_values():
     l1, giou = X.box_regression_losses(pred, target)
     # box 0: disjoint quarters, union 0.5, hull 1 -> GIoU = 0 - 0.5 / 1 -> loss 1.5; box 1: identical -> 0
     assert giou.item() == pytest.approx((1.5 + 0.0) / 2, abs=1e-6)
-    reference = 1 - generalized_box_iou(box_convert(pred, "cxcywh", "xyxy"),
-                                        box_convert(target, "cxcywh", "xyxy")).diagonal()
+    reference = (
+        1 - generalized_box_iou(box_convert(pred, "cxcywh", "xyxy"), box_convert(target, "cxcywh", "xyxy")).diagonal()
+    )
     assert giou.item() == pytest.approx(reference.mean().item(), abs=1e-6)
     assert l1.item() == pytest.approx((0.5 + 0.5 + 0 + 0) / 2, abs=1e-6)  # summed over coords, mean over boxes
     with pytest.raises(ValueError, match="box losses"):
@@ -320,11 +365,12 @@ def test_giou_loss_equals_torchvision_generalized_box_iou_loss_on_random_boxes()
     centres = torch.rand(64, 2, generator=generator)
     sizes = torch.rand(64, 2, generator=generator) * 0.6 + 0.01
     pred = torch.cat((centres, sizes), dim=1)
-    target = torch.cat((torch.rand(64, 2, generator=generator), torch.rand(64, 2, generator=generator) * 0.6 + 0.01),
-                       dim=1)
-    target[:8] = pred[:8]                       # some identical, some overlapping, most apart
+    target = torch.cat(
+        (torch.rand(64, 2, generator=generator), torch.rand(64, 2, generator=generator) * 0.6 + 0.01), dim=1
+    )
+    target[:8] = pred[:8]  # some identical, some overlapping, most apart
 
-    def corners(boxes):                         # (cx, cy, w, h) -> (x0, y0, x1, y1), written out by hand
+    def corners(boxes):  # (cx, cy, w, h) -> (x0, y0, x1, y1), written out by hand
         cx, cy, w, h = boxes.unbind(-1)
         return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
 
@@ -332,7 +378,7 @@ def test_giou_loss_equals_torchvision_generalized_box_iou_loss_on_random_boxes()
     reference = generalized_box_iou_loss(corners(pred), corners(target), reduction="none")
     assert giou.item() == pytest.approx(reference.mean().item(), rel=1e-5)
     assert l1.item() == pytest.approx((pred - target).abs().sum(1).mean().item(), rel=1e-5)
-    assert reference[:8].abs().max().item() < 1e-4 and reference.max().item() > 1.0   # both regimes are exercised
+    assert reference[:8].abs().max().item() < 1e-4 and reference.max().item() > 1.0  # both regimes are exercised
 
 
 def test_itc_soft_targets_share_positives_by_id():
@@ -346,8 +392,10 @@ def test_itc_soft_targets_share_positives_by_id():
     log_t2c = torch.log_softmax(scale * text @ concept.t(), dim=1)
     expected = (-(targets * log_c2t).sum(1).mean() - (targets * log_t2c).sum(1).mean()) / 2
     assert X.itc_loss(concept, text, scale, ids).item() == pytest.approx(expected.item(), rel=1e-5)
-    one_hot = (torch.nn.functional.cross_entropy(scale * concept @ text.t(), torch.arange(3))
-               + torch.nn.functional.cross_entropy(scale * text @ concept.t(), torch.arange(3))) / 2
+    one_hot = (
+        torch.nn.functional.cross_entropy(scale * concept @ text.t(), torch.arange(3))
+        + torch.nn.functional.cross_entropy(scale * text @ concept.t(), torch.arange(3))
+    ) / 2
     assert X.itc_loss(concept, text, scale, None).item() == pytest.approx(one_hot.item(), rel=1e-5)
 
 
@@ -369,8 +417,10 @@ def test_itc_gathers_rows_of_other_ranks_with_the_right_offset(monkeypatch):
     ids = torch.tensor([4, 5])
     loss = X.itc_loss(concept, text, torch.tensor(5.0), ids)
     all_text, all_concept = torch.cat((other_text, text)), torch.cat((other_concept, concept))
-    expected = (torch.nn.functional.cross_entropy(5.0 * concept @ all_text.t(), torch.tensor([3, 4]))
-                + torch.nn.functional.cross_entropy(5.0 * text @ all_concept.t(), torch.tensor([3, 4]))) / 2
+    expected = (
+        torch.nn.functional.cross_entropy(5.0 * concept @ all_text.t(), torch.tensor([3, 4]))
+        + torch.nn.functional.cross_entropy(5.0 * text @ all_concept.t(), torch.tensor([3, 4]))
+    ) / 2
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     loss.backward()
     assert torch.isfinite(concept.grad).all()
@@ -412,13 +462,13 @@ def test_mlm_masks_a_quarter_of_real_tokens_at_most_eight():
     ids = torch.randint(1000, 2000, (3, 40))
     ids[:, 0] = 101
     mask = torch.ones(3, 40, dtype=torch.long)
-    mask[1, 9:] = 0                      # 8 real tokens after [CLS] -> 2 masked
+    mask[1, 9:] = 0  # 8 real tokens after [CLS] -> 2 masked
     ids[1, 8] = 102
     ids[1, 9:] = 0
-    mask[2, 3:] = 0                      # 2 real tokens -> at least 1 masked
+    mask[2, 3:] = 0  # 2 real tokens -> at least 1 masked
     masked, labels = X.mask_tokens(ids, mask, [0, 101, 102], 103, 30522, 0.25, 8, generator)
     chosen = labels != -100
-    assert chosen.sum(1).tolist() == [8, 2, 1]          # row 0: 39 * 0.25 -> 10, capped at 8
+    assert chosen.sum(1).tolist() == [8, 2, 1]  # row 0: 39 * 0.25 -> 10, capped at 8
     assert torch.equal(labels[chosen], ids[chosen])
     assert not chosen[:, 0].any() and not chosen[1, 8:].any() and not chosen[2, 3:].any()
     assert torch.equal(masked[~chosen], ids[~chosen])
@@ -445,11 +495,14 @@ def test_paired_box_iou_is_the_diagonal_of_torchvision_box_iou():
 
 
 # -------------------------------------------------------- through MMF's registry
-@pytest.mark.parametrize("head, expected", [
-    ("pretraining", {"itc", "itm", "mlm", "mlm_region", "box_l1", "box_giou"}),
-    ("retrieval", {"itc", "itm"}),
-    ("grounding", {"box_l1", "box_giou"}),
-])
+@pytest.mark.parametrize(
+    "head, expected",
+    [
+        ("pretraining", {"itc", "itm", "mlm", "mlm_region", "box_l1", "box_giou"}),
+        ("retrieval", {"itc", "itm"}),
+        ("grounding", {"box_l1", "box_giou"}),
+    ],
+)
 def test_every_head_returns_its_losses(mmf_registry, head, expected):
     # gradients of every head (and what each leaves untrained): tests/test_registry.py
     model = _build(mmf_registry, head=head)
@@ -461,7 +514,7 @@ def test_every_head_returns_its_losses(mmf_registry, head, expected):
 def test_pretraining_without_regions_or_with_data_masking(mmf_registry):
     model = _build(mmf_registry, head="pretraining", mlm={"source": "data"})
     sample_list = _sample_list()
-    sample_list["box_valid"] = torch.zeros(B, R, dtype=torch.bool)   # boxes present, none valid
+    sample_list["box_valid"] = torch.zeros(B, R, dtype=torch.bool)  # boxes present, none valid
     sample_list["masked_input_ids"], sample_list["mlm_labels"] = sample_list["input_ids"], torch.full((B, L), -100)
     output = model(sample_list)
     # nothing to mask in the captions; no region: no box and no region MLM
@@ -494,8 +547,12 @@ def test_eval_outputs_embeddings_boxes_and_grounding_accuracy(mmf_registry):
     grounding = _build(mmf_registry, head="grounding").eval()
     with torch.no_grad():
         boxes = grounding(sample_list)["predicted_boxes"]
-        direct = grounding.predict_boxes(sample_list["image"], sample_list["box_input_ids"],
-                                         sample_list["box_attention_mask"], sample_list["box_valid"])
+        direct = grounding.predict_boxes(
+            sample_list["image"],
+            sample_list["box_input_ids"],
+            sample_list["box_attention_mask"],
+            sample_list["box_valid"],
+        )
     assert torch.allclose(boxes, direct, atol=1e-5)
     metric = mmf_registry.get_metric_class("grounding_accuracy")()
     perfect = metric.calculate(sample_list, {"predicted_boxes": sample_list["boxes"].clone()})
@@ -527,8 +584,9 @@ def test_retrieval_interface_and_itm_rerank(mmf_registry):
         scores = model.match_scores(sample_list)
         tokens = model.encode_image(sample_list["image"])
         hidden = model.encode_text(sample_list["input_ids"], sample_list["attention_mask"])
-        logits = model.itm_logits(tokens, torch.ones(tokens.shape[:2], dtype=torch.long), hidden,
-                                  sample_list["attention_mask"])
+        logits = model.itm_logits(
+            tokens, torch.ones(tokens.shape[:2], dtype=torch.long), hidden, sample_list["attention_mask"]
+        )
         output = model(sample_list)
     assert again.shape == (B,)
     assert torch.allclose(scores, logits[:, 1] - logits[:, 0], atol=1e-5)
@@ -577,9 +635,13 @@ def test_torchvision_vit_gives_cls_and_patch_tokens():
 def test_grounding_metric_counts_valid_regions_whatever_the_padding(mmf_registry):
     metric = mmf_registry.get_metric_class("grounding_accuracy")(threshold=0.5)
     # sample 0: 2 regions (hit, miss); sample 1: 1 region (hit); sample 2: none
-    target = torch.tensor([[[0.5, 0.5, 0.4, 0.4], [0.2, 0.2, 0.2, 0.2]],
-                           [[0.7, 0.3, 0.2, 0.2], [0.0, 0.0, 0.0, 0.0]],
-                           [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
+    target = torch.tensor(
+        [
+            [[0.5, 0.5, 0.4, 0.4], [0.2, 0.2, 0.2, 0.2]],
+            [[0.7, 0.3, 0.2, 0.2], [0.0, 0.0, 0.0, 0.0]],
+            [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]],
+        ]
+    )
     valid = torch.tensor([[True, True], [True, False], [False, False]])
     predicted = target.clone()
     predicted[0, 1] = torch.tensor([0.8, 0.8, 0.2, 0.2])
@@ -608,8 +670,9 @@ def test_grounding_metric_counts_valid_regions_whatever_the_padding(mmf_registry
     # flat (K, 4) rows
     flat = metric.calculate({"boxes": target[valid]}, {"predicted_boxes": predicted[valid]})
     assert flat == expected
-    assert metric.calculate({"boxes": target[:0, 0], "box_valid": valid[:0, 0]},
-                            {"predicted_boxes": predicted[:0, 0]}) == {"accuracy": 0.0, "num_boxes": 0.0}
+    assert metric.calculate(
+        {"boxes": target[:0, 0], "box_valid": valid[:0, 0]}, {"predicted_boxes": predicted[:0, 0]}
+    ) == {"accuracy": 0.0, "num_boxes": 0.0}
 
 
 def test_pretraining_eval_reports_boxes_for_batches_without_regions(mmf_registry):
@@ -637,14 +700,14 @@ def _two_box_image():
     import numpy as np
     from PIL import Image
 
-    pixels = np.zeros((48, 64, 3), dtype=np.uint8)   # H 48, W 64
-    pixels[6:20, 4:24, 0] = 255                     # red box (x 4, y 6, w 20, h 14)
-    pixels[26:44, 40:60, 1] = 255                   # green box (x 40, y 26, w 20, h 18)
+    pixels = np.zeros((48, 64, 3), dtype=np.uint8)  # H 48, W 64
+    pixels[6:20, 4:24, 0] = 255  # red box (x 4, y 6, w 20, h 14)
+    pixels[26:44, 40:60, 1] = 255  # green box (x 40, y 26, w 20, h 18)
     return Image.fromarray(pixels), [[4, 6, 20, 14], [40, 26, 20, 18]]
 
 
 def _channel_extent(image_tensor, channel):
-    bright = image_tensor[channel] > 0.5            # ImageNet-normalised: 255 -> > 2, 0 -> < -1.5
+    bright = image_tensor[channel] > 0.5  # ImageNet-normalised: 255 -> > 2, 0 -> < -1.5
     rows, cols = bright.any(1).nonzero().flatten(), bright.any(0).nonzero().flatten()
     size = image_tensor.shape[-1]
     x0, x1, y0, y1 = cols.min().item(), cols.max().item() + 1, rows.min().item(), rows.max().item() + 1
@@ -658,8 +721,15 @@ def test_keep_box_crop_keeps_the_picked_region_whole_and_follows_the_pixels(mmf_
     anchors, widths, flips = set(), set(), 0
     for seed in range(40):
         torch.manual_seed(seed)
-        out = box_processor({"image": image, "boxes": boxes, "phrases": ["red patch", "green patch"],
-                             "is_train": True, "image_processor": image_processor})
+        out = box_processor(
+            {
+                "image": image,
+                "boxes": boxes,
+                "phrases": ["red patch", "green patch"],
+                "is_train": True,
+                "image_processor": image_processor,
+            }
+        )
         assert out["image"].shape == (3, 32, 32)
         first = out["box_phrases"][0]
         channel = 0 if first == "red patch" else 1
@@ -670,15 +740,18 @@ def test_keep_box_crop_keeps_the_picked_region_whole_and_follows_the_pixels(mmf_
         assert torch.allclose(box, _channel_extent(out["image"], channel), atol=1.5 / 32), (seed, box)
         assert (box[:2] - box[2:] / 2 >= -1e-6).all() and (box[:2] + box[2:] / 2 <= 1 + 1e-6).all()
         widths.add(round(box[2].item(), 3))
-        flips += int(_channel_extent(out["image"], 0)[0] > _channel_extent(out["image"], 1)[0]
-                     if out["box_valid"].sum() == 2 else 0)
+        flips += int(
+            _channel_extent(out["image"], 0)[0] > _channel_extent(out["image"], 1)[0]
+            if out["box_valid"].sum() == 2
+            else 0
+        )
         # the other region is kept only when at least half of it is in the crop, and then follows its pixels
         if out["box_valid"][1]:
             other = 1 - channel
             assert torch.allclose(out["boxes"][1], _channel_extent(out["image"], other), atol=1.5 / 32)
     assert anchors == {"red patch", "green patch"}
-    assert len(widths) > 5                          # the crop is random
-    assert flips > 0                                # some crops were flipped (red ends up right of green)
+    assert len(widths) > 5  # the crop is random
+    assert flips > 0  # some crops were flipped (red ends up right of green)
 
 
 def test_keep_box_crop_never_flips_left_or_right_phrases_and_leaves_evaluation_alone(mmf_registry):
@@ -687,13 +760,21 @@ def test_keep_box_crop_never_flips_left_or_right_phrases_and_leaves_evaluation_a
     image, boxes = _two_box_image()
     for seed in range(10):
         torch.manual_seed(seed)
-        out = box_processor({"image": image, "boxes": boxes, "phrases": ["left patch", "green patch"],
-                             "is_train": True, "image_processor": image_processor})
+        out = box_processor(
+            {
+                "image": image,
+                "boxes": boxes,
+                "phrases": ["left patch", "green patch"],
+                "is_train": True,
+                "image_processor": image_processor,
+            }
+        )
         assert not out["flip_allowed"]
         if out["box_valid"].sum() == 2:
             assert _channel_extent(out["image"], 0)[0] < _channel_extent(out["image"], 1)[0]
-    evaluation = box_processor({"image": image, "boxes": boxes, "phrases": ["a", "b"], "is_train": False,
-                                "image_processor": image_processor})
+    evaluation = box_processor(
+        {"image": image, "boxes": boxes, "phrases": ["a", "b"], "is_train": False, "image_processor": image_processor}
+    )
     reference = image_processor({"image": image, "is_train": False})["image"]
     assert torch.equal(evaluation["image"], reference)
     assert evaluation["box_phrases"][:2] == ["a", "b"]

@@ -5,6 +5,7 @@ the command runs for itr, tgir and ocir with a tiny FashionViL on the
 synthetic fixture and must write a PNG of the announced size whose frames
 mark exactly the ground truth of each query.
 """
+
 import json
 
 import numpy as np
@@ -22,8 +23,11 @@ from mmf_fashion.visualize_retrieval import (
     sample_queries,
 )
 
-PROJECT = {"itr": "projects/fashionvil/configs/itr.yaml", "tgir": "projects/fashionvil/configs/tgir.yaml",
-           "ocir": "projects/fashionvil/configs/ocir.yaml"}
+PROJECT = {
+    "itr": "projects/fashionvil/configs/itr.yaml",
+    "tgir": "projects/fashionvil/configs/tgir.yaml",
+    "ocir": "projects/fashionvil/configs/ocir.yaml",
+}
 DATASET = {"itr": "fashiongen", "tgir": "fashioniq", "ocir": "polyvore_ocir"}
 GROUND_TRUTH_KEY = {"itr": "product_id", "tgir": "target_id", "ocir": "blank_id"}
 TINY_TEXT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
@@ -31,8 +35,12 @@ TINY_TEXT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2
 
 def tiny_overrides(task, data_dir):
     dataset = DATASET[task]
-    overrides = [f"env.data_dir={data_dir}", f"dataset_config.{dataset}.processors.image_processor.params.size=32",
-                 "model_config.fashionvil.max_text_length=16", "model_config.fashionvil.image_encoder.name=resnet18"]
+    overrides = [
+        f"env.data_dir={data_dir}",
+        f"dataset_config.{dataset}.processors.image_processor.params.size=32",
+        "model_config.fashionvil.max_text_length=16",
+        "model_config.fashionvil.image_encoder.name=resnet18",
+    ]
     overrides += [f"model_config.fashionvil.text_encoder.{key}={value}" for key, value in TINY_TEXT.items()]
     return overrides
 
@@ -58,9 +66,15 @@ def fake_row(frames, with_query_image):
     rng = np.random.default_rng(len(frames))
     picture = lambda: rng.uniform(0.0, 0.3, size=(32, 32, 3))  # noqa: E731 (dark, never green)
     return RetrievalRow(
-        query_index=0, query_text="a long caption " * 10, query_images=[picture()] if with_query_image else [],
-        ranked_ids=list(range(len(frames))), scores=[0.5] * len(frames),
-        result_images=[picture() for _ in frames], ground_truth_ids=[], ground_truth_rank=3, frames=list(frames),
+        query_index=0,
+        query_text="a long caption " * 10,
+        query_images=[picture()] if with_query_image else [],
+        ranked_ids=list(range(len(frames))),
+        scores=[0.5] * len(frames),
+        result_images=[picture() for _ in frames],
+        ground_truth_ids=[],
+        ground_truth_rank=3,
+        frames=list(frames),
     )
 
 
@@ -111,8 +125,26 @@ def test_plot_retrieval_draws_each_task(task, world, tmp_path, capsys, restore_m
         weights = ["--checkpoint", str(checkpoint)]
 
     out, record = tmp_path / f"{task}.png", tmp_path / f"{task}.json"
-    code = main(["plot", "retrieval", "--config", PROJECT[task], "--model", "fashionvil", "--task", task,
-                 *weights, "--queries", "3", "--out", str(out), "--json", str(record), *overrides])
+    code = main(
+        [
+            "plot",
+            "retrieval",
+            "--config",
+            PROJECT[task],
+            "--model",
+            "fashionvil",
+            "--task",
+            task,
+            *weights,
+            "--queries",
+            "3",
+            "--out",
+            str(out),
+            "--json",
+            str(record),
+            *overrides,
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert f"wrote {out}: 3 {task} queries, top-5" in captured.out
@@ -148,8 +180,23 @@ def test_plot_retrieval_refuses_a_checkpoint_that_needs_unpickling(world, tmp_pa
     checkpoint = tmp_path / "old.pth"
     torch.save({"model": {}, "args": argparse.Namespace(lr=0.1)}, checkpoint)  # not weights-only
     out = tmp_path / "grid.png"
-    code = main(["plot", "retrieval", "--config", PROJECT["itr"], "--model", "fashionvil", "--task", "itr",
-                 "--checkpoint", str(checkpoint), "--out", str(out), *tiny_overrides("itr", world)])
+    code = main(
+        [
+            "plot",
+            "retrieval",
+            "--config",
+            PROJECT["itr"],
+            "--model",
+            "fashionvil",
+            "--task",
+            "itr",
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+            *tiny_overrides("itr", world),
+        ]
+    )
     stderr = capsys.readouterr().err
     assert code == 2
     assert "old.pth" in stderr and "--allow-unsafe-load" in stderr
@@ -162,8 +209,10 @@ def test_demo_pictures_draw_what_is_there_and_report_what_fails(tmp_path, capsys
 
     pretrain = tmp_path / "pretrain"
     pretrain.mkdir()
-    lines = [{"num_updates": n, "train/fashiongen/itc": 3.0 / n, "train/total_loss": 3.0 / n, "train/lr": 1e-4}
-             for n in (10, 20, 30)]
+    lines = [
+        {"num_updates": n, "train/fashiongen/itc": 3.0 / n, "train/total_loss": 3.0 / n, "train/lr": 1e-4}
+        for n in (10, 20, 30)
+    ]
     (pretrain / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     # itr's checkpoint is there but its picture fails; tgir and ocir did not run
     (tmp_path / "itr").mkdir()

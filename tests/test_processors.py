@@ -1,5 +1,6 @@
 """Processors: whole-word MLM masking, blockwise patch masks, views, soft
 attribute labels, image transforms and boxes that follow crops and flips."""
+
 import numpy as np
 import pytest
 import torch
@@ -52,8 +53,13 @@ def test_whole_word_mask_predicts_every_token_of_a_chosen_word_and_nothing_else(
     words = group_word_positions(word_ids)
     for seed in range(200):
         masked, labels = whole_word_mask(
-            input_ids, word_ids, mask_token_id=103, vocab_size=30522, special_token_ids=SPECIAL,
-            probability=0.3, generator=torch.Generator().manual_seed(seed),
+            input_ids,
+            word_ids,
+            mask_token_id=103,
+            vocab_size=30522,
+            special_token_ids=SPECIAL,
+            probability=0.3,
+            generator=torch.Generator().manual_seed(seed),
         )
         predicted = labels != IGNORE_INDEX
         assert predicted.any()
@@ -74,8 +80,13 @@ def test_whole_word_mask_budget_and_80_10_10_split():
     counts = []
     for seed in range(400):
         masked, labels = whole_word_mask(
-            input_ids, word_ids, mask_token_id=103, vocab_size=30522, special_token_ids=SPECIAL,
-            probability=0.15, generator=torch.Generator().manual_seed(seed),
+            input_ids,
+            word_ids,
+            mask_token_id=103,
+            vocab_size=30522,
+            special_token_ids=SPECIAL,
+            probability=0.15,
+            generator=torch.Generator().manual_seed(seed),
         )
         predicted = (labels != IGNORE_INDEX).nonzero().flatten()
         counts.append(len(predicted))
@@ -114,7 +125,9 @@ def test_text_tokenizer_whole_words_on_real_wordpieces(mmf_registry):
 # --- blockwise patch mask ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("grid,count", [((7, 7), 12), ((7, 7), 1), ((7, 7), 24), ((14, 14), 75), ((4, 6), 24), ((7, 7), 0)])
+@pytest.mark.parametrize(
+    "grid,count", [((7, 7), 12), ((7, 7), 1), ((7, 7), 24), ((14, 14), 75), ((4, 6), 24), ((7, 7), 0)]
+)
 def test_blockwise_mask_has_exactly_the_requested_count(grid, count):
     for seed in range(20):
         mask = blockwise_patch_mask(grid, count, generator=torch.Generator().manual_seed(seed))
@@ -202,9 +215,19 @@ def test_box_transform_matches_torchvision_bounding_boxes(mmf_registry):
     boxes = [[4, 5, 20, 12], [30, 10, 10, 25], [0, 0, 48, 40]]
     for seed in range(25):
         torch.manual_seed(seed)
-        ours = box_processor({"image": image, "boxes": boxes, "phrases": ["a", "b", "c"], "is_train": True, "image_processor": image_processor})
+        ours = box_processor(
+            {
+                "image": image,
+                "boxes": boxes,
+                "phrases": ["a", "b", "c"],
+                "is_train": True,
+                "image_processor": image_processor,
+            }
+        )
         torch.manual_seed(seed)
-        reference_boxes = tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32), format="XYWH", canvas_size=(40, 48))
+        reference_boxes = tv_tensors.BoundingBoxes(
+            torch.tensor(boxes, dtype=torch.float32), format="XYWH", canvas_size=(40, 48)
+        )
         ref_image, ref_boxes = image_processor.train_transform(image, reference_boxes)
         assert torch.equal(ours["image"], ref_image.as_subclass(torch.Tensor))
         # torchvision's own clamping and conversion to (cx, cy, w, h), then / size
@@ -238,7 +261,15 @@ def test_boxes_follow_crops_and_flips_of_the_pixels(mmf_registry):
     checked = 0
     for seed in range(20):
         torch.manual_seed(seed)
-        out = box_processor({"image": image, "boxes": [box], "phrases": ["white patch"], "is_train": True, "image_processor": image_processor})
+        out = box_processor(
+            {
+                "image": image,
+                "boxes": [box],
+                "phrases": ["white patch"],
+                "is_train": True,
+                "image_processor": image_processor,
+            }
+        )
         if not out["box_valid"][0]:
             continue
         expected = _bright_extent(out["image"])
@@ -253,8 +284,24 @@ def test_flip_is_refused_when_a_phrase_says_left_or_right(mmf_registry):
     box_processor = make_processor("box_transform")
     box = [6, 10, 20, 14]
     image = _white_box_image(box)
-    flipped = box_processor({"image": image, "boxes": [box], "phrases": ["white patch"], "is_train": True, "image_processor": image_processor})
-    kept = box_processor({"image": image, "boxes": [box], "phrases": ["left sleeve"], "is_train": True, "image_processor": image_processor})
+    flipped = box_processor(
+        {
+            "image": image,
+            "boxes": [box],
+            "phrases": ["white patch"],
+            "is_train": True,
+            "image_processor": image_processor,
+        }
+    )
+    kept = box_processor(
+        {
+            "image": image,
+            "boxes": [box],
+            "phrases": ["left sleeve"],
+            "is_train": True,
+            "image_processor": image_processor,
+        }
+    )
     assert flipped["flip_allowed"] and not kept["flip_allowed"]
     assert flipped["boxes"][0, 0] > 0.5 > kept["boxes"][0, 0]
     assert torch.allclose(kept["boxes"][0], _bright_extent(kept["image"]), atol=2.5 / 48)
@@ -264,7 +311,9 @@ def test_flip_is_refused_when_a_phrase_says_left_or_right(mmf_registry):
 def test_boxes_mostly_cut_away_are_dropped_and_at_most_five_kept():
     boxes = tv_tensors.BoundingBoxes(
         torch.tensor([[-6.0, 0, 10, 10], [-4.0, 0, 10, 10], [2.0, 2, 4, 4]] + [[1.0, 1, 2, 2]] * 5),
-        format="XYWH", canvas_size=(20, 20), clamping_mode=None,
+        format="XYWH",
+        canvas_size=(20, 20),
+        clamping_mode=None,
     )
     normalised, valid, kept = finish_boxes(boxes, max_regions=5, min_visible=0.5)
     assert kept == [1, 2, 3, 4, 5]  # box 0 is 40% inside: dropped; box 1 60%: kept

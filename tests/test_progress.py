@@ -1,5 +1,6 @@
 """Live progress: the trainer's terminal bar vs plain log lines, and `make demo`'s
 reader of a growing train.jsonl."""
+
 import io
 import json
 import re
@@ -54,8 +55,10 @@ def test_not_a_terminal_keeps_the_plain_progress_lines(tmp_path, monkeypatch):
     trainer = bare_trainer(tmp_path)
     train(trainer)
     progress = [line for line in trainer.writer.lines if line.startswith("progress:")]
-    assert [re.match(r"progress: (\d+)/6, itc: 1\.5000, lr: 1\.00e-02, ups: [\d.]+, eta: \d\d:\d\d:\d\d$", line)
-            is not None for line in progress] == [True, True, True]
+    assert [
+        re.match(r"progress: (\d+)/6, itc: 1\.5000, lr: 1\.00e-02, ups: [\d.]+, eta: \d\d:\d\d:\d\d$", line) is not None
+        for line in progress
+    ] == [True, True, True]
     assert trainer._progress_bar is None and piped.getvalue() == ""
 
 
@@ -77,8 +80,10 @@ def test_a_terminal_gets_a_bar_with_rate_and_eta_and_the_log_its_lines(tmp_path,
 def test_bar_update_turns_records_into_bar_steps():
     from mmf_fashion.demo import bar_update
 
-    records = [{"num_updates": 5, "train/fashiongen/itc": 2.0, "train/total_loss": 2.0, "train/lr": 1e-4},
-               {"num_updates": 10, "train/fashiongen/mlm": 1.5, "train/total_loss": 1.5, "train/lr": 5e-5}]
+    records = [
+        {"num_updates": 5, "train/fashiongen/itc": 2.0, "train/total_loss": 2.0, "train/lr": 1e-4},
+        {"num_updates": 10, "train/fashiongen/mlm": 1.5, "train/total_loss": 1.5, "train/lr": 5e-5},
+    ]
     assert bar_update(records, 0) == (10, "loss 1.5000, lr 5.0e-05")
     assert bar_update(records, 7) == (3, "loss 1.5000, lr 5.0e-05")
     assert bar_update(records[:1], 10)[0] == 0  # never backwards
@@ -131,8 +136,9 @@ def test_step_progress_of_a_resumed_run_starts_at_its_checkpoint(tmp_path):
 def test_key_metric_prefers_an_average_recall_then_a_value():
     from mmf_fashion.demo import key_metric
 
-    assert key_metric({"val/d/r@k_general/i2t_r@1": 10.0, "val/d/r@k_general/avg": 30.0, "val/d/itc": 2.0,
-                       "num_updates": 3}) == ("val/d/r@k_general/avg", 30.0)
+    assert key_metric(
+        {"val/d/r@k_general/i2t_r@1": 10.0, "val/d/r@k_general/avg": 30.0, "val/d/itc": 2.0, "num_updates": 3}
+    ) == ("val/d/r@k_general/avg", 30.0)
     assert key_metric({"val/d/accuracy/value": 70.0, "val/d/ce": 1.0}) == ("val/d/accuracy/value", 70.0)
     assert key_metric({"val/d/mlm": 3.0, "num_updates": 3}) == ("val/d/mlm", 3.0)
     assert key_metric({"num_updates": 3}) is None

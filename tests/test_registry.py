@@ -13,6 +13,7 @@ The names come from the registry (mmf_fashion.plugin.ours), so a new model,
 builder or metric is walked without editing this file, and fails until it has
 a tiny case / fixture / reference.
 """
+
 import math
 import os
 import warnings
@@ -22,7 +23,7 @@ from typing import Callable, Dict, Tuple
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_data import build_fashion_dataset, collate, synthetic_world  # noqa: F401
+from fixtures_data import build_fashion_dataset, collate
 from tiny_models import MODEL_CASES, build_model
 
 import mmf_fashion.plugin
@@ -60,8 +61,11 @@ def one_torch_thread():
 # =================================================================== models
 def model_params():
     """One param per (registered model, tiny case); (name, None) for a model without one."""
-    return [param("model", f"{name}-{case.head}" if case else f"{name}-no_tiny_case", name, case)
-            for name in registered("model") for case in MODEL_CASES.get(name) or (None,)]
+    return [
+        param("model", f"{name}-{case.head}" if case else f"{name}-no_tiny_case", name, case)
+        for name in registered("model")
+        for case in MODEL_CASES.get(name) or (None,)
+    ]
 
 
 def check_gradients(model, no_gradient):
@@ -105,7 +109,8 @@ def assert_unit_rows(name, embedding, rows):
 def test_registered_model_at_tiny_size(mmf_registry, tmp_path, name, case):
     assert case is not None, (
         f"model '{name}' is registered but has no tiny case: add MODEL_CASES['{name}'] in tests/tiny_models.py "
-        "(a TinyCase per head: config(tmp_path), batch maker, eval keys)")
+        "(a TinyCase per head: config(tmp_path), batch maker, eval keys)"
+    )
     config = case.config(tmp_path)
     model = build_model(mmf_registry, name, config)
 
@@ -155,8 +160,16 @@ B = 4
 # ARCHITECTURE.md "Sample list keys" and each builder's dataset docstring
 PRODUCT = ("image", "input_ids", "attention_mask", "token_type_ids", "text", "product_id", "image_id")
 LABELS = ("category_id", "subcategory_id", "targets")
-PRETRAINING = ("masked_input_ids", "mlm_labels", "image_2", "attribute_targets",
-               "boxes", "box_valid", "box_input_ids", "box_attention_mask")
+PRETRAINING = (
+    "masked_input_ids",
+    "mlm_labels",
+    "image_2",
+    "attribute_targets",
+    "boxes",
+    "box_valid",
+    "box_input_ids",
+    "box_attention_mask",
+)
 ALL_TASKS = {"mlm": True, "second_view": True, "patch_mask": True, "attribute_labels": True, "regions": True}
 
 
@@ -174,14 +187,27 @@ BUILDER_CASES = {
         BuilderCase("train", PRODUCT + PRETRAINING + ("patch_mask",), ALL_TASKS),
     ),
     "fashioniq": (
-        BuilderCase("val", ("reference_image", "target_image", "input_ids", "attention_mask", "text",
-                            "reference_id", "target_id", "fashioniq_category"),
-                    gallery_keys=("image", "target_id", "fashioniq_category")),
+        BuilderCase(
+            "val",
+            (
+                "reference_image",
+                "target_image",
+                "input_ids",
+                "attention_mask",
+                "text",
+                "reference_id",
+                "target_id",
+                "fashioniq_category",
+            ),
+            gallery_keys=("image", "target_id", "fashioniq_category"),
+        ),
     ),
     "polyvore_ocir": (
-        BuilderCase("test", ("outfit_images", "outfit_mask", "outfit_categories", "blank_image",
-                             "blank_category", "blank_id"),
-                    gallery_keys=("image", "blank_id", "blank_category")),
+        BuilderCase(
+            "test",
+            ("outfit_images", "outfit_mask", "outfit_categories", "blank_image", "blank_category", "blank_id"),
+            gallery_keys=("image", "blank_id", "blank_category"),
+        ),
     ),
     # the pretraining union: mlm, second_view, attribute_labels and regions are on by default
     "fashionall": (BuilderCase("train", PRODUCT + PRETRAINING),),
@@ -203,7 +229,8 @@ def test_registered_builder_loads_the_synthetic_world(mmf_registry, synthetic_wo
     assert name in BUILDER_CASES, (
         f"builder '{name}' is registered but has no fixture case: add BUILDER_CASES['{name}'] in "
         "tests/test_registry.py (and its files to the synthetic world, mmf_fashion/data/synth, "
-        "which tests/fixtures_data.py generates)")
+        "which tests/fixtures_data.py generates)"
+    )
     builder_class = mmf_registry.get_builder_class(name)
     assert issubclass(builder_class, BaseDatasetBuilder)
     assert os.path.isfile(builder_class.config_path()), "the builder's defaults YAML is missing"
@@ -250,8 +277,12 @@ def general_report(seed):
     n = 30
     product = torch.randint(0, 12, (n,), generator=g)
     image_id = torch.randint(0, 24, (n,), generator=g) * 12 + product  # repeats keep their product
-    return {"image_embedding": quarters(n, 4, generator=g), "text_embedding": quarters(n, 4, generator=g),
-            "product_id": product, "image_id": image_id}
+    return {
+        "image_embedding": quarters(n, 4, generator=g),
+        "text_embedding": quarters(n, 4, generator=g),
+        "product_id": product,
+        "image_id": image_id,
+    }
 
 
 def general_reference(report, ks, chunk_size):
@@ -259,10 +290,14 @@ def general_reference(report, ks, chunk_size):
     image_ids = report["image_id"].tolist()
     image_rows = [r for r in range(len(product)) if image_ids.index(image_ids[r]) == r]
     text_rows = [r for r in range(len(product)) if product.index(product[r]) == r]  # first text per product
-    i2t = [pessimistic_rank([dot(image[i], text[t]) for t in text_rows],
-                            [product[t] == product[i] for t in text_rows]) for i in image_rows]
-    t2i = [pessimistic_rank([dot(text[t], image[i]) for i in image_rows],
-                            [product[i] == product[t] for i in image_rows]) for t in text_rows]
+    i2t = [
+        pessimistic_rank([dot(image[i], text[t]) for t in text_rows], [product[t] == product[i] for t in text_rows])
+        for i in image_rows
+    ]
+    t2i = [
+        pessimistic_rank([dot(text[t], image[i]) for i in image_rows], [product[i] == product[t] for i in image_rows])
+        for t in text_rows
+    ]
     return directional(i2t, t2i, ks)
 
 
@@ -278,8 +313,12 @@ def kaleido_report(seed):
     # with a same-subcategory neighbour is a query, ranked among all of them, whatever the draw
     g = torch.Generator().manual_seed(seed)
     n = 24
-    return {"image_embedding": quarters(n, 4, generator=g), "text_embedding": quarters(n, 4, generator=g),
-            "product_id": torch.randperm(n, generator=g) * 3, "subcategory_id": torch.randint(0, 5, (n,), generator=g)}
+    return {
+        "image_embedding": quarters(n, 4, generator=g),
+        "text_embedding": quarters(n, 4, generator=g),
+        "product_id": torch.randperm(n, generator=g) * 3,
+        "subcategory_id": torch.randint(0, 5, (n,), generator=g),
+    }
 
 
 def kaleido_reference(report, ks, **_):
@@ -303,14 +342,22 @@ def gallery_report(seed, id_key, category_key):
     gallery_category = torch.randint(0, 3, (gallery,), generator=g)
     gallery_id = torch.randperm(gallery, generator=g) + 100
     # most targets are in the gallery, some are not (a miss at every k)
-    target = torch.where(torch.rand(queries, generator=g) < 0.85,
-                         gallery_id[torch.randint(0, gallery, (queries,), generator=g)], torch.tensor(999))
+    target = torch.where(
+        torch.rand(queries, generator=g) < 0.85,
+        gallery_id[torch.randint(0, gallery, (queries,), generator=g)],
+        torch.tensor(999),
+    )
     category = torch.randint(0, 3, (queries,), generator=g)
     known = target != 999
     category[known] = gallery_category[(target[known, None] == gallery_id).nonzero()[:, 1]]
-    return {"query_embedding": quarters(queries, 4, generator=g), id_key: target, category_key: category,
-            "gallery_embedding": quarters(gallery, 4, generator=g), "gallery_id": gallery_id,
-            "gallery_category": gallery_category}
+    return {
+        "query_embedding": quarters(queries, 4, generator=g),
+        id_key: target,
+        category_key: category,
+        "gallery_embedding": quarters(gallery, 4, generator=g),
+        "gallery_id": gallery_id,
+        "gallery_category": gallery_category,
+    }
 
 
 def per_category_ranks(report, id_key, category_key):
@@ -348,8 +395,13 @@ def grounding_report(seed):
     n, slots = 6, 3
 
     def boxes():
-        return torch.cat([torch.randint(2, 7, (n, slots, 2), generator=g),
-                          torch.randint(1, 5, (n, slots, 2), generator=g)], dim=-1).float() / 8
+        return (
+            torch.cat(
+                [torch.randint(2, 7, (n, slots, 2), generator=g), torch.randint(1, 5, (n, slots, 2), generator=g)],
+                dim=-1,
+            ).float()
+            / 8
+        )
 
     return {"boxes": boxes(), "predicted_boxes": boxes(), "box_valid": torch.rand(n, slots, generator=g) < 0.7}
 
@@ -363,8 +415,10 @@ def iou(a, b):
 
 
 def grounding_reference(report, threshold):
-    hits = [iou(report["predicted_boxes"][i, r], report["boxes"][i, r]) >= threshold
-            for i, r in report["box_valid"].nonzero().tolist()]
+    hits = [
+        iou(report["predicted_boxes"][i, r], report["boxes"][i, r]) >= threshold
+        for i, r in report["box_valid"].nonzero().tolist()
+    ]
     return {"accuracy": 100.0 * sum(hits) / len(hits), "num_boxes": float(len(hits))}
 
 
@@ -390,7 +444,10 @@ def absent_class_report(seed):
 
 def multilabel_report(seed):
     g = torch.Generator().manual_seed(seed)
-    return {"scores": quarters(40, 5, generator=g, low=-4, high=5), "targets": torch.randint(0, 2, (40, 5), generator=g)}
+    return {
+        "scores": quarters(40, 5, generator=g, low=-4, high=5),
+        "targets": torch.randint(0, 2, (40, 5), generator=g),
+    }
 
 
 def argmax_first(row):
@@ -418,8 +475,10 @@ def auc(positive_scores, negative_scores):
 
 def macro_auc(report):
     probabilities, one_hot = probabilities_and_one_hot(report)
-    per_class = [auc(probabilities[one_hot[:, c] == 1, c].tolist(), probabilities[one_hot[:, c] == 0, c].tolist())
-                 for c in range(probabilities.shape[1])]
+    per_class = [
+        auc(probabilities[one_hot[:, c] == 1, c].tolist(), probabilities[one_hot[:, c] == 0, c].tolist())
+        for c in range(probabilities.shape[1])
+    ]
     return 100.0 * sum(per_class) / len(per_class)
 
 
@@ -451,7 +510,7 @@ def multilabel_f1(report, average):
 @dataclass(frozen=True)
 class MetricCase:
     report: Callable[[int], Dict[str, torch.Tensor]]  # seed -> report
-    reference: Callable[..., object]                   # (report, **params) -> the expected value
+    reference: Callable[..., object]  # (report, **params) -> the expected value
     params: Dict = field(default_factory=dict)
 
 
@@ -461,23 +520,34 @@ def no_params(function):
 
 METRIC_CASES = {
     "r@k_general": MetricCase(general_report, general_reference, {"ks": [1, 3, 10], "chunk_size": 7}),
-    "r@k_kaleido": MetricCase(kaleido_report, kaleido_reference,
-                              {"ks": [1, 2], "num_queries": 100, "num_negatives": 50, "seeds": [0, 1]}),
-    "r@k_fashioniq": MetricCase(lambda seed: gallery_report(seed, "target_id", "fashioniq_category"),
-                                fashioniq_reference, {"ks": [1, 3]}),
-    "r@k_ocir": MetricCase(lambda seed: gallery_report(seed, "blank_id", "blank_category"),
-                           ocir_reference, {"ks": [1, 2, 4]}),
+    "r@k_kaleido": MetricCase(
+        kaleido_report, kaleido_reference, {"ks": [1, 2], "num_queries": 100, "num_negatives": 50, "seeds": [0, 1]}
+    ),
+    "r@k_fashioniq": MetricCase(
+        lambda seed: gallery_report(seed, "target_id", "fashioniq_category"), fashioniq_reference, {"ks": [1, 3]}
+    ),
+    "r@k_ocir": MetricCase(
+        lambda seed: gallery_report(seed, "blank_id", "blank_category"), ocir_reference, {"ks": [1, 2, 4]}
+    ),
     "grounding_accuracy": MetricCase(grounding_report, grounding_reference, {"threshold": 0.5}),
-    "accuracy": MetricCase(absent_class_report, no_params(
-        lambda report: 100.0 * sum(p == t for p, t in zip(predictions(report), report["targets"].tolist()))
-        / len(report["targets"]))),
+    "accuracy": MetricCase(
+        absent_class_report,
+        no_params(
+            lambda report: (
+                100.0
+                * sum(p == t for p, t in zip(predictions(report), report["targets"].tolist()))
+                / len(report["targets"])
+            )
+        ),
+    ),
     "f1": MetricCase(binary_report, no_params(lambda report: f1(report, average="binary"))),
     "binary_f1": MetricCase(binary_report, no_params(lambda report: f1(report, average="binary"))),
     "macro_f1": MetricCase(absent_class_report, no_params(lambda report: f1(report, average="macro"))),
     "micro_f1": MetricCase(absent_class_report, no_params(lambda report: f1(report, average="micro"))),
     # MMF's default average is sklearn's "binary", which refuses multi-label targets
-    "multilabel_f1": MetricCase(multilabel_report, lambda report, average: multilabel_f1(report, average),
-                                {"average": "samples"}),
+    "multilabel_f1": MetricCase(
+        multilabel_report, lambda report, average: multilabel_f1(report, average), {"average": "samples"}
+    ),
     "multilabel_micro_f1": MetricCase(multilabel_report, no_params(lambda report: multilabel_f1(report, "micro"))),
     "multilabel_macro_f1": MetricCase(multilabel_report, no_params(lambda report: multilabel_f1(report, "macro"))),
     "roc_auc": MetricCase(single_label_report, no_params(macro_auc)),  # sklearn's default average: macro
@@ -499,7 +569,8 @@ def as_plain(value):
 def test_registered_metric_equals_its_brute_force_reference(mmf_registry, name):
     assert name in METRIC_CASES, (
         f"metric '{name}' is registered but has no brute-force reference: add METRIC_CASES['{name}'] in "
-        "tests/test_registry.py")
+        "tests/test_registry.py"
+    )
     case = METRIC_CASES[name]
     metric = mmf_registry.get_metric_class(name)(**case.params)
     assert metric.name == name

@@ -10,6 +10,7 @@ MMF's own checkpoint readers. Each must fail, name the file and both
 spellings of the opt-in, and leave no marker. The last tests show that the
 opt-in does load a trusted file that is not weights-only.
 """
+
 import json
 import pathlib
 import pickle
@@ -17,15 +18,19 @@ import types
 
 import pytest
 import torch
-from fixtures_data import synthetic_world  # noqa: F401 - a fixture, for plot embeddings
 from omegaconf import OmegaConf
 
 from mmf_fashion.cli.main import main
 from mmf_fashion.trainers import checkpointing as ckpt
 
 OPT_INS = ("checkpoint.allow_unsafe_load=True", "--allow-unsafe-load")
-TINY_TEXT = {"name": "tiny", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-             "intermediate_size": 64}
+TINY_TEXT = {
+    "name": "tiny",
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
 TINY_MODEL = "test_safe_loading_tiny"
 
 
@@ -58,12 +63,19 @@ def test_the_payload_is_live(tmp_path):
 def env(tmp_path, capsys, request, restore_mmf_state):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
-    torch.save({"model": {"weight": torch.zeros(2)}, "config": {"model": "align"},
-                "features": {}, "signature": {}, "payload": TouchMarker(marker)}, evil)
+    torch.save(
+        {
+            "model": {"weight": torch.zeros(2)},
+            "config": {"model": "align"},
+            "features": {},
+            "signature": {},
+            "payload": TouchMarker(marker),
+        },
+        evil,
+    )
     texts = tmp_path / "texts.txt"
     texts.write_text("red dress\nblue jeans\n")
-    return types.SimpleNamespace(tmp=tmp_path, evil=evil, marker=marker, texts=texts,
-                                 capsys=capsys, request=request)
+    return types.SimpleNamespace(tmp=tmp_path, evil=evil, marker=marker, texts=texts, capsys=capsys, request=request)
 
 
 def error_of(call) -> str:
@@ -82,8 +94,9 @@ def cli_error(env, *argv) -> str:
 def torch_index(path, model_info=None):
     from mmf_fashion.retrieval import EmbeddingIndex
 
-    index = EmbeddingIndex(torch.eye(2, 4), [{"text": "a"}, {"text": "b"}], modality="text",
-                           model_info=model_info or {}, backend="torch")
+    index = EmbeddingIndex(
+        torch.eye(2, 4), [{"text": "a"}, {"text": "b"}], modality="text", model_info=model_info or {}, backend="torch"
+    )
     index.save(path)
     return path
 
@@ -94,9 +107,14 @@ class TrainerStub:
     def __init__(self, save_dir, **checkpoint):
         from mmf_fashion.trainers.fashion_trainer import FashionTrainer
 
-        section = {"resume": False, "resume_file": None, "resume_pretrained": False,
-                   "pretrained_state_mapping": {}, "allow_unsafe_load": False,
-                   "reset": {"all": False, "optimizer": False, "counts": False}}
+        section = {
+            "resume": False,
+            "resume_file": None,
+            "resume_pretrained": False,
+            "pretrained_state_mapping": {},
+            "allow_unsafe_load": False,
+            "reset": {"all": False, "optimizer": False, "counts": False},
+        }
         section.update(checkpoint)
         self.config = OmegaConf.create({"model": "align", "checkpoint": section})
         self.save_dir = str(save_dir)
@@ -118,15 +136,40 @@ def load_safe_torch_load(env):
 
 
 def load_index_build_checkpoint(env):
-    return cli_error(env, "index", "build", "--checkpoint", env.evil, "--texts", env.texts,
-                     "--out", env.tmp / "x.index", "--no-progress"), env.evil
+    return cli_error(
+        env,
+        "index",
+        "build",
+        "--checkpoint",
+        env.evil,
+        "--texts",
+        env.texts,
+        "--out",
+        env.tmp / "x.index",
+        "--no-progress",
+    ), env.evil
 
 
 def load_index_build_image_weights(env):
     # a file the model reads while it builds: the command's decision reaches it
-    return cli_error(env, "index", "build", "--model", "align", "--set", "image_encoder=mobilenet_v3_small",
-                     "--set", f"image_pretrained={env.evil}", "--set", "embed_dim=16",
-                     "--texts", env.texts, "--out", env.tmp / "x.index", "--no-progress"), env.evil
+    return cli_error(
+        env,
+        "index",
+        "build",
+        "--model",
+        "align",
+        "--set",
+        "image_encoder=mobilenet_v3_small",
+        "--set",
+        f"image_pretrained={env.evil}",
+        "--set",
+        "embed_dim=16",
+        "--texts",
+        env.texts,
+        "--out",
+        env.tmp / "x.index",
+        "--no-progress",
+    ), env.evil
 
 
 def load_index_search_stored_checkpoint(env):
@@ -161,8 +204,22 @@ def load_plot_embeddings(env):
         "      image_processor: {params: {size: 32}}\n      text_processor: {params: {max_length: 16}}\n"
         "training:\n  device: cpu\n"
     )
-    return cli_error(env, "plot", "embeddings", "--config", config, "--model", "align", "--dataset", "fashiongen",
-                     "--checkpoint", env.evil, "--out", env.tmp / "x.png", f"env.data_dir={world}"), env.evil
+    return cli_error(
+        env,
+        "plot",
+        "embeddings",
+        "--config",
+        config,
+        "--model",
+        "align",
+        "--dataset",
+        "fashiongen",
+        "--checkpoint",
+        env.evil,
+        "--out",
+        env.tmp / "x.png",
+        f"env.data_dir={world}",
+    ), env.evil
 
 
 def load_build_model_from_config(env):
@@ -211,8 +268,12 @@ def load_patch_cache(env):
 def load_fashionbert_shortlist(env):
     from mmf_fashion.models.fashionbert import ShortlistTowers
 
-    config = {"image_encoder": "mobilenet_v3_small", "text_encoder": TINY_TEXT, "embed_dim": 16,
-              "checkpoint": str(env.evil)}
+    config = {
+        "image_encoder": "mobilenet_v3_small",
+        "text_encoder": TINY_TEXT,
+        "embed_dim": 16,
+        "checkpoint": str(env.evil),
+    }
     return error_of(lambda: ShortlistTowers(config)), env.evil
 
 
@@ -249,7 +310,7 @@ LOADERS = [
 ]
 
 
-@pytest.mark.parametrize("loader", LOADERS, ids=[f.__name__[len("load_"):] for f in LOADERS])
+@pytest.mark.parametrize("loader", LOADERS, ids=[f.__name__[len("load_") :] for f in LOADERS])
 def test_a_malicious_file_is_refused_everywhere(env, loader):
     message, named = loader(env)
     assert not env.marker.exists(), f"{loader.__name__} ran the file's code"
@@ -301,8 +362,19 @@ def test_the_opt_in_loads_a_trusted_file(env, tiny_model_registered):
 
     # the commands: --allow-unsafe-load is passed down, and an index does not remember it
     out = env.tmp / "x.index"
-    build = ["index", "build", "--checkpoint", trusted, "--texts", env.texts, "--out", out,
-             "--backend", "torch", "--no-progress"]
+    build = [
+        "index",
+        "build",
+        "--checkpoint",
+        trusted,
+        "--texts",
+        env.texts,
+        "--out",
+        out,
+        "--backend",
+        "torch",
+        "--no-progress",
+    ]
     assert "--allow-unsafe-load" in cli_error(env, *build)
     assert main([str(a) for a in build + ["--allow-unsafe-load"]]) == 0
     assert f"with '{TINY_MODEL}'" in env.capsys.readouterr().out

@@ -1,7 +1,7 @@
 """Pieces of fashion_trainer that can be checked without a model."""
+
 import json
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -77,7 +77,9 @@ def test_rng_capture_round_trips_and_is_weights_only_loadable(tmp_path):
 def test_load_model_state_names_missing_and_unexpected_keys():
     model = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError) as info:
-        ckpt.load_model_state(model, {"weight": torch.zeros(2, 2), "other": torch.zeros(1)}, strict=True, source="x.ckpt")
+        ckpt.load_model_state(
+            model, {"weight": torch.zeros(2, 2), "other": torch.zeros(1)}, strict=True, source="x.ckpt"
+        )
     message = str(info.value)
     assert "bias" in message and "other" in message and "x.ckpt" in message
 
@@ -87,7 +89,9 @@ def test_non_finite_parameters_are_found():
 
 
 def test_state_mapping_renames_prefixes():
-    mapped = ckpt.apply_state_mapping({"module.encoder.w": torch.ones(1), "head.b": torch.ones(1)}, {"backbone": "encoder"})
+    mapped = ckpt.apply_state_mapping(
+        {"module.encoder.w": torch.ones(1), "head.b": torch.ones(1)}, {"backbone": "encoder"}
+    )
     assert list(mapped) == ["backbone.w"]
 
 
@@ -131,8 +135,13 @@ def test_write_scalars_puts_a_train_record_in_tensorboard(tmp_path):
     write_scalars(None, record)  # tensorboard off: nothing, no error
     writer.close()
     scalars = _read_scalars(tmp_path / "tb")
-    assert set(scalars) == {"train/fashiongen/itc", "train/fashiongen/itm", "train/total_loss", "train/lr",
-                            "train/samples_per_s"}
+    assert set(scalars) == {
+        "train/fashiongen/itc",
+        "train/fashiongen/itm",
+        "train/total_loss",
+        "train/lr",
+        "train/samples_per_s",
+    }
     assert scalars["train/total_loss"] == [(10, pytest.approx(3.0))]
 
 
@@ -149,10 +158,19 @@ def test_mmf_run_with_training_tensorboard_writes_the_jsonl_records(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data_dir = str(make_fixture(str(tmp_path / "world"), products=40, image_size=32, seed=0))
     save_dir = tmp_path / "run"
-    command = [sys.executable, "-c", "from mmf_cli.run import run; run()",
-               f"config={os.path.join(repo, 'tests', 'configs', 'tiny_align.yaml')}", "model=align",
-               "dataset=fashiongen", f"env.save_dir={save_dir}", f"env.data_dir={data_dir}", "run_type=train_val",
-               "training.max_updates=4", "training.tensorboard=true"]
+    command = [
+        sys.executable,
+        "-c",
+        "from mmf_cli.run import run; run()",
+        f"config={os.path.join(repo, 'tests', 'configs', 'tiny_align.yaml')}",
+        "model=align",
+        "dataset=fashiongen",
+        f"env.save_dir={save_dir}",
+        f"env.data_dir={data_dir}",
+        "run_type=train_val",
+        "training.max_updates=4",
+        "training.tensorboard=true",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]

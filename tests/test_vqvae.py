@@ -1,11 +1,14 @@
 """The VQ-VAE image tokenizer: codes shape and range, the image encoder's grid,
 learning, frozen loading from the files the fashion_vqvae model writes."""
+
 import pytest
 import torch
+from tiny_models import VQVAE_TINY as TINY
+from tiny_models import build_model, vqvae_batch, vqvae_config
+from tiny_models import vqvae_images as images
 
 from mmf_fashion.modules.encoders import build_image_encoder
 from mmf_fashion.modules.vqvae import VQVAE, VQTokenizer, load_frozen_tokenizer
-from tiny_models import VQVAE_TINY as TINY, build_model, vqvae_batch, vqvae_config, vqvae_images as images
 
 
 def test_codes_have_the_grid_shape_and_codebook_range():
@@ -76,8 +79,11 @@ def test_frozen_loading_gives_the_same_codes(tmp_path, layout):
     vqvae.eval()
     prefixed = {"vqvae." + k: v for k, v in vqvae.state_dict().items()}
     content = {
-        "mmf_checkpoint": {"model": prefixed, "num_updates": 3,
-                           "config": {"model_config": {"fashion_vqvae": dict(TINY)}}},
+        "mmf_checkpoint": {
+            "model": prefixed,
+            "num_updates": 3,
+            "config": {"model_config": {"fashion_vqvae": dict(TINY)}},
+        },
         "final_pth": prefixed,
         "plain_state_dict": vqvae.state_dict(),
     }[layout]

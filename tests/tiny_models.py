@@ -16,6 +16,7 @@ files, such as a tokenizer checkpoint or a local pretrained directory, can
 write them there) and a batch maker with the docs/ARCHITECTURE.md keys its
 head reads, then add a TinyCase per head whose parameters or outputs differ.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,16 +67,26 @@ def _sample_list(fields: Dict[str, Any], dataset_type: str = "train"):
 # ------------------------------------------------------------------ fashionvil
 FASHIONVIL_BATCH, FASHIONVIL_LENGTH, FASHIONVIL_IMAGE, FASHIONVIL_GRID, FASHIONVIL_ATTRIBUTES = 4, 10, 64, 4, 6
 FASHIONVIL_CONTRASTIVE_DIM = 16
-FASHIONVIL_TOKENIZER = {"codebook_size": 16, "codebook_dim": 8, "hidden_channels": 8, "max_channels": 16,
-                        "downsample": 32}
+FASHIONVIL_TOKENIZER = {
+    "codebook_size": 16,
+    "codebook_dim": 8,
+    "hidden_channels": 8,
+    "max_channels": 16,
+    "downsample": 32,
+}
 
 
 def fashionvil_config(head, **extra):
     config = default_config("fashionvil")
     config.head = head
     config.image_encoder = {"name": "resnet18", "pretrained": None}
-    config.text_encoder = {"name": "tiny", "hidden_size": 32, "num_hidden_layers": 1,
-                           "num_attention_heads": 2, "intermediate_size": 64}
+    config.text_encoder = {
+        "name": "tiny",
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    }
     config.contrastive_dim = FASHIONVIL_CONTRASTIVE_DIM  # below the hidden size, as 256 < 768
     config.pac = {"num_attributes": FASHIONVIL_ATTRIBUTES, "scale": 10.0}
     config.classification = {"num_classes": 5, "dropout": 0.1, "target": "subcategory"}
@@ -146,24 +157,29 @@ def fashionvil_pretraining_batch():
     attributes[2, [3, 4, 5]] = 1 / 3
     # row 3 has no attribute: all zero, ignored by the soft cross entropy
     return fashionvil_batch(
-        input_ids=masked.clone(), masked_input_ids=masked, mlm_labels=labels,
+        input_ids=masked.clone(),
+        masked_input_ids=masked,
+        mlm_labels=labels,
         image_2=torch.randn(batch, 3, image, image, generator=generator),
-        patch_mask=patch_mask, attribute_targets=attributes,
+        patch_mask=patch_mask,
+        attribute_targets=attributes,
     )
 
 
 def fashionvil_composition_batch():
     generator = torch.Generator().manual_seed(4)
     shape = (FASHIONVIL_BATCH, 3, FASHIONVIL_IMAGE, FASHIONVIL_IMAGE)
-    return fashionvil_batch(reference_image=torch.randn(shape, generator=generator),
-                            target_image=torch.randn(shape, generator=generator))
+    return fashionvil_batch(
+        reference_image=torch.randn(shape, generator=generator), target_image=torch.randn(shape, generator=generator)
+    )
 
 
 def fashionvil_classification_batch():
     # as the fashiongen builder: targets = subcategory_id, beside category_id
     subcategory = torch.tensor([0, 4, 2, 1])
-    return fashionvil_batch(targets=subcategory, subcategory_id=subcategory.clone(),
-                            category_id=torch.tensor([1, 3, 0, 1]))
+    return fashionvil_batch(
+        targets=subcategory, subcategory_id=subcategory.clone(), category_id=torch.tensor([1, 3, 0, 1])
+    )
 
 
 def outfit_fields(side: int, seed: int, outfit_categories, blank_category) -> Dict[str, torch.Tensor]:
@@ -185,12 +201,16 @@ def fashionvil_ocir_batch():
 
 
 # ------------------------------------------------------------------------ cots
-COTS_TOKENIZER = {"codebook_size": 16, "codebook_dim": 8, "hidden_channels": 8, "max_channels": 16,
-                  "downsample": 32}
+COTS_TOKENIZER = {"codebook_size": 16, "codebook_dim": 8, "hidden_channels": 8, "max_channels": 16, "downsample": 32}
 COTS_TINY = {
     "image_encoder": "mobilenet_v3_small",
-    "text_encoder": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "intermediate_size": 64, "dropout": 0.0},
+    "text_encoder": {
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "dropout": 0.0,
+    },
     "embed_dim": 16,
     "queue_size": 8,
     "filter": {"size": 16, "min_count": 4},
@@ -199,8 +219,15 @@ COTS_TINY = {
 # the paper's image tower at tiny size: 64 px in 16 px patches (4x4), one VQ code per patch
 COTS_VIT = {
     "image_tower": "vit",
-    "vit": {"image_size": 64, "patch_size": 16, "hidden_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "intermediate_size": 64, "dropout": 0.0},
+    "vit": {
+        "image_size": 64,
+        "patch_size": 16,
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "dropout": 0.0,
+    },
     "cmvm": {"tokenizer_config": {"downsample": 16}},
 }
 
@@ -276,12 +303,26 @@ def cots_vit_batch():
 
 # ------------------------------------------------------------------------ xvlm
 XVLM_TINY = {
-    "image_encoder": {"type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 1,
-                      "num_attention_heads": 2, "intermediate_size": 64},
+    "image_encoder": {
+        "type": "vit",
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    },
     # one BERT split in half: 1 text layer + 1 fusion layer
-    "text_encoder": {"name": "tiny", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "intermediate_size": 64},
-    "embed_dim": 16, "tokenizer": "tiny", "max_text_length": 16,
+    "text_encoder": {
+        "name": "tiny",
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    },
+    "embed_dim": 16,
+    "tokenizer": "tiny",
+    "max_text_length": 16,
 }
 XVLM_B, XVLM_L, XVLM_R, XVLM_LB = 4, 10, 3, 6
 
@@ -305,15 +346,22 @@ def xvlm_batch(dataset_type="train"):
     mask[0, 7:] = 0
     phrases = torch.randint(1000, 2000, (B, R, LB))
     phrases[..., 0], phrases[..., -1] = 101, 102
-    return SampleList({
-        "image": torch.randn(B, 3, 32, 32), "input_ids": ids, "attention_mask": mask,
-        "token_type_ids": torch.zeros_like(ids), "product_id": torch.tensor([10, 10, 11, 12]),
-        "image_id": torch.arange(B) + 100,
-        "boxes": torch.rand(B, R, 4) * 0.4 + 0.3,
-        "box_valid": torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]], dtype=torch.bool),
-        "box_input_ids": phrases, "box_attention_mask": torch.ones(B, R, LB, dtype=torch.long),
-        "dataset_type": dataset_type, "dataset_name": "fashiongen",
-    })
+    return SampleList(
+        {
+            "image": torch.randn(B, 3, 32, 32),
+            "input_ids": ids,
+            "attention_mask": mask,
+            "token_type_ids": torch.zeros_like(ids),
+            "product_id": torch.tensor([10, 10, 11, 12]),
+            "image_id": torch.arange(B) + 100,
+            "boxes": torch.rand(B, R, 4) * 0.4 + 0.3,
+            "box_valid": torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]], dtype=torch.bool),
+            "box_input_ids": phrases,
+            "box_attention_mask": torch.ones(B, R, LB, dtype=torch.long),
+            "dataset_type": dataset_type,
+            "dataset_name": "fashiongen",
+        }
+    )
 
 
 # parameters a head builds (so pretrained weights load strictly) but does not train
@@ -325,10 +373,20 @@ XVLM_UNUSED = {
 
 
 # ----------------------------------------------------------------- fashionbert
-FASHIONBERT_TINY_TEXT = {"name": "tiny", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                         "intermediate_size": 64}
-FASHIONBERT_TINY = {"image_encoder": {"name": "resnet18"}, "grid_size": 2, "patch_size": 16, "num_labels": 5,
-                    "text_encoder": FASHIONBERT_TINY_TEXT}
+FASHIONBERT_TINY_TEXT = {
+    "name": "tiny",
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+}
+FASHIONBERT_TINY = {
+    "image_encoder": {"name": "resnet18"},
+    "grid_size": 2,
+    "patch_size": 16,
+    "num_labels": 5,
+    "text_encoder": FASHIONBERT_TINY_TEXT,
+}
 FASHIONBERT_B, FASHIONBERT_L = 6, 12
 
 
@@ -354,11 +412,18 @@ def fashionbert_batch(with_query=False):
     masked = ids.clone()
     masked[:, 3] = 103
     batch = {
-        "image": torch.randn(B, 3, 32, 32), "input_ids": ids, "attention_mask": mask,
-        "token_type_ids": torch.zeros_like(ids), "masked_input_ids": masked, "mlm_labels": labels,
-        "product_id": torch.arange(B) + 10, "image_id": torch.arange(B) + 100,
-        "subcategory_id": torch.tensor([0, 0, 1, 1, 2, 2]), "targets": torch.tensor([0, 1, 2, 3, 4, 0]),
-        "dataset_type": "train", "dataset_name": "fashiongen",
+        "image": torch.randn(B, 3, 32, 32),
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": torch.zeros_like(ids),
+        "masked_input_ids": masked,
+        "mlm_labels": labels,
+        "product_id": torch.arange(B) + 10,
+        "image_id": torch.arange(B) + 100,
+        "subcategory_id": torch.tensor([0, 0, 1, 1, 2, 2]),
+        "targets": torch.tensor([0, 1, 2, 3, 4, 0]),
+        "dataset_type": "train",
+        "dataset_name": "fashiongen",
     }
     if with_query:
         batch["query_input_ids"] = ids[:, :6].clone()
@@ -369,8 +434,13 @@ def fashionbert_batch(with_query=False):
 # ----------------------------------------------------------------------- align
 ALIGN_TINY = {
     "image_encoder": "mobilenet_v3_small",
-    "text_encoder": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "intermediate_size": 64, "dropout": 0.0},
+    "text_encoder": {
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "dropout": 0.0,
+    },
     "embed_dim": 16,
 }
 ALIGN_CLASSES = ["maxi dress", "sneakers", "tote bag", "denim jacket"]
@@ -436,8 +506,9 @@ def clip_batch(**extra):
 
 def clip_composition_batch():
     g = torch.Generator().manual_seed(7)
-    return clip_batch(reference_image=torch.randn(4, 3, 32, 32, generator=g),
-                      target_image=torch.randn(4, 3, 32, 32, generator=g))
+    return clip_batch(
+        reference_image=torch.randn(4, 3, 32, 32, generator=g), target_image=torch.randn(4, 3, 32, 32, generator=g)
+    )
 
 
 def clip_ocir_batch():
@@ -468,27 +539,57 @@ class TinyCase:
 
 MODEL_CASES: Dict[str, Tuple[TinyCase, ...]] = {
     "fashionvil": (
-        TinyCase("pretraining", fashionvil_pretraining_config, fashionvil_pretraining_batch, RETRIEVAL,
-                 train_updates=fashionvil_task_updates),
+        TinyCase(
+            "pretraining",
+            fashionvil_pretraining_config,
+            fashionvil_pretraining_batch,
+            RETRIEVAL,
+            train_updates=fashionvil_task_updates,
+        ),
         # late fusion: the single-stream parts (visual token embeddings, BERT pooler) sit idle
-        TinyCase("contrastive", lambda tmp: fashionvil_config("contrastive"), fashionvil_batch, RETRIEVAL,
-                 no_gradient=("visual_embeddings.", "text_encoder.pooler.")),
-        TinyCase("composition", lambda tmp: fashionvil_config("composition"), fashionvil_composition_batch,
-                 COMPOSED, no_gradient=("text_encoder.pooler.",)),
+        TinyCase(
+            "contrastive",
+            lambda tmp: fashionvil_config("contrastive"),
+            fashionvil_batch,
+            RETRIEVAL,
+            no_gradient=("visual_embeddings.", "text_encoder.pooler."),
+        ),
+        TinyCase(
+            "composition",
+            lambda tmp: fashionvil_config("composition"),
+            fashionvil_composition_batch,
+            COMPOSED,
+            no_gradient=("text_encoder.pooler.",),
+        ),
         # cross entropy on the fused [CLS]: no contrastive temperature
-        TinyCase("classification", lambda tmp: fashionvil_config("classification"),
-                 fashionvil_classification_batch, CLASSIFICATION, no_gradient=("logit_scale.",)),
+        TinyCase(
+            "classification",
+            lambda tmp: fashionvil_config("classification"),
+            fashionvil_classification_batch,
+            CLASSIFICATION,
+            no_gradient=("logit_scale.",),
+        ),
         # image-only outfits: the text tower is never run
-        TinyCase("ocir", lambda tmp: fashionvil_config("ocir"), fashionvil_ocir_batch, COMPOSED,
-                 no_gradient=("text_encoder.", "visual_embeddings.")),
+        TinyCase(
+            "ocir",
+            lambda tmp: fashionvil_config("ocir"),
+            fashionvil_ocir_batch,
+            COMPOSED,
+            no_gradient=("text_encoder.", "visual_embeddings."),
+        ),
     ),
     "cots": (
         TinyCase("all_tasks", cots_config, cots_all_tasks_batch, RETRIEVAL),
         TinyCase("vit_all_tasks", lambda tmp: cots_config(tmp, **COTS_VIT), cots_vit_batch, RETRIEVAL),
     ),
     "xvlm": tuple(
-        TinyCase(head, lambda tmp, head=head: xvlm_config(head=head), xvlm_batch,
-                 GROUNDING if head == "grounding" else RETRIEVAL, no_gradient=XVLM_UNUSED[head])
+        TinyCase(
+            head,
+            lambda tmp, head=head: xvlm_config(head=head),
+            xvlm_batch,
+            GROUNDING if head == "grounding" else RETRIEVAL,
+            no_gradient=XVLM_UNUSED[head],
+        )
         for head in ("pretraining", "retrieval", "grounding")
     ),
     "fashionbert": tuple(
@@ -497,16 +598,22 @@ MODEL_CASES: Dict[str, Tuple[TinyCase, ...]] = {
     ),
     "align": (
         TinyCase("contrastive", lambda tmp: align_config(), align_batch, RETRIEVAL),
-        TinyCase("zeroshot", lambda tmp: align_config(head="zeroshot", zeroshot={"class_names": ALIGN_CLASSES}),
-                 lambda: align_batch(targets=torch.tensor([0, 1, 2, 3])), CLASSIFICATION),
+        TinyCase(
+            "zeroshot",
+            lambda tmp: align_config(head="zeroshot", zeroshot={"class_names": ALIGN_CLASSES}),
+            lambda: align_batch(targets=torch.tensor([0, 1, 2, 3])),
+            CLASSIFICATION,
+        ),
     ),
-    "fashion_vqvae": (
-        TinyCase("tokenizer", lambda tmp: vqvae_config(), vqvae_batch, LOSSES),
-    ),
+    "fashion_vqvae": (TinyCase("tokenizer", lambda tmp: vqvae_config(), vqvae_batch, LOSSES),),
     "clip": (
         TinyCase("contrastive", lambda tmp: clip_config(tmp), clip_batch, RETRIEVAL),
-        TinyCase("zeroshot", lambda tmp: clip_config(tmp, "zeroshot"),
-                 lambda: clip_batch(targets=torch.tensor([0, 1, 2, 3])), CLASSIFICATION),
+        TinyCase(
+            "zeroshot",
+            lambda tmp: clip_config(tmp, "zeroshot"),
+            lambda: clip_batch(targets=torch.tensor([0, 1, 2, 3])),
+            CLASSIFICATION,
+        ),
         TinyCase("composition", lambda tmp: clip_config(tmp, "composition"), clip_composition_batch, COMPOSED),
         TinyCase("ocir", lambda tmp: clip_config(tmp, "ocir"), clip_ocir_batch, COMPOSED),
     ),

@@ -16,6 +16,7 @@ install() refuses an MMF other than SUPPORTED_MMF_VERSIONS (the PyPI release
 UnsupportedMMFVersion, and a patch that cannot read the rc10 source it checks
 raises patches.PatchProbeError instead of skipping.
 """
+
 from __future__ import annotations
 
 import importlib.abc

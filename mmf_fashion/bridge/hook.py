@@ -6,6 +6,7 @@ a finder on sys.meta_path that waits for the first `import mmf`. Programs
 that never import mmf pay a few microseconds and import neither torch nor
 transformers.
 """
+
 import sys
 
 

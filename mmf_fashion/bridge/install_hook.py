@@ -8,6 +8,7 @@ Cheatsheet::
 `pip install .` ships the same file through setup.py; an editable install
 (`pip install -e .`) leaves .pth files out, so `make setup` runs this.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ HOOK_NAME = "mmf_fashion_hook.pth"
 # One line that starts with `import` (site.py executes those); it stays cheap
 # and does nothing when the package is not importable.
 HOOK_LINE = (
-    'import importlib.util as _mmf_fashion_util; '
+    "import importlib.util as _mmf_fashion_util; "
     '_mmf_fashion_util.find_spec("mmf_fashion") and __import__("mmf_fashion.bridge.hook")\n'
 )
 

@@ -5,13 +5,13 @@ rc10 imports transformers 2.x module paths (transformers.modeling_bert ...),
 life, does not load on torch 2). Each alias is created only when the real
 name cannot be imported, so an environment that has them is left alone.
 """
+
 from __future__ import annotations
 
 import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
-import sys
 import types
 
 # old module path -> new module path (transformers >= 4 layout)

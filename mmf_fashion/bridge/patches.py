@@ -6,6 +6,7 @@ alone. Patches run right after their module is executed (see
 mmf_fashion.bridge.PatchingFinder), before any other module can copy the
 patched names with `from ... import ...`.
 """
+
 from __future__ import annotations
 
 import collections.abc
@@ -105,7 +106,11 @@ def lazy_transformers_aliases(module):
     modeling_auto, configuration_auto, tokenization_auto) are served on demand by
     the bridge's alias finder (legacy.py), as for rc10."""
     original = getattr(module, "patch_transformers", None)
-    if original is None or getattr(original, "__mmf_fashion__", False) or "transformers.models" not in _source(original):
+    if (
+        original is None
+        or getattr(original, "__mmf_fashion__", False)
+        or "transformers.models" not in _source(original)
+    ):
         return
 
     def patch_transformers(log_incompatible=False):
@@ -127,8 +132,9 @@ def own_defaults_file(module):
 
     if not os.path.isfile(module.get_default_config_path()):
         module.get_default_config_path = lambda: DEFAULTS_YAML
-        _record_replacement("configuration.get_default_config_path",
-                            "rc10's file is missing; returns mmf_fashion/configs/defaults.yaml")
+        _record_replacement(
+            "configuration.get_default_config_path", "rc10's file is missing; returns mmf_fashion/configs/defaults.yaml"
+        )
 
 
 # top-level keys of our defaults that MMF main must not see: it copies even a
@@ -148,8 +154,11 @@ def our_keys_beside_mmf_defaults(module):
 
     mmf_defaults = module.get_default_config_path()
     original = module.Configuration._build_default_config
-    if (getattr(original, "__mmf_fashion__", False) or os.path.abspath(mmf_defaults) == os.path.abspath(DEFAULTS_YAML)
-            or not os.path.isfile(mmf_defaults)):
+    if (
+        getattr(original, "__mmf_fashion__", False)
+        or os.path.abspath(mmf_defaults) == os.path.abspath(DEFAULTS_YAML)
+        or not os.path.isfile(mmf_defaults)
+    ):
         return
     OmegaConf = module.OmegaConf
 
@@ -232,8 +241,9 @@ def includes_from_our_roots(module):
 
     load_yaml.__mmf_fashion__ = True
     module.load_yaml = load_yaml
-    _record_replacement("configuration.load_yaml",
-                        "`includes:` also resolved in mmf_fashion's roots (projects/<model>/...)")
+    _record_replacement(
+        "configuration.load_yaml", "`includes:` also resolved in mmf_fashion's roots (projects/<model>/...)"
+    )
 
 
 @patch("mmf.utils.configuration")
@@ -258,9 +268,10 @@ def resolvers_for_omegaconf_2_1(module):
         register("resolve_dir", module.resolve_dir, replace=True)
 
     module.Configuration._register_resolvers = _register_resolvers
-    _record_replacement("Configuration._register_resolvers",
-                        "MMF (rc10 and main) clears omegaconf's oc.env resolver and registers without "
-                        "replace=True")
+    _record_replacement(
+        "Configuration._register_resolvers",
+        "MMF (rc10 and main) clears omegaconf's oc.env resolver and registers without replace=True",
+    )
 
 
 @patch("mmf.utils.configuration")
@@ -384,8 +395,10 @@ def config_to_yaml(module):
                 f.write(OmegaConf.to_yaml(self.config, resolve=True))
 
         module.Checkpoint.save_config = save_config
-        _record_replacement("Checkpoint.save_config", "rc10 calls DictConfig.pretty(), removed from omegaconf; "
-                            "writes config.yaml with OmegaConf.to_yaml")
+        _record_replacement(
+            "Checkpoint.save_config",
+            "rc10 calls DictConfig.pretty(), removed from omegaconf; writes config.yaml with OmegaConf.to_yaml",
+        )
 
 
 def _reads_torch_files(function) -> bool:
@@ -475,8 +488,12 @@ def distributed_without_nccl_or_cuda(module):
         if config.distributed.backend == "nccl":
             config.distributed.backend = "gloo"
         if not dist.is_initialized():
-            dist.init_process_group(backend=config.distributed.backend, init_method=config.distributed.init_method,
-                                    world_size=config.distributed.world_size, rank=config.distributed.rank)
+            dist.init_process_group(
+                backend=config.distributed.backend,
+                init_method=config.distributed.init_method,
+                world_size=config.distributed.world_size,
+                rank=config.distributed.rank,
+            )
             dist.all_reduce(torch.zeros(1))
             module.suppress_output(dist.get_rank() == 0)
         with warnings.catch_warnings():
@@ -485,8 +502,10 @@ def distributed_without_nccl_or_cuda(module):
 
     distributed_init.__wrapped__ = original_init
     module.distributed_init = distributed_init
-    _record("distributed: gloo / CPU process groups count (is_nccl_available() no longer decides rank and world "
-            "size); without CUDA the group is made before MMF's distributed_init, which needs .cuda()")
+    _record(
+        "distributed: gloo / CPU process groups count (is_nccl_available() no longer decides rank and world "
+        "size); without CUDA the group is made before MMF's distributed_init, which needs .cuda()"
+    )
 
 
 @patch("mmf_cli.run")
@@ -507,8 +526,10 @@ def local_rank_device(module):
 
     distributed_main.__mmf_fashion__ = True
     module.distributed_main = distributed_main
-    _record_replacement("mmf_cli.run.distributed_main",
-                        "under torchrun rc10 gives device 0 to every rank; the device comes from LOCAL_RANK")
+    _record_replacement(
+        "mmf_cli.run.distributed_main",
+        "under torchrun rc10 gives device 0 to every rank; the device comes from LOCAL_RANK",
+    )
 
 
 # ---------------------------------------------------------------- metrics / losses

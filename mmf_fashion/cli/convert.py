@@ -8,6 +8,7 @@ Cheatsheet::
 The mapping and where the maths differ: docs/models/fashionvil_checkpoints.md.
 Files are read weights-only unless --allow-unsafe-load (full unpickling can run code).
 """
+
 from __future__ import annotations
 
 from mmf_fashion.cli import add_allow_unsafe_load
@@ -31,7 +32,11 @@ def add_parser(subparsers) -> None:
     command = commands.add_parser("fashionvil", help="an official FashionViL (MMF fork) checkpoint")
     command.add_argument("--from", dest="source", required=True, help="the official .pth / .ckpt file")
     command.add_argument("--out", required=True, help="state dict file to write, in our fashionvil names")
-    command.add_argument("--visual-token-type", type=int, default=1,
-                         help="model_config.fashionvil.visual_token_type of the model to load it into (default 1)")
+    command.add_argument(
+        "--visual-token-type",
+        type=int,
+        default=1,
+        help="model_config.fashionvil.visual_token_type of the model to load it into (default 1)",
+    )
     add_allow_unsafe_load(command)
     command.set_defaults(func=run_fashionvil)

@@ -35,6 +35,7 @@ Checkpoints and torch index files are read weights-only: a file that needs
 full unpickling (which can run code) is refused unless --allow-unsafe-load
 is given, on each command (an index does not remember it).
 """
+
 from __future__ import annotations
 
 import json
@@ -50,13 +51,19 @@ def _add_model_arguments(parser, required_help: str) -> None:
     parser.add_argument("--checkpoint", help="MMF checkpoint (.pth/.ckpt with a 'model' entry) or a state dict")
     parser.add_argument("--config", help="a YAML with model_config.<name> (a project config works)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override in the model config (repeatable), e.g. --set embed_dim=64",
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_allow_unsafe_load(parser)
     parser.add_argument(
-        "--image-size", type=int, default=None,
+        "--image-size",
+        type=int,
+        default=None,
         help="square size of the default image transform (build: 224; search: as built)",
     )
 
@@ -106,8 +113,12 @@ def _fingerprinted_model(args, stored=None):
     # the sidecar may name any checkpoint: it is read as safely as one given here
     checkpoint = args.checkpoint or stored.get("checkpoint")
     model, info = _load_model(
-        args.model or stored.get("name"), args.config or stored.get("config"), overrides,
-        checkpoint, args.device, args.allow_unsafe_load,
+        args.model or stored.get("name"),
+        args.config or stored.get("config"),
+        overrides,
+        checkpoint,
+        args.device,
+        args.allow_unsafe_load,
     )
     info.update(model_fingerprint(model, checkpoint))
     if stored:
@@ -117,11 +128,19 @@ def _fingerprinted_model(args, stored=None):
 
 def _index_params(args):
     kind = args.kind
-    given = {"flat": {}, "ivf": {"nlist": args.nlist, "nprobe": args.nprobe, "pq_m": args.pq_m},
-             "hnsw": {"M": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef}}[kind]
-    for flag, value, owner in (("--nlist", args.nlist, "ivf"), ("--nprobe", args.nprobe, "ivf"),
-                               ("--pq-m", args.pq_m, "ivf"), ("--hnsw-m", args.hnsw_m, "hnsw"),
-                               ("--ef-construction", args.ef_construction, "hnsw"), ("--ef", args.ef, "hnsw")):
+    given = {
+        "flat": {},
+        "ivf": {"nlist": args.nlist, "nprobe": args.nprobe, "pq_m": args.pq_m},
+        "hnsw": {"M": args.hnsw_m, "ef_construction": args.ef_construction, "ef_search": args.ef},
+    }[kind]
+    for flag, value, owner in (
+        ("--nlist", args.nlist, "ivf"),
+        ("--nprobe", args.nprobe, "ivf"),
+        ("--pq-m", args.pq_m, "ivf"),
+        ("--hnsw-m", args.hnsw_m, "hnsw"),
+        ("--ef-construction", args.ef_construction, "hnsw"),
+        ("--ef", args.ef, "hnsw"),
+    ):
         if value is not None and owner != kind:
             raise ValueError(f"{flag} applies to --kind {owner}, not --kind {kind}")
     return kind, given
@@ -139,9 +158,18 @@ def run_build(args) -> int:
         model, info = _fingerprinted_model(args)
         info["image_size"] = args.image_size or 224
         index = build_index(
-            model, items, modality=modality, batch_size=args.batch_size,
-            progress=not args.no_progress, image_size=info["image_size"],
-            backend=args.backend, model_info=info, records=records, kind=kind, params=params, queries=queries,
+            model,
+            items,
+            modality=modality,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+            image_size=info["image_size"],
+            backend=args.backend,
+            model_info=info,
+            records=records,
+            kind=kind,
+            params=params,
+            queries=queries,
         )
         index_path, meta_path = index.save(args.out)
     except (RetrievalError, FileNotFoundError, ValueError, UnsafeCheckpointError) as error:
@@ -168,8 +196,14 @@ def run_add(args) -> int:
         model, _ = _fingerprinted_model(args, index.model_info)
         before = len(index)
         added = add_items(
-            model, index, items, modality=modality, batch_size=args.batch_size, progress=not args.no_progress,
-            image_size=args.image_size or index.model_info.get("image_size") or 224, records=records,
+            model,
+            index,
+            items,
+            modality=modality,
+            batch_size=args.batch_size,
+            progress=not args.no_progress,
+            image_size=args.image_size or index.model_info.get("image_size") or 224,
+            records=records,
         )
         index_path, _ = index.save(args.out or args.index)
     except (RetrievalError, FileNotFoundError, ValueError, UnsafeCheckpointError) as error:
@@ -197,8 +231,15 @@ def run_search(args) -> int:
             size = args.image_size or index.model_info.get("image_size") or 224
             transform = own() if callable(own) else default_transform(size)
             images = load_images([args.image], transform)
-        hits = search(model, index, texts=[args.text] if args.text else None, images=images, k=args.k,
-                      nprobe=args.nprobe, ef=args.ef)[0]
+        hits = search(
+            model,
+            index,
+            texts=[args.text] if args.text else None,
+            images=images,
+            k=args.k,
+            nprobe=args.nprobe,
+            ef=args.ef,
+        )[0]
     except (RetrievalError, FileNotFoundError, ValueError, UnsafeCheckpointError) as error:
         return _fail(str(error))
     if args.json:
@@ -216,16 +257,31 @@ def _add_gallery_arguments(parser) -> None:
     gallery = parser.add_mutually_exclusive_group(required=True)
     gallery.add_argument("--images", help="folder of images (recursive) or a file listing image paths")
     gallery.add_argument("--texts", help="text file, one gallery text per line")
-    gallery.add_argument("--dataset", choices=("fashiongen", "fashioniq", "polyvore_ocir"),
-                         help="a data set's split under --data-dir (published layout)")
+    gallery.add_argument(
+        "--dataset",
+        choices=("fashiongen", "fashioniq", "polyvore_ocir"),
+        help="a data set's split under --data-dir (published layout)",
+    )
     parser.add_argument("--split", default="val", help="with --dataset: train | val | test")
-    parser.add_argument("--data-dir", default=os.environ.get("MMF_FASHION_DATA_DIR", "data/synthetic"),
-                        help="with --dataset (default $MMF_FASHION_DATA_DIR or data/synthetic)")
-    parser.add_argument("--modality", choices=("image", "text"), default="image",
-                        help="with --dataset fashiongen: index images or product texts")
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("MMF_FASHION_DATA_DIR", "data/synthetic"),
+        help="with --dataset (default $MMF_FASHION_DATA_DIR or data/synthetic)",
+    )
+    parser.add_argument(
+        "--modality",
+        choices=("image", "text"),
+        default="image",
+        help="with --dataset fashiongen: index images or product texts",
+    )
     parser.add_argument("--polyvore-version", choices=("nondisjoint", "disjoint"), default="nondisjoint")
-    parser.add_argument("--format", dest="fashiongen_format", choices=("auto", "json", "h5"), default="auto",
-                        help="with --dataset fashiongen: which layout to read when both are there (default auto)")
+    parser.add_argument(
+        "--format",
+        dest="fashiongen_format",
+        choices=("auto", "json", "h5"),
+        default="auto",
+        help="with --dataset fashiongen: which layout to read when both are there (default auto)",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -237,21 +293,38 @@ def add_parser(subparsers) -> None:
     build = commands.add_parser("build", help="embed a gallery of images or texts and save the index")
     _add_gallery_arguments(build)
     build.add_argument("--out", required=True, help="index file to write (a .json sidecar is written beside it)")
-    build.add_argument("--backend", choices=("auto", "faiss", "torch"), default="auto",
-                       help="auto: faiss when it imports, else a torch tensor file (flat only)")
-    build.add_argument("--kind", choices=("flat", "ivf", "hnsw"), default="flat",
-                       help="flat: exact; ivf: inverted lists (k-means); hnsw: graph (default flat)")
+    build.add_argument(
+        "--backend",
+        choices=("auto", "faiss", "torch"),
+        default="auto",
+        help="auto: faiss when it imports, else a torch tensor file (flat only)",
+    )
+    build.add_argument(
+        "--kind",
+        choices=("flat", "ivf", "hnsw"),
+        default="flat",
+        help="flat: exact; ivf: inverted lists (k-means); hnsw: graph (default flat)",
+    )
     build.add_argument("--nlist", type=int, help="ivf: lists (default round(4 sqrt(N)), at most N / 39)")
-    build.add_argument("--nprobe", type=int, help="ivf: lists scanned per query, recorded as the search default "
-                                                  "(default round(sqrt(nlist)))")
-    build.add_argument("--pq-m", type=int, help="ivf: product quantisation with this many bytes per item "
-                                                "(IVF-PQ; must divide the dimension); default none (IVF-Flat)")
+    build.add_argument(
+        "--nprobe",
+        type=int,
+        help="ivf: lists scanned per query, recorded as the search default (default round(sqrt(nlist)))",
+    )
+    build.add_argument(
+        "--pq-m",
+        type=int,
+        help="ivf: product quantisation with this many bytes per item "
+        "(IVF-PQ; must divide the dimension); default none (IVF-Flat)",
+    )
     build.add_argument("--hnsw-m", type=int, help="hnsw: links per node (default 32)")
-    build.add_argument("--ef-construction", type=int,
-                       help="hnsw: build beam width (default 80)")
+    build.add_argument("--ef-construction", type=int, help="hnsw: build beam width (default 80)")
     build.add_argument("--ef", type=int, help="hnsw: search beam width recorded as the search default (default 64)")
-    build.add_argument("--queries", help="query kinds the index answers, comma separated: text, image, composed "
-                                         "(default: those the model can embed)")
+    build.add_argument(
+        "--queries",
+        help="query kinds the index answers, comma separated: text, image, composed "
+        "(default: those the model can embed)",
+    )
     _add_model_arguments(build, "default: the checkpoint's or config's model")
     build.set_defaults(func=run_build)
 

@@ -1,4 +1,5 @@
 """`mmf-fashion info`: what this package registers into MMF, one line each."""
+
 from __future__ import annotations
 
 
@@ -42,6 +43,9 @@ def run(args) -> int:
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("info", help="list the registered models, builders, metrics, processors")
     parser.add_argument("--patches", action="store_true", help="also list the MMF compatibility patches applied")
-    parser.add_argument("--weights", action="store_true",
-                        help="also list the released weights each model accepts and the option naming them")
+    parser.add_argument(
+        "--weights",
+        action="store_true",
+        help="also list the released weights each model accepts and the option naming them",
+    )
     parser.set_defaults(func=run)

@@ -8,13 +8,15 @@ Cheatsheet::
     mmf-fashion index build --checkpoint save/align_itr/align_final.pth --config ... --out gallery.index
     mmf-fashion index search --index gallery.index --text "red striped dress"
     mmf-fashion plot curves save/fashionvil_itr/metrics.jsonl --out curves.png
-    mmf-fashion plot embeddings --config projects/align/configs/itr.yaml --model align --dataset fashiongen --checkpoint ... --out tsne.png
+    mmf-fashion plot embeddings --config projects/align/configs/itr.yaml --model align --dataset fashiongen \
+        --checkpoint ... --out tsne.png
     mmf-fashion info
     mmf-fashion new-builder my_catalogue
 
 Each group lives in its own module with an `add_parser(subparsers)`; this
 file only wires them, importing nothing heavy until a command runs.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,4 @@
-'''`mmf-fashion new-builder NAME`: write a working dataset builder to start from.
+"""`mmf-fashion new-builder NAME`: write a working dataset builder to start from.
 
 Cheatsheet::
 
@@ -20,7 +20,8 @@ The builder reads <data_dir>/NAME/{train,val,test}.csv (columns image,
 title, category, optional product_id; image paths relative to
 <data_dir>/NAME/) and emits the docs/ARCHITECTURE.md keys. Existing files
 are never overwritten. The walk-through is docs/contributing_a_dataset_builder.md.
-'''
+"""
+
 from __future__ import annotations
 
 import importlib.util
@@ -136,7 +137,9 @@ def read_rows(path: str) -> List[Dict]:
         reader.fieldnames = header
         missing = [column for column in REQUIRED_COLUMNS if column not in header]
         if missing:
-            raise ValueError(f"{path}: line 1 (header): column(s) {missing} missing; found {header}; expected {COLUMNS_HINT}")
+            raise ValueError(
+                f"{path}: line 1 (header): column(s) {missing} missing; found {header}; expected {COLUMNS_HINT}"
+            )
         for row in reader:
             row["_line"] = reader.line_num
             rows.append(row)
@@ -177,7 +180,8 @@ class __CLASS__Dataset(FashionDataset):
         file, record = self.csv_path, row["_line"]
         if None in row:
             raise BadSampleError(file, record, "*", "more fields than the header has columns", "bad_value")
-        image = self.data_path((row.get("image") or "").strip(), file=file, record=record, field="image", root=self.folder)
+        image_path = (row.get("image") or "").strip()
+        image = self.data_path(image_path, file=file, record=record, field="image", root=self.folder)
         title = require_text(row.get("title") or "", file=file, record=record, field="title")
         category = (row.get("category") or "").strip()
         if category not in category_index:
@@ -186,7 +190,9 @@ class __CLASS__Dataset(FashionDataset):
                 "unknown_category" if category else "missing_field",
             )
         product = (row.get("product_id") or "").strip()
-        product_id = require_int(product, file=file, record=record, field="product_id") if product else default_product_id
+        product_id = (
+            require_int(product, file=file, record=record, field="product_id") if product else default_product_id
+        )
         return {"record": record, "image": image, "title": title, "category_id": category_index[category],
                 "product_id": product_id}
 
@@ -208,7 +214,7 @@ class __CLASS__Dataset(FashionDataset):
         return sample
 '''
 
-DEFAULTS_TEMPLATE = '''# Default config of the "__NAME__" builder; override any key in your project
+DEFAULTS_TEMPLATE = """# Default config of the "__NAME__" builder; override any key in your project
 # YAML (dataset_config.__NAME__...) or on the command line.
 dataset_config:
   __NAME__:
@@ -234,7 +240,7 @@ dataset_config:
           train_crop: random_resized_crop
           scale: [0.5, 1.0]
           horizontal_flip: 0.5
-'''
+"""
 
 TEST_TEMPLATE = '''"""Tests of the "__NAME__" builder on a tiny catalogue written into tmp_path.
 

@@ -35,6 +35,7 @@ text_embedding / fused_embedding outputs of its eval-mode forward. The
 drawing itself lives in mmf_fashion/visualize.py; the retrieval grid (its
 queries, ranking and frames) in mmf_fashion/visualize_retrieval.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,11 @@ def read_run_records(source: str):
         folder, named = os.path.dirname(source) or ".", source
     paths = [named] if named else []
     if named is None or os.path.basename(named) in RESULT_FILES:
-        paths += [os.path.join(folder, name) for name in RESULT_FILES
-                  if os.path.isfile(os.path.join(folder, name)) and os.path.join(folder, name) != named]
+        paths += [
+            os.path.join(folder, name)
+            for name in RESULT_FILES
+            if os.path.isfile(os.path.join(folder, name)) and os.path.join(folder, name) != named
+        ]
     if not paths:
         raise PlotError(f"{source}: no {' or '.join(RESULT_FILES)} in it")
     records = []
@@ -82,8 +86,10 @@ def run_curves(args) -> int:
         print(f"mmf-fashion plot curves: {error}", file=sys.stderr)
         return 2
     drawn = sum(len(family_keys) for family_keys in families.values())
-    print(f"wrote {args.out}: {drawn} curve(s) from {len(records)} record(s) in {len(families)} panel(s) "
-          f"({', '.join(families)})")
+    print(
+        f"wrote {args.out}: {drawn} curve(s) from {len(records)} record(s) in {len(families)} panel(s) "
+        f"({', '.join(families)})"
+    )
     return 0
 
 
@@ -104,14 +110,18 @@ def run_embeddings(args) -> int:
         indices = evenly_spaced(len(dataset), args.max_items)
         loader = runtime.split_loader(dataset, batch_size=args.batch_size, indices=indices)
         points_by_kind, labels = collect_embeddings(
-            model, loader, label_key=args.label_key, fused=not args.no_fused, progress=not args.quiet,
+            model,
+            loader,
+            label_key=args.label_key,
+            fused=not args.no_fused,
+            progress=not args.quiet,
         )
         names = label_names(args.dataset, args.label_key, dataset)
         title = f"{args.model} on {args.dataset}/{args.split} ({len(indices)} items)"
-        plot_embeddings(points_by_kind, labels, args.out, label_names=names, seed=args.seed,
-                        perplexity=args.perplexity, title=title)
-    except (PlotError, runtime.RuntimeSetupError, BadSampleError, FileNotFoundError,
-            UnsafeCheckpointError) as error:
+        plot_embeddings(
+            points_by_kind, labels, args.out, label_names=names, seed=args.seed, perplexity=args.perplexity, title=title
+        )
+    except (PlotError, runtime.RuntimeSetupError, BadSampleError, FileNotFoundError, UnsafeCheckpointError) as error:
         print(f"mmf-fashion plot embeddings: {error}", file=sys.stderr)
         return 2
     kinds = ", ".join(f"{kind} {len(points)}" for kind, points in points_by_kind.items())
@@ -136,22 +146,42 @@ def run_retrieval(args) -> int:
         model = runtime.build_model_from_config(
             config, checkpoint=args.checkpoint, device=args.device, allow_unsafe=allow_unsafe
         )
-        rows = collect_retrieval(model, dataset, args.task, count=args.queries, k=args.k, seed=args.seed,
-                                 batch_size=args.batch_size, config=config)
-        title = args.title or (f"{args.model} {args.task} on {dataset_name}/{args.split}: query, then the "
-                               f"top-{args.k} (green frame: the correct item)")
+        rows = collect_retrieval(
+            model,
+            dataset,
+            args.task,
+            count=args.queries,
+            k=args.k,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            config=config,
+        )
+        title = args.title or (
+            f"{args.model} {args.task} on {dataset_name}/{args.split}: query, then the "
+            f"top-{args.k} (green frame: the correct item)"
+        )
         plot_retrieval_grid(rows, args.out, task=args.task, title=title)
-    except (PlotError, runtime.RuntimeSetupError, BadSampleError, FileNotFoundError,
-            UnsafeCheckpointError) as error:
+    except (PlotError, runtime.RuntimeSetupError, BadSampleError, FileNotFoundError, UnsafeCheckpointError) as error:
         print(f"mmf-fashion plot retrieval: {error}", file=sys.stderr)
         return 2
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"task": args.task, "dataset": dataset_name, "split": args.split, "k": args.k,
-                       "queries": [row.to_json() for row in rows]}, handle, indent=1)
+            json.dump(
+                {
+                    "task": args.task,
+                    "dataset": dataset_name,
+                    "split": args.split,
+                    "k": args.k,
+                    "queries": [row.to_json() for row in rows],
+                },
+                handle,
+                indent=1,
+            )
     found = sum(any(row.frames) for row in rows)
-    print(f"wrote {args.out}: {len(rows)} {args.task} queries, top-{args.k}; the correct item is among them "
-          f"for {found} of {len(rows)}" + (f"; ranked ids in {args.json}" if args.json else ""))
+    print(
+        f"wrote {args.out}: {len(rows)} {args.task} queries, top-{args.k}; the correct item is among them "
+        f"for {found} of {len(rows)}" + (f"; ranked ids in {args.json}" if args.json else "")
+    )
     return 0
 
 
@@ -184,11 +214,16 @@ def add_parser(subparsers) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
 
     curves = commands.add_parser("curves", help="training and metric curves from train.jsonl and metrics.jsonl")
-    curves.add_argument("metrics", metavar="METRICS_JSONL",
-                        help="a save_dir, or its metrics.jsonl or train.jsonl (the other file beside it is read too)")
-    curves.add_argument("--keys", default=None,
-                        help="comma-separated keys, families (loss, r@k_general, 'train losses', lr) or globs; "
-                             "default: all")
+    curves.add_argument(
+        "metrics",
+        metavar="METRICS_JSONL",
+        help="a save_dir, or its metrics.jsonl or train.jsonl (the other file beside it is read too)",
+    )
+    curves.add_argument(
+        "--keys",
+        default=None,
+        help="comma-separated keys, families (loss, r@k_general, 'train losses', lr) or globs; default: all",
+    )
     curves.add_argument("--out", required=True, help="PNG file to write")
     curves.add_argument("--title", default=None, help="figure title (default: the metrics file)")
     curves.set_defaults(func=run_curves)
@@ -212,20 +247,26 @@ def add_parser(subparsers) -> None:
     embeddings.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="MMF config overrides")
     embeddings.set_defaults(func=run_embeddings)
 
-    retrieval = commands.add_parser("retrieval", help="sampled queries beside their top-k results, "
-                                                      "the correct item framed")
+    retrieval = commands.add_parser(
+        "retrieval", help="sampled queries beside their top-k results, the correct item framed"
+    )
     retrieval.add_argument("--config", required=True, help="project YAML (as mmf_run config=...)")
     retrieval.add_argument("--model", required=True, help="registered model name, e.g. fashionvil")
-    retrieval.add_argument("--task", required=True, choices=("itr", "tgir", "ocir"),
-                           help="itr: caption -> images (fashiongen); tgir: reference image + text -> image "
-                                "(fashioniq); ocir: partial outfit -> item (polyvore_ocir)")
+    retrieval.add_argument(
+        "--task",
+        required=True,
+        choices=("itr", "tgir", "ocir"),
+        help="itr: caption -> images (fashiongen); tgir: reference image + text -> image "
+        "(fashioniq); ocir: partial outfit -> item (polyvore_ocir)",
+    )
     retrieval.add_argument("--dataset", default=None, help="dataset builder (default: the task's)")
     retrieval.add_argument("--checkpoint", default=None, help="<model>_final.pth or a trainer checkpoint")
     retrieval.add_argument("--split", default="val", choices=("train", "val", "test"))
     retrieval.add_argument("--queries", type=int, default=8, help="queries drawn, one line each")
     retrieval.add_argument("-k", type=int, default=5, help="results shown per query")
-    retrieval.add_argument("--seed", type=int, default=None,
-                           help="draw the queries at random with this seed (default: evenly spaced)")
+    retrieval.add_argument(
+        "--seed", type=int, default=None, help="draw the queries at random with this seed (default: evenly spaced)"
+    )
     retrieval.add_argument("--batch-size", type=int, default=32)
     retrieval.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
     add_allow_unsafe_load(retrieval)

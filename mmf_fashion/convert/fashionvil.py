@@ -13,12 +13,14 @@ mapping (and where the maths differ) are in docs/models/fashionvil_checkpoints.m
 Nothing is dropped silently: every official key is either mapped, named as
 derived (a tied copy or an index buffer) or named as unmatched in the report.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
+
 from mmf_fashion.modules.state_dicts import strip_prefix
 
 OFFICIAL_EMBEDDINGS = "model.bert.embeddings."
@@ -104,7 +106,7 @@ def _targets(key: str) -> Optional[Tuple[str, ...]]:
         return EXACT[key]
     for official, ours in PREFIXES:
         if key.startswith(official):
-            rest = key[len(official):]
+            rest = key[len(official) :]
             return tuple(prefix + rest for prefix in ours)
     return None
 
@@ -167,9 +169,7 @@ def load_official(model: torch.nn.Module, state: Any, source: str = "checkpoint"
     return report
 
 
-def convert_file(
-    path: str, out: str, allow_unsafe: bool = False, visual_token_type: int = 1
-) -> ConversionReport:
+def convert_file(path: str, out: str, allow_unsafe: bool = False, visual_token_type: int = 1) -> ConversionReport:
     """Read an official file weights-only (unless allow_unsafe), write our state dict to `out`."""
     from mmf_fashion.trainers.checkpointing import atomic_torch_save, safe_torch_load
 

@@ -24,6 +24,7 @@ Config options every fashion dataset reads:
   the next good record so batches keep their size).
 - allow_paths_outside_root: false (absolute and `..` paths are refused).
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,9 +40,9 @@ from mmf.datasets.base_dataset_builder import BaseDatasetBuilder
 from torch.utils.data import Dataset
 
 from mmf_fashion.datasets.common import (
-    DataDirPaths,
     BadSampleCounter,
     BadSampleError,
+    DataDirPaths,
     check_policy,
     load_image,
     resolve_data_path,
@@ -143,7 +144,11 @@ class FashionDataset(DataDirPaths, BaseDataset):
         return summary
 
     def items_per_epoch(self) -> int:
-        world = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+        world = (
+            torch.distributed.get_world_size()
+            if torch.distributed.is_available() and torch.distributed.is_initialized()
+            else 1
+        )
         return int(math.ceil(len(self) / world))
 
     def __getstate__(self):
@@ -268,7 +273,14 @@ class FashionDatasetBuilder(BaseDatasetBuilder):
             for choice in self.layout_choices(config, dataset_type):
                 choose_layout(choice, data_dir, allow_outside_root=allow_outside)  # the dataset logs the choice
             candidates = [
-                resolve_data_path(data_dir, path, file=f"dataset_config.{self.dataset_name}", record="files", field="files", allow_outside_root=allow_outside)
+                resolve_data_path(
+                    data_dir,
+                    path,
+                    file=f"dataset_config.{self.dataset_name}",
+                    record="files",
+                    field="files",
+                    allow_outside_root=allow_outside,
+                )
                 for path in self.required_paths(config, dataset_type)
             ]
             if candidates and not any(os.path.exists(path) for path in candidates):

@@ -23,6 +23,7 @@ Cheatsheet::
 Every problem is a BadSampleError whose message names the file, the record
 and the field. Nothing here imports MMF.
 """
+
 from __future__ import annotations
 
 import json
@@ -93,7 +94,9 @@ def resolve_data_path(
     if os.path.isabs(path) or os.path.splitdrive(path)[0]:
         if not allow_outside_root:
             raise BadSampleError(
-                file, record, field,
+                file,
+                record,
+                field,
                 f"absolute path '{path}' refused: paths must be relative to the data directory {root} "
                 "(set allow_paths_outside_root: true in the dataset config to allow it)",
                 "unsafe_path",
@@ -102,7 +105,9 @@ def resolve_data_path(
     resolved = os.path.normpath(os.path.join(root, path))
     if not allow_outside_root and os.path.commonpath([root, resolved]) != root:
         raise BadSampleError(
-            file, record, field,
+            file,
+            record,
+            field,
             f"path '{path}' leaves the data directory {root} (through '..'); "
             "set allow_paths_outside_root: true in the dataset config to allow it",
             "unsafe_path",
@@ -112,7 +117,6 @@ def resolve_data_path(
 
 # ----------------------------------------------------------------------------
 # text
-
 
 
 class DataDirPaths:
@@ -129,8 +133,11 @@ class DataDirPaths:
             base, relative, file=file, record=record, field=field, allow_outside_root=self.allow_paths_outside_root
         )
         if not self.allow_paths_outside_root and os.path.commonpath([self.data_dir, resolved]) != self.data_dir:
-            raise BadSampleError(file, record, field, f"path '{relative}' leaves the data directory {self.data_dir}", "unsafe_path")
+            raise BadSampleError(
+                file, record, field, f"path '{relative}' leaves the data directory {self.data_dir}", "unsafe_path"
+            )
         return resolved
+
 
 def _is_control(character: str) -> bool:
     return unicodedata.category(character) in ("Cc", "Cs") and character not in "\t\n\r"
@@ -156,10 +163,14 @@ def decode_text(value: Any, *, file: Any, record: Any, field: str) -> str:
             # read_json keeps invalid UTF-8 as surrogate escapes: retry as latin-1
             text = text.encode("utf-8", "surrogateescape").decode("latin-1")
     else:
-        raise BadSampleError(file, record, field, f"expected text, got {type(value).__name__} {value!r}", "undecodable_caption")
+        raise BadSampleError(
+            file, record, field, f"expected text, got {type(value).__name__} {value!r}", "undecodable_caption"
+        )
     if any(_is_control(c) for c in text):
         shown = text[:40].encode("unicode_escape").decode("ascii")
-        raise BadSampleError(file, record, field, f"not decodable as UTF-8 or latin-1 text: '{shown}'", "undecodable_caption")
+        raise BadSampleError(
+            file, record, field, f"not decodable as UTF-8 or latin-1 text: '{shown}'", "undecodable_caption"
+        )
     return text
 
 
@@ -174,9 +185,13 @@ def require_text(text: str, *, file: Any, record: Any, field: str) -> str:
 def require_field(entry: Any, key: str, *, file: Any, record: Any, field: Optional[str] = None) -> Any:
     """entry[key] or a ``missing_field`` error."""
     if not isinstance(entry, dict):
-        raise BadSampleError(file, record, field or key, f"expected a JSON object, got {type(entry).__name__}", "missing_field")
+        raise BadSampleError(
+            file, record, field or key, f"expected a JSON object, got {type(entry).__name__}", "missing_field"
+        )
     if key not in entry or entry[key] is None:
-        raise BadSampleError(file, record, field or key, f"field '{key}' is missing (keys present: {sorted(entry)})", "missing_field")
+        raise BadSampleError(
+            file, record, field or key, f"field '{key}' is missing (keys present: {sorted(entry)})", "missing_field"
+        )
     return entry[key]
 
 
@@ -227,7 +242,9 @@ def load_image(path: str, *, file: Any, record: Any, field: str, min_side: Optio
             image.load()
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise BadSampleError(file, record, field, f"image file {path} cannot be decoded ({error})", "corrupt_image") from None
+        raise BadSampleError(
+            file, record, field, f"image file {path} cannot be decoded ({error})", "corrupt_image"
+        ) from None
 
 
 def image_from_array(array, *, file: Any, record: Any, field: str):
@@ -237,7 +254,9 @@ def image_from_array(array, *, file: Any, record: Any, field: str):
 
     array = np.asarray(array)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8 or min(array.shape[:2]) == 0:
-        raise BadSampleError(file, record, field, f"expected a uint8 (H, W, 3) image, got {array.dtype} {array.shape}", "corrupt_image")
+        raise BadSampleError(
+            file, record, field, f"expected a uint8 (H, W, 3) image, got {array.dtype} {array.shape}", "corrupt_image"
+        )
     return Image.fromarray(np.ascontiguousarray(array))
 
 
@@ -427,4 +446,3 @@ def check_policy(value: Any, *, dataset: str) -> str:
     if policy not in BAD_SAMPLE_POLICIES:
         raise ValueError(f"dataset_config.{dataset}.on_bad_sample must be one of {BAD_SAMPLE_POLICIES}, got '{policy}'")
     return policy
-

@@ -17,6 +17,7 @@ FileNotFoundError naming every layout's files and the folder looked in.
 An explicit layout must be there; when it is not, the error says which other
 layout is. Nothing here imports MMF.
 """
+
 from __future__ import annotations
 
 import os
@@ -71,8 +72,14 @@ def choose_layout(choice: LayoutChoice, data_dir: str, *, allow_outside_root: bo
     data_dir = os.path.abspath(data_dir)
     # config paths are checked like data paths (absolute / '..' refused)
     paths = [
-        resolve_data_path(data_dir, layout.path, file=choice.flag.rsplit(".", 1)[0], record="files", field="files",
-                          allow_outside_root=allow_outside_root)
+        resolve_data_path(
+            data_dir,
+            layout.path,
+            file=choice.flag.rsplit(".", 1)[0],
+            record="files",
+            field="files",
+            allow_outside_root=allow_outside_root,
+        )
         for layout in choice.layouts
     ]
     present = [layout for layout, path in zip(choice.layouts, paths) if os.path.isfile(path)]
@@ -90,7 +97,8 @@ def choose_layout(choice: LayoutChoice, data_dir: str, *, allow_outside_root: bo
         others = [other.name for other in present]
         way_out = (
             f"The {others[0]} layout is there: set {choice.flag}=auto (the default) or {choice.flag}={others[0]}."
-            if others else f"No other layout is there either; {choice.flag}=auto (the default) reads whichever of "
+            if others
+            else f"No other layout is there either; {choice.flag}=auto (the default) reads whichever of "
             f"{' or '.join(choice.names)} is there. " + synth_hint(data_dir)
         )
         raise FileNotFoundError(f"{choice.dataset}: {choice.flag}={requested} but {path} does not exist. {way_out}")
@@ -104,7 +112,10 @@ def choose_layout(choice: LayoutChoice, data_dir: str, *, allow_outside_root: bo
     layout = present[0]
     name = names[choice.names.index(layout.name)]
     if len(present) == 1:
-        return layout, f"{choice.dataset}: reading the {layout.name} layout ({layout.title}: {os.path.join(folder, name)})"
+        return (
+            layout,
+            f"{choice.dataset}: reading the {layout.name} layout ({layout.title}: {os.path.join(folder, name)})",
+        )
     others = ", ".join(f"{other.name} ({names[choice.names.index(other.name)]})" for other in present[1:])
     return layout, (
         f"{choice.dataset}: both layouts are in {folder}{os.sep}: {layout.name} ({name}) and {others}; "

@@ -27,6 +27,7 @@ summed over ranks (shards may hold different numbers of regions or slots).
 IoU by torchvision.ops.box_iou (mmf_fashion/modules/xvlm_ops.grounding_hits).
 Accuracy in percent (0-100), like the retrieval metrics; 0 with no box.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
@@ -39,37 +40,48 @@ from mmf_fashion.metrics.registered import gather_rows, report_value
 from mmf_fashion.modules.xvlm_ops import grounding_hits
 
 
-def valid_region_pairs(predicted: torch.Tensor, target: torch.Tensor, valid: Optional[torch.Tensor]
-                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+def valid_region_pairs(
+    predicted: torch.Tensor, target: torch.Tensor, valid: Optional[torch.Tensor]
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """(K, 4) predicted and (K, 4) true boxes of the valid regions, in sample-then-slot order.
 
     predicted (N, Rp, 4) and target (N, R, 4) with valid (N, R) bool, or flat
     (K, 4) each with valid (K,) or None (every row counts).
     """
-    if predicted.shape[-1] != 4 or target.shape[-1] != 4 or predicted.dim() != target.dim() \
-            or predicted.dim() not in (2, 3):
-        raise ValueError(f"grounding_accuracy: predicted_boxes {tuple(predicted.shape)} and boxes "
-                         f"{tuple(target.shape)} must both be (N, R, 4) or both (K, 4)")
+    if (
+        predicted.shape[-1] != 4
+        or target.shape[-1] != 4
+        or predicted.dim() != target.dim()
+        or predicted.dim() not in (2, 3)
+    ):
+        raise ValueError(
+            f"grounding_accuracy: predicted_boxes {tuple(predicted.shape)} and boxes "
+            f"{tuple(target.shape)} must both be (N, R, 4) or both (K, 4)"
+        )
     if predicted.shape[0] != target.shape[0]:
-        raise ValueError(f"grounding_accuracy: predicted_boxes has {predicted.shape[0]} rows, boxes "
-                         f"{target.shape[0]}")
+        raise ValueError(f"grounding_accuracy: predicted_boxes has {predicted.shape[0]} rows, boxes {target.shape[0]}")
     if valid is None:
         if target.dim() == 3:
-            raise KeyError("grounding_accuracy: (N, R, 4) boxes need the per-sample mask box_valid (N, R) "
-                           "to tell regions from padding")
+            raise KeyError(
+                "grounding_accuracy: (N, R, 4) boxes need the per-sample mask box_valid (N, R) "
+                "to tell regions from padding"
+            )
         valid = torch.ones(target.shape[0], dtype=torch.bool, device=target.device)
     valid = valid.bool().to(target.device)
     if valid.shape != target.shape[:-1]:
-        raise ValueError(f"grounding_accuracy: box_valid {tuple(valid.shape)} does not match boxes "
-                         f"{tuple(target.shape)}")
+        raise ValueError(
+            f"grounding_accuracy: box_valid {tuple(valid.shape)} does not match boxes {tuple(target.shape)}"
+        )
     if target.dim() == 2:
         return predicted[valid.to(predicted.device)], target[valid]
     slots = valid.nonzero()  # (K, 2): sample, slot
     beyond = slots[:, 1] >= predicted.shape[1]
     if bool(beyond.any()):
         sample, slot = slots[beyond][0].tolist()
-        raise ValueError(f"grounding_accuracy: sample {sample} has a valid region in slot {slot} but "
-                         f"predicted_boxes holds only {predicted.shape[1]} slots per sample")
+        raise ValueError(
+            f"grounding_accuracy: sample {sample} has a valid region in slot {slot} but "
+            f"predicted_boxes holds only {predicted.shape[1]} slots per sample"
+        )
     slots_on_pred = slots.to(predicted.device)
     return predicted[slots_on_pred[:, 0], slots_on_pred[:, 1]], target[slots[:, 0], slots[:, 1]]
 
@@ -90,8 +102,7 @@ class GroundingAccuracy(BaseMetric):
     def _lookup(sample_list, model_output, key: str) -> Optional[torch.Tensor]:
         value = report_value(key, sample_list, model_output)
         if value is not None and not isinstance(value, torch.Tensor):
-            raise TypeError(f"grounding_accuracy: report key '{key}' is a {type(value).__name__}, "
-                            "not a tensor")
+            raise TypeError(f"grounding_accuracy: report key '{key}' is a {type(value).__name__}, not a tensor")
         return value
 
     def calculate(self, sample_list, model_output, *args, **kwargs) -> Dict[str, float]:

@@ -29,6 +29,7 @@ Rank and tie rule (the same in every function of this package):
 Memory: similarities are computed for `chunk_size` queries at a time, so peak
 memory is O(chunk_size x gallery), never query x gallery.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -94,9 +95,7 @@ def first_positive_ranks(
     query_emb = check_embeddings("query embeddings", query_emb)
     gallery_emb = check_embeddings("gallery embeddings", gallery_emb)
     if query_emb.shape[1] != gallery_emb.shape[1]:
-        raise ValueError(
-            f"embedding sizes differ: queries {query_emb.shape[1]}, gallery {gallery_emb.shape[1]}"
-        )
+        raise ValueError(f"embedding sizes differ: queries {query_emb.shape[1]}, gallery {gallery_emb.shape[1]}")
     num_queries = query_emb.shape[0]
     query_labels = check_labels("query labels", query_labels, num_queries)
     gallery_labels = check_labels("gallery labels", gallery_labels, gallery_emb.shape[0])
@@ -260,19 +259,23 @@ def general_recalls(
     image_emb = check_embeddings("image_embedding", image_emb)
     text_emb = check_embeddings("text_embedding", text_emb)
     if image_emb.shape[0] != text_emb.shape[0]:
-        raise ValueError(
-            f"image_embedding has {image_emb.shape[0]} rows, text_embedding {text_emb.shape[0]}"
-        )
+        raise ValueError(f"image_embedding has {image_emb.shape[0]} rows, text_embedding {text_emb.shape[0]}")
     product_ids = check_labels("product_id", product_ids, image_emb.shape[0]).cpu()
     image_rows, text_rows = general_rows(product_ids, image_ids)
     dev_img, dev_txt = image_rows.to(image_emb.device), text_rows.to(text_emb.device)
 
     i2t = first_positive_ranks(
-        image_emb[dev_img], text_emb[dev_txt], product_ids[image_rows], product_ids[text_rows],
+        image_emb[dev_img],
+        text_emb[dev_txt],
+        product_ids[image_rows],
+        product_ids[text_rows],
         chunk_size=chunk_size,
     )
     t2i = first_positive_ranks(
-        text_emb[dev_txt], image_emb[dev_img], product_ids[text_rows], product_ids[image_rows],
+        text_emb[dev_txt],
+        image_emb[dev_img],
+        product_ids[text_rows],
+        product_ids[image_rows],
         chunk_size=chunk_size,
     )
     return directional_recalls(i2t, t2i, ks)
@@ -479,8 +482,11 @@ def hundred_negative_recalls(
     totals: Dict[str, float] = {}
     for seed in seeds:
         sample = sample_hundred_negatives(
-            product_ids, subcategory_ids, num_queries=num_queries,
-            num_negatives=num_negatives, seed=int(seed),
+            product_ids,
+            subcategory_ids,
+            num_queries=num_queries,
+            num_negatives=num_negatives,
+            seed=int(seed),
         )
         i2t, t2i = hundred_negative_ranks(sample, pair_scorer, pair_batch_size=pair_batch_size)
         for key, value in directional_recalls(i2t, t2i, ks).items():
@@ -518,9 +524,12 @@ def grouped_first_positive_ranks(
             continue
         excluded = None if query_excluded_labels is None else query_excluded_labels[q_rows]
         ranks[q_rows] = first_positive_ranks(
-            query_emb[q_rows.to(query_emb.device)], gallery_emb[g_rows.to(gallery_emb.device)],
-            query_labels[q_rows], gallery_labels[g_rows],
-            chunk_size=chunk_size, query_excluded_labels=excluded,
+            query_emb[q_rows.to(query_emb.device)],
+            gallery_emb[g_rows.to(gallery_emb.device)],
+            query_labels[q_rows],
+            gallery_labels[g_rows],
+            chunk_size=chunk_size,
+            query_excluded_labels=excluded,
         )
     return ranks
 
@@ -567,8 +576,14 @@ def fashioniq_recalls(
     """
     query_categories = check_labels("fashioniq_category", query_categories, query_emb.shape[0]).cpu()
     ranks = grouped_first_positive_ranks(
-        query_emb, target_ids, query_categories, gallery_emb, gallery_ids, gallery_categories,
-        chunk_size=chunk_size, query_excluded_labels=reference_ids,
+        query_emb,
+        target_ids,
+        query_categories,
+        gallery_emb,
+        gallery_ids,
+        gallery_categories,
+        chunk_size=chunk_size,
+        query_excluded_labels=reference_ids,
     )
     per_category, mean = _macro_over_groups(ranks, query_categories, ks)
     out: Dict[str, float] = {}
@@ -599,7 +614,12 @@ def ocir_recalls(
     """
     blank_categories = check_labels("blank_category", blank_categories, query_emb.shape[0]).cpu()
     ranks = grouped_first_positive_ranks(
-        query_emb, blank_ids, blank_categories, gallery_emb, gallery_ids, gallery_categories,
+        query_emb,
+        blank_ids,
+        blank_categories,
+        gallery_emb,
+        gallery_ids,
+        gallery_categories,
         chunk_size=chunk_size,
     )
     groups, mean = _macro_over_groups(ranks, blank_categories, ks)

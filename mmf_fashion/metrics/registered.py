@@ -87,6 +87,7 @@ sklearn.metrics.f1_score(average="macro") on argmax predictions, over the
 labels present in targets or predictions; the others are MMF's computation
 times 100. They compute on the report they are given (no gathering).
 """
+
 from __future__ import annotations
 
 import math
@@ -95,7 +96,6 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-
 from mmf.common.registry import registry
 from mmf.common.sample import SampleList
 from mmf.modules import metrics as mmf_metrics
@@ -237,19 +237,26 @@ class GeneralRecall(_ReportMetric):
         products = self._read(sample_list, model_output, "product_id")
         image_ids = self._read(sample_list, model_output, "image_id", optional=True)
         if self.rerank_k <= 0:
-            return R.general_recalls(
-                image, text, products, image_ids=image_ids, ks=self.ks, chunk_size=self.chunk_size
-            )
+            return R.general_recalls(image, text, products, image_ids=image_ids, ks=self.ks, chunk_size=self.chunk_size)
         if model is None:
             raise ValueError("r@k_general: rerank_k > 0 needs calculate(..., model=model)")
         pairs = {key: self._read(sample_list, model_output, key) for key in self.text_keys + self.image_keys}
         scorer = model_pair_scorer(
-            _unwrap(model), pairs, text_keys=self.text_keys, image_keys=self.image_keys,
+            _unwrap(model),
+            pairs,
+            text_keys=self.text_keys,
+            image_keys=self.image_keys,
             make_batch=SampleList,
         )
         return two_stage_general_recalls(
-            image, text, products, _shard_pairs_across_ranks(scorer), shortlist_k=self.rerank_k,
-            image_ids=image_ids, ks=self.ks, chunk_size=self.chunk_size,
+            image,
+            text,
+            products,
+            _shard_pairs_across_ranks(scorer),
+            shortlist_k=self.rerank_k,
+            image_ids=image_ids,
+            ks=self.ks,
+            chunk_size=self.chunk_size,
             pair_batch_size=self.pair_batch_size,
         )
 
@@ -302,14 +309,22 @@ class HundredNegativeRecall(_ReportMetric):
             pairs = {key: self._read(sample_list, model_output, key) for key in self.text_keys + self.image_keys}
             scorer = _shard_pairs_across_ranks(
                 model_pair_scorer(
-                    _unwrap(model), pairs, text_keys=self.text_keys, image_keys=self.image_keys,
+                    _unwrap(model),
+                    pairs,
+                    text_keys=self.text_keys,
+                    image_keys=self.image_keys,
                     make_batch=SampleList,
                 )
             )
         self._warn_short(products, subcategories)
         return R.hundred_negative_recalls(
-            products, subcategories, scorer, num_queries=self.num_queries,
-            num_negatives=self.num_negatives, seeds=self.seeds, ks=self.ks,
+            products,
+            subcategories,
+            scorer,
+            num_queries=self.num_queries,
+            num_negatives=self.num_negatives,
+            seeds=self.seeds,
+            ks=self.ks,
             pair_batch_size=self.pair_batch_size,
         )
 
@@ -317,8 +332,11 @@ class HundredNegativeRecall(_ReportMetric):
         if self._warned:
             return
         sample = R.sample_hundred_negatives(
-            products, subcategories, num_queries=self.num_queries,
-            num_negatives=self.num_negatives, seed=self.seeds[0],
+            products,
+            subcategories,
+            num_queries=self.num_queries,
+            num_negatives=self.num_negatives,
+            seed=self.seeds[0],
         )
         if sample.num_short_queries:
             warnings.warn(
@@ -362,8 +380,11 @@ class _GalleryMetric(_ReportMetric):
             from mmf_fashion.retrieval.gallery import embed_image_dataset
 
             embedded = embed_image_dataset(
-                _unwrap(model), dataset.gallery_dataset(), id_key=self.gallery_id_key,
-                category_key=self.gallery_category_key, progress=False,
+                _unwrap(model),
+                dataset.gallery_dataset(),
+                id_key=self.gallery_id_key,
+                category_key=self.gallery_category_key,
+                progress=False,
             )
             return R.unique_gallery(embedded["embedding"], embedded["id"], embedded["category"])
         raise KeyError(
@@ -392,8 +413,12 @@ class FashionIQRecall(_GalleryMetric):
         gather: bool = True,
     ):
         super().__init__(
-            "r@k_fashioniq", gallery, gallery_id_key, gallery_category_key,
-            ("target_id", "fashioniq_category"), gather,
+            "r@k_fashioniq",
+            gallery,
+            gallery_id_key,
+            gallery_category_key,
+            ("target_id", "fashioniq_category"),
+            gather,
         )
         self.ks = _int_list(ks, "ks")
         self.categories = [str(c) for c in categories]
@@ -406,13 +431,18 @@ class FashionIQRecall(_GalleryMetric):
         query = self._read(sample_list, model_output, "query_embedding")
         targets = self._read(sample_list, model_output, "target_id")
         categories = self._read(sample_list, model_output, "fashioniq_category")
-        references = (
-            self._read(sample_list, model_output, "reference_id") if self.exclude_reference else None
-        )
+        references = self._read(sample_list, model_output, "reference_id") if self.exclude_reference else None
         gallery_emb, gallery_ids, gallery_cats = self._gallery(sample_list, model_output, model, dataset)
         return R.fashioniq_recalls(
-            query, targets, categories, gallery_emb, gallery_ids, gallery_cats,
-            category_names=self.categories, ks=self.ks, chunk_size=self.chunk_size,
+            query,
+            targets,
+            categories,
+            gallery_emb,
+            gallery_ids,
+            gallery_cats,
+            category_names=self.categories,
+            ks=self.ks,
+            chunk_size=self.chunk_size,
             reference_ids=references,
         )
 
@@ -435,8 +465,12 @@ class OCIRRecall(_GalleryMetric):
         gather: bool = True,
     ):
         super().__init__(
-            "r@k_ocir", gallery, gallery_id_key, gallery_category_key,
-            ("blank_id", "blank_category"), gather,
+            "r@k_ocir",
+            gallery,
+            gallery_id_key,
+            gallery_category_key,
+            ("blank_id", "blank_category"),
+            gather,
         )
         self.ks = _int_list(ks, "ks")
         self.per_category = bool(per_category)
@@ -448,8 +482,15 @@ class OCIRRecall(_GalleryMetric):
         categories = self._read(sample_list, model_output, "blank_category")
         gallery_emb, gallery_ids, gallery_cats = self._gallery(sample_list, model_output, model, dataset)
         return R.ocir_recalls(
-            query, blanks, categories, gallery_emb, gallery_ids, gallery_cats,
-            ks=self.ks, chunk_size=self.chunk_size, per_category=self.per_category,
+            query,
+            blanks,
+            categories,
+            gallery_emb,
+            gallery_ids,
+            gallery_cats,
+            ks=self.ks,
+            chunk_size=self.chunk_size,
+            per_category=self.per_category,
         )
 
 
@@ -497,12 +538,16 @@ def _percent_metric(name: str, mmf_class: type, defaults: dict) -> type:
         return 100.0 * mmf_class.calculate(self, sample_list, model_output, *args, **kwargs)
 
     # a subclass, so params, required_params and isinstance stay MMF's
-    return type(f"Percent{mmf_class.__name__}", (mmf_class,), {
-        "__module__": __name__,
-        "__doc__": f"MMF's {name} ({mmf_class.__name__}) in percent (0-100), not a fraction.",
-        "__init__": __init__,
-        "calculate": calculate,
-    })
+    return type(
+        f"Percent{mmf_class.__name__}",
+        (mmf_class,),
+        {
+            "__module__": __name__,
+            "__doc__": f"MMF's {name} ({mmf_class.__name__}) in percent (0-100), not a fraction.",
+            "__init__": __init__,
+            "calculate": calculate,
+        },
+    )
 
 
 for _name, (_mmf_class, _defaults) in PERCENT_OF_MMF.items():

@@ -23,6 +23,7 @@ It is called under torch.no_grad() and must not change the model's mode.
 
 No MMF import here: plain torch, testable alone.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
@@ -61,9 +62,7 @@ def model_pair_scorer(
         raise ValueError(f"keys {sorted(overlap)} are listed both as text keys and image keys")
     missing = [key for key in (*text_keys, *image_keys) if key not in report]
     if missing:
-        raise KeyError(
-            f"pair scoring needs report keys {missing}; the report has {sorted(report.keys())}"
-        )
+        raise KeyError(f"pair scoring needs report keys {missing}; the report has {sorted(report.keys())}")
     device = _model_device(model)
     score_fn = getattr(model, method)
 
@@ -100,16 +99,12 @@ def two_stage_ranks(
     """
     if shortlist_k < 1:
         raise ValueError(f"shortlist_k must be >= 1, got {shortlist_k}")
-    first = R.first_positive_ranks(
-        query_emb, gallery_emb, query_labels, gallery_labels, chunk_size=chunk_size
-    )
+    first = R.first_positive_ranks(query_emb, gallery_emb, query_labels, gallery_labels, chunk_size=chunk_size)
     _, shortlist = R.chunked_topk(query_emb, gallery_emb, shortlist_k, chunk_size=chunk_size)
     num_q, k = shortlist.shape
     query_index = torch.arange(num_q)[:, None].expand(num_q, k).reshape(-1)
     scores = R.score_pairs_in_batches(pair_scorer, query_index, shortlist.reshape(-1), pair_batch_size)
-    reranked = R.reranked_first_positive_ranks(
-        shortlist, scores.view(num_q, k), query_labels, gallery_labels, first
-    )
+    reranked = R.reranked_first_positive_ranks(shortlist, scores.view(num_q, k), query_labels, gallery_labels, first)
     return reranked, first
 
 
@@ -139,13 +134,23 @@ def two_stage_general_recalls(
     image_products, text_products = product_ids[image_rows], product_ids[text_rows]
 
     i2t, _ = two_stage_ranks(
-        images, texts, image_products, text_products,
+        images,
+        texts,
+        image_products,
+        text_products,
         lambda q, g: text_image_scorer(text_rows[g], image_rows[q]),
-        shortlist_k=shortlist_k, chunk_size=chunk_size, pair_batch_size=pair_batch_size,
+        shortlist_k=shortlist_k,
+        chunk_size=chunk_size,
+        pair_batch_size=pair_batch_size,
     )
     t2i, _ = two_stage_ranks(
-        texts, images, text_products, image_products,
+        texts,
+        images,
+        text_products,
+        image_products,
         lambda q, g: text_image_scorer(text_rows[q], image_rows[g]),
-        shortlist_k=shortlist_k, chunk_size=chunk_size, pair_batch_size=pair_batch_size,
+        shortlist_k=shortlist_k,
+        chunk_size=chunk_size,
+        pair_batch_size=pair_batch_size,
     )
     return R.directional_recalls(i2t, t2i, ks)

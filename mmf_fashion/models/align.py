@@ -70,6 +70,7 @@ Input keys (sample list): ``image`` (B, 3, H, W); ``input_ids``,
 weights); optional ``image_2`` (B, 3, H, W) with ``average_views: true``;
 ``targets`` (B,) for the zeroshot head's loss.
 """
+
 from __future__ import annotations
 
 import json

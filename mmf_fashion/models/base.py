@@ -33,6 +33,7 @@ What the base holds, so no adapter repeats it:
 The network's submodules stay direct children of the adapter (the network
 class is a mixin of the adapter), so state_dict keys are the network's own.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,8 +98,9 @@ def _coerce(value: Any, hint: Any, where: str, defaults: Optional[Mapping[str, A
         return _coerce(value, inner[0], where, defaults) if len(inner) == 1 else value
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
-            raise ValueError(f"{where} must be a mapping of {sorted(f.name for f in dataclasses.fields(hint))}, "
-                             f"got {value!r}")
+            raise ValueError(
+                f"{where} must be a mapping of {sorted(f.name for f in dataclasses.fields(hint))}, got {value!r}"
+            )
         return options_from_mapping(hint, value, where, defaults=defaults)
     if value is None:
         return None
@@ -112,8 +114,9 @@ def _coerce(value: Any, hint: Any, where: str, defaults: Optional[Mapping[str, A
     return value
 
 
-def options_from_mapping(options_class, values: Mapping[str, Any], where: str, ignore=(),
-                         defaults: Optional[Mapping[str, Any]] = None):
+def options_from_mapping(
+    options_class, values: Mapping[str, Any], where: str, ignore=(), defaults: Optional[Mapping[str, Any]] = None
+):
     """options_class(**values) with every field present, unknown keys refused, scalars converted.
 
     A key missing from ``values`` takes its value from ``defaults`` (the packaged YAML), also
@@ -127,12 +130,17 @@ def options_from_mapping(options_class, values: Mapping[str, Any], where: str, i
         raise ValueError(f"{where}: unknown option(s) {unknown}; known: {names}")
     missing = [name for name in names if name not in values and name not in defaults]
     if missing:
-        raise ValueError(f"{where}: option(s) {missing} missing; every option needs a value in the model's "
-                         "default config")
-    return options_class(**{
-        name: _coerce(values[name] if name in values else defaults[name], hints[name], f"{where}.{name}",
-                      defaults.get(name))
-        for name in names})
+        raise ValueError(
+            f"{where}: option(s) {missing} missing; every option needs a value in the model's default config"
+        )
+    return options_class(
+        **{
+            name: _coerce(
+                values[name] if name in values else defaults[name], hints[name], f"{where}.{name}", defaults.get(name)
+            )
+            for name in names
+        }
+    )
 
 
 class FashionModelBase(BaseModel):
@@ -161,7 +169,12 @@ class FashionModelBase(BaseModel):
         YAML filling the keys it lacks."""
         if self.options_class is None:
             raise NotImplementedError(f"{type(self).__name__} declares no options_class")
-        return options_from_mapping(self.options_class, plain_config(self.config), f"model_config.{self.model_name}",
-                                    ignore=MMF_KEYS, defaults=packaged_defaults(self.model_name))
+        return options_from_mapping(
+            self.options_class,
+            plain_config(self.config),
+            f"model_config.{self.model_name}",
+            ignore=MMF_KEYS,
+            defaults=packaged_defaults(self.model_name),
+        )
 
     strip_prefix = staticmethod(strip_prefix)

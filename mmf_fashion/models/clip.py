@@ -49,6 +49,7 @@ zeroshot: image [, targets (B,)]; composition: reference_image, target_image
 (B, 3, H, W), text; ocir: outfit_images (B, K, 3, H, W), outfit_mask (B, K),
 outfit_categories (B, K), blank_image (B, 3, H, W), blank_category (B,).
 """
+
 from __future__ import annotations
 
 from typing import Dict

@@ -20,6 +20,7 @@ The filter starts at MMF's update number (``filter.start_update``).
 Outputs: ``losses`` (only in training the queue-based ones; in eval an
 in-batch ``itc``), ``image_embedding`` and ``text_embedding`` (B, D).
 """
+
 from __future__ import annotations
 
 from typing import Dict

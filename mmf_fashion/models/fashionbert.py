@@ -44,6 +44,7 @@ Sample list keys: ``image`` (B, 3, H, W); ``input_ids``, ``attention_mask``,
 ``query_input_ids``, ``query_attention_mask`` (B, Lq): the query, while
 input_ids holds the product title.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -167,8 +168,10 @@ def _older_forms(config: Dict[str, Any]) -> Dict[str, Any]:
     if isinstance(weighting, Mapping):
         weighting = dict(weighting)
         if weighting.get("detach", True) is False:
-            raise ValueError("fashionbert loss_weighting.detach: false is gone; the adaptive weights solve a "
-                             "separate problem and are constants of the step")
+            raise ValueError(
+                "fashionbert loss_weighting.detach: false is gone; the adaptive weights solve a "
+                "separate problem and are constants of the step"
+            )
         weighting.pop("detach", None)
         if isinstance(weighting.get("adaptive"), bool):
             enabled = weighting.pop("adaptive")
@@ -182,8 +185,13 @@ def read_config(config: Mapping[str, Any], head: Optional[str] = None) -> Fashio
     values = _older_forms(plain_config(config))
     if head is not None:
         values["head"] = head
-    return options_from_mapping(FashionBertConfig, values, "model_config.fashionbert", ignore=MMF_KEYS,
-                                defaults=packaged_defaults("fashionbert"))
+    return options_from_mapping(
+        FashionBertConfig,
+        values,
+        "model_config.fashionbert",
+        ignore=MMF_KEYS,
+        defaults=packaged_defaults("fashionbert"),
+    )
 
 
 def options_from_config(config: Mapping[str, Any], head: Optional[str] = None) -> FashionBertOptions:
@@ -214,7 +222,8 @@ class FashionBERT(FashionBertMixin, FashionModelBase):
         if self.shortlist is not None and not self.training:
             output["image_embedding"] = self.shortlist.encode_image(sample_list["image"])
             output["text_embedding"] = self.shortlist.encode_text(
-                sample_list["input_ids"], sample_list["attention_mask"], sample_list.get("token_type_ids", None))
+                sample_list["input_ids"], sample_list["attention_mask"], sample_list.get("token_type_ids", None)
+            )
         return output
 
     def _log_weights(self, output: Mapping[str, Any]) -> None:

@@ -19,6 +19,7 @@ classification.target: category), ocir. Input keys and outputs: see
 mmf_fashion/modules/fashionvil/network.py and tasks.py; for users:
 docs/models/fashionvil.md. Loss keys are "<dataset_type>/<dataset_name>/<loss>".
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -13,6 +13,7 @@ Reads `image` (B, 3, H, W) from the sample list. Training losses:
 by EMA, not by the optimizer. Outputs also carry `codes` (B, h, w) and the
 batch's code `perplexity` and `used_fraction` (scalars) for monitoring.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,10 +40,15 @@ class FashionVQVAE(FashionModelBase):
         output = self.vqvae(sample_list["image"])
         usage = self.vqvae.code_usage(output["codes"])
         losses = {"reconstruction": output["reconstruction_loss"], "commitment": output["commitment_loss"]}
-        return self.with_loss_keys(sample_list, {
-            "losses": losses, "codes": output["codes"],
-            "perplexity": usage["perplexity"], "used_fraction": usage["used_fraction"],
-        })
+        return self.with_loss_keys(
+            sample_list,
+            {
+                "losses": losses,
+                "codes": output["codes"],
+                "perplexity": usage["perplexity"],
+                "used_fraction": usage["used_fraction"],
+            },
+        )
 
     def encode_codes(self, images):
         """images (B, 3, H, W) -> LongTensor (B, h*w) code ids (no codebook update)."""

@@ -41,6 +41,7 @@ other; absent = only the aligned pair); ``boxes`` (B, R, 4) normalised
 ``box_attention_mask`` (B, R, Lb) [regions: grounding, optional elsewhere];
 ``masked_input_ids``, ``mlm_labels`` (B, L) when ``mlm.source: data``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -129,8 +130,10 @@ class XVLM(XVLMMixin, FashionModelBase):
         found = {key: sample_list.get(key, None) for key in REGION_KEYS}
         missing = [key for key in REGION_KEYS if found[key] is None]
         if required and missing:
-            raise KeyError(f"xvlm head '{self.head}' needs region keys {missing} in the sample list: turn on the "
-                           "dataset's region boxes (fashiongen / fashionall with regions)")
+            raise KeyError(
+                f"xvlm head '{self.head}' needs region keys {missing} in the sample list: turn on the "
+                "dataset's region boxes (fashiongen / fashionall with regions)"
+            )
         if missing or not (self.use_regions or required):
             return {key: None for key in REGION_KEYS}
         return found
@@ -154,8 +157,9 @@ class XVLM(XVLMMixin, FashionModelBase):
         input_ids, attention_mask = self._captions(sample_list)
         regions = self._regions(sample_list, required=False)
         image_tokens = self.encode_image(sample_list["image"])
-        pairs = self.build_pairs(image_tokens, input_ids, attention_mask, sample_list.get("product_id", None),
-                                 **regions)
+        pairs = self.build_pairs(
+            image_tokens, input_ids, attention_mask, sample_list.get("product_id", None), **regions
+        )
         output: Dict[str, Any] = {"losses": {}}
         evaluating = not self.training
         # in evaluation every batch with region keys reports predicted_boxes (zeros where there is no
@@ -169,8 +173,9 @@ class XVLM(XVLMMixin, FashionModelBase):
                     predicted = None
                     if pairs.num_pairs > pairs.num_whole:
                         start = pairs.num_whole
-                        predicted = self.predict_region_boxes(image_tokens, pairs.image_index[start:],
-                                                              pairs.text_hidden[start:], pairs.text_mask[start:])
+                        predicted = self.predict_region_boxes(
+                            image_tokens, pairs.image_index[start:], pairs.text_hidden[start:], pairs.text_mask[start:]
+                        )
                     output["predicted_boxes"] = self._place_boxes(regions["boxes"], pairs, predicted)
                 return output
         losses: Dict[str, Optional[torch.Tensor]] = {}
@@ -183,8 +188,10 @@ class XVLM(XVLMMixin, FashionModelBase):
             if self.mlm_source == "data":
                 masked, labels = sample_list.get("masked_input_ids", None), sample_list.get("mlm_labels", None)
                 if masked is None or labels is None:
-                    raise KeyError("xvlm mlm.source 'data' needs sample keys masked_input_ids and mlm_labels: turn "
-                                   "on the dataset's mlm option, or set model_config.xvlm.mlm.source: model")
+                    raise KeyError(
+                        "xvlm mlm.source 'data' needs sample keys masked_input_ids and mlm_labels: turn "
+                        "on the dataset's mlm option, or set model_config.xvlm.mlm.source: model"
+                    )
             losses["mlm"] = self.mlm_loss(pairs, image_tokens, masked, labels)
             losses["mlm_region"] = self.region_mlm_loss(pairs)
         if "box" in self.tasks:
@@ -216,5 +223,8 @@ class XVLM(XVLMMixin, FashionModelBase):
         return placed
 
     def _weighted(self, sample_list, losses: Mapping[str, Optional[torch.Tensor]]) -> Dict[str, torch.Tensor]:
-        return {self.loss_key(sample_list, name): self.loss_weights[name] * loss
-                for name, loss in losses.items() if loss is not None}
+        return {
+            self.loss_key(sample_list, name): self.loss_weights[name] * loss
+            for name, loss in losses.items()
+            if loss is not None
+        }

@@ -26,6 +26,7 @@ Batch keys: ``image`` (B, 3, H, W); ``input_ids``, ``attention_mask`` (B, L)
 with the checkpoint's tokenizer); optional ``image_2`` with
 ``average_views``; ``targets`` (B,) for the zeroshot loss.
 """
+
 from __future__ import annotations
 
 import functools
@@ -160,8 +161,11 @@ class ALIGNMethods(PromptZeroShotMethods, TwoStreamMixin):
                 embed_dim=int(options.embed_dim),
                 text_pooling=str(options.text_pooling),
             )
-            self.logit_scale = LogitScale(init=1.0 / float(options.temperature),
-                                          learnable=options.learnable_temperature, max_value=float(options.max_scale))
+            self.logit_scale = LogitScale(
+                init=1.0 / float(options.temperature),
+                learnable=options.learnable_temperature,
+                max_value=float(options.max_scale),
+            )
         self.label_smoothing = float(options.label_smoothing)
         self.gather_negatives = options.gather_negatives
         self.average_views = options.average_views
@@ -176,8 +180,11 @@ class ALIGNMethods(PromptZeroShotMethods, TwoStreamMixin):
         self.text_pooling = "cls"  # AlignModel's text embedding
         self.max_text_length = int(options.max_text_length)
         # the clamp may not cut the checkpoint's own scale
-        self.logit_scale = LogitScale(init=released.logit_scale, learnable=options.learnable_temperature,
-                                      max_value=max(float(options.max_scale), released.logit_scale))
+        self.logit_scale = LogitScale(
+            init=released.logit_scale,
+            learnable=options.learnable_temperature,
+            max_value=max(float(options.max_scale), released.logit_scale),
+        )
         if released.image is not None:
             image = released.image
             self.image_transform = functools.partial(released_towers.eval_transform, image.size, image.mean, image.std)

@@ -11,6 +11,7 @@ Cheatsheet::
 The MMF model `clip` (models/clip.py, which documents the heads and keys) is
 the same network behind MMF's BaseModel; it also finds the zeroshot class names.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -88,8 +89,11 @@ class CLIPMethods(ReleasedTowersMixin, PromptZeroShotMethods):
         released = released_towers.load_released(source, "clip")
         self.attach_released(released)
         self.max_text_length = int(options.max_text_length)
-        self.logit_scale = LogitScale(init=released.logit_scale, learnable=options.learnable_temperature,
-                                      max_value=max(float(options.max_scale), released.logit_scale))
+        self.logit_scale = LogitScale(
+            init=released.logit_scale,
+            learnable=options.learnable_temperature,
+            max_value=max(float(options.max_scale), released.logit_scale),
+        )
         with torch.no_grad():  # the checkpoint's log value as is: exp() then gives CLIPModel's scale exactly
             self.logit_scale.log_scale.copy_(released.log_logit_scale)
         if options.freeze_towers:
@@ -106,9 +110,12 @@ class CLIPMethods(ReleasedTowersMixin, PromptZeroShotMethods):
             self.combiner = GatedCombiner(self.embed_dim, int(composition.hidden_dim), float(composition.dropout))
         if self.head == OCIR:
             ocir = options.ocir
-            self.ocir_head = CategorySubspaces(self.embed_dim, int(ocir.num_categories),
-                                               num_subspaces=int(ocir.num_subspaces),
-                                               category_dim=int(ocir.category_dim))
+            self.ocir_head = CategorySubspaces(
+                self.embed_dim,
+                int(ocir.num_categories),
+                num_subspaces=int(ocir.num_subspaces),
+                category_dim=int(ocir.category_dim),
+            )
 
     # ------------------------------------------------------------ interface
     def text_embedding(self, texts: List[str]) -> torch.Tensor:
@@ -151,12 +158,13 @@ class CLIPMethods(ReleasedTowersMixin, PromptZeroShotMethods):
             image_embedding = average_view_embeddings(torch.stack([image_embedding, second], dim=1))
         text_embedding = self.text_embedding(released_towers.batch_texts(sample_list, "clip"))
         loss = contrastive_loss(
-            image_embedding, text_embedding, self.logit_scale(),
+            image_embedding,
+            text_embedding,
+            self.logit_scale(),
             gather=self.gather_negatives and self.training,
             label_smoothing=self.label_smoothing if self.training else 0.0,
         )
-        return {"losses": {"itc": loss},
-                "image_embedding": image_embedding, "text_embedding": text_embedding}
+        return {"losses": {"itc": loss}, "image_embedding": image_embedding, "text_embedding": text_embedding}
 
     def _forward_composition(self, sample_list) -> Dict:
         _require(sample_list, ["reference_image", "target_image", "text"], COMPOSITION)
@@ -164,19 +172,21 @@ class CLIPMethods(ReleasedTowersMixin, PromptZeroShotMethods):
         query = self.composed_embedding(sample_list["reference_image"], texts)
         target = self.encode_image(sample_list["target_image"])
         loss = batch_classification_loss(query, target, self.logit_scale(), self.gather_negatives)
-        return {"losses": {"batch_classification": loss},
-                "query_embedding": query, "target_embedding": target}
+        return {"losses": {"batch_classification": loss}, "query_embedding": query, "target_embedding": target}
 
     def _forward_ocir(self, sample_list) -> Dict:
         keys = ["outfit_images", "outfit_mask", "outfit_categories", "blank_image", "blank_category"]
         _require(sample_list, keys, OCIR)
         items = outfit_item_embeddings(self.encode_image, sample_list["outfit_images"], sample_list["outfit_mask"])
-        query = self.ocir_head.outfit_query(items, sample_list["outfit_categories"].long(),
-                                            sample_list["outfit_mask"].bool(), sample_list["blank_category"].long())
+        query = self.ocir_head.outfit_query(
+            items,
+            sample_list["outfit_categories"].long(),
+            sample_list["outfit_mask"].bool(),
+            sample_list["blank_category"].long(),
+        )
         target = self.encode_image(sample_list["blank_image"])
         loss = batch_classification_loss(query, target, self.logit_scale(), self.gather_negatives)
-        return {"losses": {"ocir": loss},
-                "query_embedding": query, "target_embedding": target}
+        return {"losses": {"ocir": loss}, "query_embedding": query, "target_embedding": target}
 
 
 class CLIPNetwork(CLIPMethods, nn.Module):

@@ -35,6 +35,7 @@ The three levels of the paper:
 positive similarity is below mu - k * sigma of recent positives leave the
 loss; every pair still enters the queues.
 """
+
 from __future__ import annotations
 
 import math
@@ -102,8 +103,9 @@ class FifoQueue(nn.Module):
         """Push (n, dim) rows per field (the same n for every field); oldest rows are overwritten."""
         if set(rows) != set(self.fields):
             raise ValueError(f"enqueue needs exactly the fields {self.fields}, got {sorted(rows)}")
-        rows = {name: (all_gather_variable(value.detach()) if gather else value.detach())
-                for name, value in rows.items()}
+        rows = {
+            name: (all_gather_variable(value.detach()) if gather else value.detach()) for name, value in rows.items()
+        }
         sizes = {value.shape[0] for value in rows.values()}
         if len(sizes) != 1:
             raise ValueError(f"enqueue: fields have different numbers of rows {sizes}")
@@ -382,10 +384,14 @@ class MaskedPatchViT(nn.Module):
         if image_size % patch_size:
             raise ValueError(f"ViT image_size {image_size} is not divisible by patch_size {patch_size}")
         config = ViTConfig(
-            image_size=image_size, patch_size=patch_size, hidden_size=int(hidden_size),
-            num_hidden_layers=int(num_hidden_layers), num_attention_heads=int(num_attention_heads),
+            image_size=image_size,
+            patch_size=patch_size,
+            hidden_size=int(hidden_size),
+            num_hidden_layers=int(num_hidden_layers),
+            num_attention_heads=int(num_attention_heads),
             intermediate_size=int(intermediate_size or 4 * int(hidden_size)),
-            hidden_dropout_prob=float(dropout), attention_probs_dropout_prob=float(dropout),
+            hidden_dropout_prob=float(dropout),
+            attention_probs_dropout_prob=float(dropout),
         )
         self.vit = ViTModel(config, add_pooling_layer=False, use_mask_token=bool(use_mask_token))
         self.image_size, self.patch_size = image_size, patch_size
@@ -421,7 +427,8 @@ def resize_patch_mask(patch_mask: torch.Tensor, source_hw: Sequence[int], target
         return patch_mask.bool()
     if patch_mask.shape[1] != source_hw[0] * source_hw[1]:
         raise ValueError(
-            f"patch_mask has {patch_mask.shape[1]} cells, grid {source_hw} needs {source_hw[0] * source_hw[1]}")
+            f"patch_mask has {patch_mask.shape[1]} cells, grid {source_hw} needs {source_hw[0] * source_hw[1]}"
+        )
     grid = patch_mask.float().reshape(-1, 1, *source_hw)
     return F.interpolate(grid, size=target_hw, mode="nearest").flatten(1) > 0.5
 

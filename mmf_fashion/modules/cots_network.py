@@ -50,6 +50,7 @@ State that survives a resume (parameters or registered buffers):
 ``momentum_filter.history.{similarity,pointer,count}``. Online towers loaded
 without their ``momentum_encoders.*`` also become the momentum towers.
 """
+
 from __future__ import annotations
 
 import os
@@ -181,7 +182,7 @@ def build_image_tokenizer(cmvm: CotsCmvmOptions) -> nn.Module:
 
 
 def square_grid(cells: int):
-    side = int(round(cells ** 0.5))
+    side = int(round(cells**0.5))
     if side * side != cells:
         raise ValueError(f"patch_mask has {cells} cells: expected a square grid (e.g. 49 = 7x7)")
     return side, side
@@ -212,8 +213,11 @@ class COTSMethods(TwoStreamMixin):
         self.momentum = float(options.momentum)
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"model_config.cots.momentum must be in [0, 1], got {self.momentum}")
-        self.logit_scale = LogitScale(init=1.0 / float(options.temperature), learnable=options.learnable_temperature,
-                                      max_value=float(options.max_scale))
+        self.logit_scale = LogitScale(
+            init=1.0 / float(options.temperature),
+            learnable=options.learnable_temperature,
+            max_value=float(options.max_scale),
+        )
         queue_size = int(options.queue_size)
         self.mask_same_product = options.mask_same_product
         queue_fields = {"image": self.embed_dim, "text": self.embed_dim, "ids": (1, torch.long)}
@@ -222,7 +226,8 @@ class COTSMethods(TwoStreamMixin):
         self.filter_start_update = int(amf.start_update)
         self.momentum_filter = (
             cots_ops.MomentumFilter(size=int(amf.size), k=float(amf.k), min_count=int(amf.min_count))
-            if amf.enabled else None
+            if amf.enabled
+            else None
         )
         self.average_views = options.average_views
         self.max_text_length = int(options.max_text_length)
@@ -231,7 +236,9 @@ class COTSMethods(TwoStreamMixin):
         self.mlm_probability = float(options.cmlm.probability)
         if self.loss_weights["cmlm"] > 0:
             self.cmlm_head = cots_ops.CrossModalTokenHead(
-                self.text_hidden_size, self.embed_dim, int(self.text_encoder.config.vocab_size),
+                self.text_hidden_size,
+                self.embed_dim,
+                int(self.text_encoder.config.vocab_size),
                 fusion=str(options.cmlm.fusion),
             )
         cmvm = options.cmvm
@@ -241,8 +248,11 @@ class COTSMethods(TwoStreamMixin):
             if self.image_tower == "vit":
                 self._check_vit_matches_tokenizer()
             self.cmvm_head = cots_ops.CrossModalTokenHead(
-                self.image_channels, self.embed_dim, int(self.image_tokenizer.codebook_size),
-                hidden_size=int(cmvm.hidden_size), fusion=str(cmvm.fusion),
+                self.image_channels,
+                self.embed_dim,
+                int(self.image_tokenizer.codebook_size),
+                hidden_size=int(cmvm.hidden_size),
+                fusion=str(cmvm.fusion),
             )
 
     def _check_vit_matches_tokenizer(self) -> None:
@@ -265,8 +275,12 @@ class COTSMethods(TwoStreamMixin):
             return image_features(encoder, projection, images)
         hidden = encoder(images, patch_mask)
         cls = hidden[:, 0]
-        return {"grid": hidden[:, 1:], "grid_size": encoder.grid_size, "pooled": cls,
-                "embedding": l2_normalize(projection(cls))}
+        return {
+            "grid": hidden[:, 1:],
+            "grid_size": encoder.grid_size,
+            "pooled": cls,
+            "embedding": l2_normalize(projection(cls)),
+        }
 
     def image_features(self, images: torch.Tensor, patch_mask=None) -> Dict[str, torch.Tensor]:
         return self._tower_features(self.image_encoder, self.image_projection, images, patch_mask)
@@ -287,8 +301,12 @@ class COTSMethods(TwoStreamMixin):
             second = self._tower_features(encoders["image_encoder"], encoders["image_projection"], batch["image_2"])
             image = average_view_embeddings(torch.stack([image, second["embedding"]], 1))
         text = text_features(
-            encoders["text_encoder"], encoders["text_projection"], batch["input_ids"],
-            batch["attention_mask"], batch.get("token_type_ids", None), pooling=self.text_pooling,
+            encoders["text_encoder"],
+            encoders["text_projection"],
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch.get("token_type_ids", None),
+            pooling=self.text_pooling,
         )["embedding"]
         return image, text
 
@@ -332,8 +350,13 @@ class COTSMethods(TwoStreamMixin):
         losses = {}
         if self.loss_weights["itc"] > 0 or self.loss_weights["kl"] > 0:
             instance = cots_ops.momentum_contrastive_losses(
-                image["embedding"], text["embedding"], image_momentum, text_momentum,
-                self.logit_scale(), queue=self.queue, keep=keep,
+                image["embedding"],
+                text["embedding"],
+                image_momentum,
+                text_momentum,
+                self.logit_scale(),
+                queue=self.queue,
+                keep=keep,
                 ids=product_ids if self.mask_same_product else None,
             )
             for task in ("itc", "kl"):
@@ -366,7 +389,8 @@ class COTSMethods(TwoStreamMixin):
     def _run_eval(self, batch) -> Dict[str, Any]:
         image_embedding = self._online_image(batch)["embedding"]
         text_embedding = self.encode_text(
-            batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids", None))
+            batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids", None)
+        )
         # in-batch loss only: evaluation must not touch the queues or the momentum towers
         loss = contrastive_loss(image_embedding, text_embedding, self.logit_scale(), gather=False)
         return {"losses": {"itc": loss}, "image_embedding": image_embedding, "text_embedding": text_embedding}
@@ -378,14 +402,19 @@ class COTSMethods(TwoStreamMixin):
             return masked, labels
         tokenizer = self.tokenizer()
         return cots_ops.mask_tokens(
-            batch["input_ids"], batch["attention_mask"], tokenizer.mask_token_id,
-            int(self.text_encoder.config.vocab_size), tokenizer.all_special_ids, self.mlm_probability,
+            batch["input_ids"],
+            batch["attention_mask"],
+            tokenizer.mask_token_id,
+            int(self.text_encoder.config.vocab_size),
+            tokenizer.all_special_ids,
+            self.mlm_probability,
         )
 
     def _cmlm_loss(self, batch, image_global: torch.Tensor, keep) -> torch.Tensor:
         masked_ids, labels = self._mlm_inputs(batch)
         hidden = self.text_encoder(
-            input_ids=masked_ids, attention_mask=batch["attention_mask"],
+            input_ids=masked_ids,
+            attention_mask=batch["attention_mask"],
             token_type_ids=batch.get("token_type_ids", None),
         ).last_hidden_state
         return cots_ops.masked_token_loss(self.cmlm_head, hidden, image_global, labels.long(), keep)

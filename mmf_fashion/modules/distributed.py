@@ -8,6 +8,7 @@ Cheatsheet::
 Contrastive losses need negatives from every rank; the local slice of the
 gathered tensor must keep its gradient, which a plain all_gather drops.
 """
+
 from __future__ import annotations
 
 import torch

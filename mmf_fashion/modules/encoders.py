@@ -23,6 +23,7 @@ Text encoder names:
 - anything else: a transformers model name or local directory
   (e.g. "bert-base-uncased"), loaded with from_pretrained.
 """
+
 from __future__ import annotations
 
 import os
@@ -124,13 +125,15 @@ class VisionTransformerGrid(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-2:] != (self.image_size, self.image_size):
             # the position embeddings are learnt for one size only
-            raise ValueError(f"this ViT encoder takes {self.image_size}x{self.image_size} images, got "
-                             f"{tuple(images.shape[-2:])}; set the image processor's size to {self.image_size}")
-        grid = self.conv_proj(images)                       # (B, D, h, w)
+            raise ValueError(
+                f"this ViT encoder takes {self.image_size}x{self.image_size} images, got "
+                f"{tuple(images.shape[-2:])}; set the image processor's size to {self.image_size}"
+            )
+        grid = self.conv_proj(images)  # (B, D, h, w)
         batch, width, height_cells, width_cells = grid.shape
-        tokens = grid.flatten(2).transpose(1, 2)            # (B, h*w, D)
+        tokens = grid.flatten(2).transpose(1, 2)  # (B, h*w, D)
         tokens = torch.cat([self.class_token.expand(batch, -1, -1), tokens], dim=1)
-        tokens = self.encoder(tokens)[:, 1:]                # the class token is not a cell
+        tokens = self.encoder(tokens)[:, 1:]  # the class token is not a cell
         return tokens.transpose(1, 2).reshape(batch, width, height_cells, width_cells)
 
 
@@ -162,8 +165,10 @@ def _cut_before_pooling(model: nn.Module, name: str) -> nn.Module:
     for prefixes, make_trunk in _TRUNKS:
         if name.startswith(prefixes):
             return make_trunk(model)
-    raise ValueError(f"image encoder '{name}': no grid-feature trunk is known for this family; "
-                     f"supported families: {', '.join(supported_image_families())}")
+    raise ValueError(
+        f"image encoder '{name}': no grid-feature trunk is known for this family; "
+        f"supported families: {', '.join(supported_image_families())}"
+    )
 
 
 def load_image_weights(
@@ -186,8 +191,9 @@ def load_image_weights(
         allow_unsafe = unsafe_load_allowed()
     state = safe_torch_load(pretrained, allow_unsafe=allow_unsafe)
     if not isinstance(state, Mapping):
-        raise ValueError(f"{pretrained}: image encoder weights for {name} should be a state dict, "
-                         f"found {type(state).__name__}")
+        raise ValueError(
+            f"{pretrained}: image encoder weights for {name} should be a state dict, found {type(state).__name__}"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing:
         raise ValueError(f"{pretrained}: weights for {name} lack keys {missing[:8]} ...")

@@ -36,6 +36,7 @@ Decisions (docs/models/fashionbert.md has the long version):
   sequence_output or shared), solved exactly over active sets; the weights
   are constants of the step (no gradient through them).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -48,12 +49,28 @@ from torch import nn
 from mmf_fashion.modules.cots import random_patch_mask  # the one MPM/CMVM patch draw
 from mmf_fashion.modules.encoders import build_text_encoder
 from mmf_fashion.modules.fashionbert_patches import (  # noqa: F401  (re-exported)
-    PatchFeatureCache, PatchFeatureEncoder, fit_to_grid, merge_patches, precompute_patch_features,
-    split_into_patches)
+    PatchFeatureCache,
+    PatchFeatureEncoder,
+    fit_to_grid,
+    merge_patches,
+    precompute_patch_features,
+    split_into_patches,
+)
 from mmf_fashion.modules.fashionbert_tasks import (  # noqa: F401  (re-exported)
-    IGNORE_INDEX, MPM_LOSSES, SubcategoryTextBank, _zero_loss, adaptive_loss_weights, choose_negative_rows,
-    combine_losses, masked_patch_loss, pair_with_negative_texts, query_title_inputs, sample_alignment_negatives,
-    simplex_min_quadratic, task_gradient_gram)
+    IGNORE_INDEX,
+    MPM_LOSSES,
+    SubcategoryTextBank,
+    _zero_loss,
+    adaptive_loss_weights,
+    choose_negative_rows,
+    combine_losses,
+    masked_patch_loss,
+    pair_with_negative_texts,
+    query_title_inputs,
+    sample_alignment_negatives,
+    simplex_min_quadratic,
+    task_gradient_gram,
+)
 
 TASKS = ("mlm", "mpm", "alignment")
 SEGMENTS = ("text_image", "query_title_image")
@@ -113,11 +130,15 @@ class FashionBertOptions:
         if self.loss_weighting not in WEIGHTINGS:
             raise ValueError(f"fashionbert loss_weighting '{self.loss_weighting}': choose one of {list(WEIGHTINGS)}")
         if self.grad_source not in GRAD_SOURCES:
-            raise ValueError(f"fashionbert loss_weighting.adaptive.grad_source '{self.grad_source}': "
-                             f"choose one of {list(GRAD_SOURCES)}")
+            raise ValueError(
+                f"fashionbert loss_weighting.adaptive.grad_source '{self.grad_source}': "
+                f"choose one of {list(GRAD_SOURCES)}"
+            )
         if self.adaptive_alpha < 0 or self.adaptive_every < 1:
-            raise ValueError(f"fashionbert adaptive alpha must be >= 0 and every >= 1, got "
-                             f"alpha={self.adaptive_alpha}, every={self.adaptive_every}")
+            raise ValueError(
+                f"fashionbert adaptive alpha must be >= 0 and every >= 1, got "
+                f"alpha={self.adaptive_alpha}, every={self.adaptive_every}"
+            )
         if self.patch_cache_file and not self.freeze_image_encoder:
             raise ValueError(
                 f"fashionbert patch_cache_file '{self.patch_cache_file}': cached patch features are only "
@@ -133,8 +154,9 @@ class PatchEmbedding(nn.Module):
     """(B, N, C) patch features -> (B, N, hidden) input tokens: projection
     without bias + position embedding per grid cell + a segment embedding."""
 
-    def __init__(self, feature_dim: int, hidden_size: int, num_patches: int,
-                 dropout: float = 0.1, layer_norm_eps: float = 1e-12):
+    def __init__(
+        self, feature_dim: int, hidden_size: int, num_patches: int, dropout: float = 0.1, layer_norm_eps: float = 1e-12
+    ):
         super().__init__()
         self.projection = nn.Linear(feature_dim, hidden_size, bias=False)
         self.position_embeddings = nn.Embedding(num_patches, hidden_size)
@@ -147,8 +169,9 @@ class PatchEmbedding(nn.Module):
     def forward(self, patch_features: torch.Tensor) -> torch.Tensor:
         num = patch_features.shape[1]
         if num != self.position_embeddings.num_embeddings:
-            raise ValueError(f"fashionbert: {num} patches, the model was built for "
-                             f"{self.position_embeddings.num_embeddings}")
+            raise ValueError(
+                f"fashionbert: {num} patches, the model was built for {self.position_embeddings.num_embeddings}"
+            )
         tokens = self.projection(patch_features) + self.position_embeddings.weight + self.segment_embedding.weight
         return self.dropout(self.layer_norm(tokens))
 
@@ -158,8 +181,9 @@ class MaskedTokenHead(nn.Module):
 
     def __init__(self, hidden_size: int, vocab_size: int, layer_norm_eps: float = 1e-12):
         super().__init__()
-        self.transform = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.GELU(),
-                                       nn.LayerNorm(hidden_size, eps=layer_norm_eps))
+        self.transform = nn.Sequential(
+            nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        )
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def forward(self, hidden: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
@@ -180,17 +204,24 @@ class FashionBertMixin:
     def build_network(self, options: FashionBertOptions) -> None:
         self.options = options
         self.image_encoder = PatchFeatureEncoder(
-            options.image_encoder, options.grid_size, options.patch_size,
-            pretrained=options.image_pretrained, freeze=options.freeze_image_encoder,
+            options.image_encoder,
+            options.grid_size,
+            options.patch_size,
+            pretrained=options.image_pretrained,
+            freeze=options.freeze_image_encoder,
             chunk_size=options.patch_chunk_size,
         )
         self.text_encoder = build_text_encoder({**dict(options.text_encoder), "add_pooling_layer": True})
         bert_config = self.text_encoder.config
         hidden = bert_config.hidden_size
         feature_dim = self.image_encoder.out_channels
-        self.image_projection = PatchEmbedding(feature_dim, hidden, options.num_patches,
-                                               dropout=bert_config.hidden_dropout_prob,
-                                               layer_norm_eps=bert_config.layer_norm_eps)
+        self.image_projection = PatchEmbedding(
+            feature_dim,
+            hidden,
+            options.num_patches,
+            dropout=bert_config.hidden_dropout_prob,
+            layer_norm_eps=bert_config.layer_norm_eps,
+        )
         if "mlm" in options.heads:
             self.mlm_head = MaskedTokenHead(hidden, bert_config.vocab_size, bert_config.layer_norm_eps)
         if "mpm" in options.heads:
@@ -200,17 +231,21 @@ class FashionBertMixin:
         if "classification" in options.heads:
             if options.num_labels < 1:
                 raise ValueError("fashionbert classification head: set num_labels (e.g. 121 subcategories)")
-            self.classification_head = nn.Sequential(nn.Dropout(bert_config.hidden_dropout_prob),
-                                                     nn.Linear(hidden, options.num_labels))
+            self.classification_head = nn.Sequential(
+                nn.Dropout(bert_config.hidden_dropout_prob), nn.Linear(hidden, options.num_labels)
+            )
         # plain attributes (no state): the bank refills from the data after a resume
         self.negative_bank = SubcategoryTextBank(options.negative_bank_size) if options.negative_bank_size else None
         self.__dict__["_adaptive_state"] = {"step": 0, "weights": None}
         self.patch_cache = None
         if options.patch_cache_file:
-            signature = {"encoder": options.image_encoder, "weights": options.image_pretrained,
-                         "grid_size": options.grid_size, "patch_size": options.patch_size}
-            self.patch_cache = PatchFeatureCache(options.patch_cache_file, signature,
-                                                 options.patch_cache_flush_every)
+            signature = {
+                "encoder": options.image_encoder,
+                "weights": options.image_pretrained,
+                "grid_size": options.grid_size,
+                "patch_size": options.patch_size,
+            }
+            self.patch_cache = PatchFeatureCache(options.patch_cache_file, signature, options.patch_cache_flush_every)
 
     # ------------------------------------------------------------ encoding
     def encode_patches(self, images: torch.Tensor, image_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -267,8 +302,13 @@ class FashionBertMixin:
         if self.patch_cache is not None:
             self.patch_cache.save()
 
-    def fuse(self, patch_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-             token_type_ids: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def fuse(
+        self,
+        patch_features: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """One BERT over [text ; patches].
 
         patch_features (B, N, C), input_ids / attention_mask / token_type_ids
@@ -285,31 +325,44 @@ class FashionBertMixin:
         tokens = torch.cat([text_tokens, patch_tokens], dim=1)
         patch_mask = attention_mask.new_ones(patch_tokens.shape[:2])
         mask = torch.cat([attention_mask, patch_mask], dim=1)
-        extended = create_bidirectional_mask(config=self.text_encoder.config, inputs_embeds=tokens,
-                                             attention_mask=mask)
+        extended = create_bidirectional_mask(config=self.text_encoder.config, inputs_embeds=tokens, attention_mask=mask)
         sequence = self.text_encoder.encoder(tokens, attention_mask=extended).last_hidden_state
         return sequence, self.text_encoder.pooler(sequence)
 
     # --------------------------------------------------------------- tasks
-    def alignment_logits(self, patch_features: torch.Tensor, input_ids: torch.Tensor,
-                         attention_mask: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None
-                         ) -> torch.Tensor:
+    def alignment_logits(
+        self,
+        patch_features: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """(B, N, C) patch features and (B, L) text of each pair -> (B, 2) logits, class 1 = matched."""
         _, pooled = self.fuse(patch_features, input_ids, attention_mask, token_type_ids)
         return self.alignment_head(pooled)
 
-    def score_pairs(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     token_type_ids: Optional[torch.Tensor] = None,
-                     image_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def score_pairs(
+        self,
+        images: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+        image_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Pair scores (P,) = logit(matched) - logit(not matched) for P image/text pairs
         (images (P, 3, H, W), texts (P, L)); higher = better match."""
-        logits = self.alignment_logits(self.encode_patches(images, image_ids), input_ids,
-                                       attention_mask, token_type_ids)
+        logits = self.alignment_logits(
+            self.encode_patches(images, image_ids), input_ids, attention_mask, token_type_ids
+        )
         return logits[:, 1] - logits[:, 0]
 
-    def classification_logits(self, patch_features: torch.Tensor, input_ids: torch.Tensor,
-                              attention_mask: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None
-                              ) -> torch.Tensor:
+    def classification_logits(
+        self,
+        patch_features: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """(B, N, C) patches + (B, L) text -> (B, num_labels) logits from the pooled [CLS]."""
         _, pooled = self.fuse(patch_features, input_ids, attention_mask, token_type_ids)
         return self.classification_head(pooled)
@@ -319,29 +372,49 @@ class FashionBertMixin:
         so it holds earlier batches and evaluation depends on the batch alone."""
         bank = self.negative_bank if self.training else None
         pad_id = getattr(self.text_encoder.config, "pad_token_id", None) or 0
-        pairs = pair_with_negative_texts(input_ids, attention_mask, token_type_ids, product_id, subcategory_id,
-                                         self.options.negative_fraction, bank, generator, pad_id)
+        pairs = pair_with_negative_texts(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            product_id,
+            subcategory_id,
+            self.options.negative_fraction,
+            bank,
+            generator,
+            pad_id,
+        )
         if bank is not None and subcategory_id is not None:
             types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
             bank.add(product_id.reshape(-1), subcategory_id.reshape(-1), input_ids, attention_mask, types)
         return pairs
 
-    def alignment_loss(self, patch_features: torch.Tensor, input_ids: torch.Tensor,
-                       attention_mask: torch.Tensor, product_id: torch.Tensor,
-                       subcategory_id: Optional[torch.Tensor] = None,
-                       token_type_ids: Optional[torch.Tensor] = None,
-                       generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+    def alignment_loss(
+        self,
+        patch_features: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        product_id: torch.Tensor,
+        subcategory_id: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> Dict[str, torch.Tensor]:
         """Matched / not-matched cross entropy; negatives = the text of another product
         of the same subcategory (bank, else batch; see pair_with_negative_texts).
 
         Returns {"loss", "logits" (B, 2), "labels" (B,), "text_product" (B,), "negative_source" (B,)}.
         """
         pairs = self._pair_texts(input_ids, attention_mask, token_type_ids, product_id, subcategory_id, generator)
-        logits = self.alignment_logits(patch_features, pairs["input_ids"], pairs["attention_mask"],
-                                       pairs["token_type_ids"])
+        logits = self.alignment_logits(
+            patch_features, pairs["input_ids"], pairs["attention_mask"], pairs["token_type_ids"]
+        )
         labels = (~pairs["negative"]).long()
-        return {"loss": F.cross_entropy(logits, labels), "logits": logits, "labels": labels,
-                "text_product": pairs["text_product"], "negative_source": pairs["source"]}
+        return {
+            "loss": F.cross_entropy(logits, labels),
+            "logits": logits,
+            "labels": labels,
+            "text_product": pairs["text_product"],
+            "negative_source": pairs["source"],
+        }
 
     def _shared_inputs(self, sequence: torch.Tensor) -> List[torch.Tensor]:
         """What the adaptive weights differentiate each task loss with respect to."""
@@ -363,7 +436,7 @@ class FashionBertMixin:
         options, names = self.options, list(losses)
         if options.loss_weighting == "fixed":
             return {name: float(options.fixed_weights.get(name, 1.0)) for name in names}
-        trainable = self.training and torch.is_grad_enabled() and any(l.requires_grad for l in losses.values())
+        trainable = self.training and torch.is_grad_enabled() and any(loss.requires_grad for loss in losses.values())
         if not trainable:
             return {name: 1.0 / len(names) for name in names}
         state = self.__dict__.setdefault("_adaptive_state", {"step": 0, "weights": None})
@@ -376,11 +449,17 @@ class FashionBertMixin:
         state["step"] += 1
         return dict(state["weights"])
 
-    def pretraining_losses(self, patch_features: torch.Tensor, input_ids: torch.Tensor,
-                           attention_mask: torch.Tensor, mlm_labels: Optional[torch.Tensor],
-                           product_id: torch.Tensor, subcategory_id: Optional[torch.Tensor] = None,
-                           token_type_ids: Optional[torch.Tensor] = None,
-                           generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
+    def pretraining_losses(
+        self,
+        patch_features: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mlm_labels: Optional[torch.Tensor],
+        product_id: torch.Tensor,
+        subcategory_id: Optional[torch.Tensor] = None,
+        token_type_ids: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> Dict[str, Any]:
         """MLM + masked patch modelling + alignment in one forward, weighted.
 
         patch_features (B, N, C) of each row's own image; input_ids (B, L) the
@@ -394,21 +473,25 @@ class FashionBertMixin:
         options = self.options
         batch, num_patches = patch_features.shape[:2]
         if "alignment" in options.tasks:
-            pairs = self._pair_texts(input_ids, attention_mask, token_type_ids, product_id, subcategory_id,
-                                     generator)
+            pairs = self._pair_texts(input_ids, attention_mask, token_type_ids, product_id, subcategory_id, generator)
         else:  # no alignment task: no reason to swap texts
-            pairs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
-                     "negative": torch.zeros(batch, dtype=torch.bool, device=patch_features.device),
-                     "text_product": product_id.reshape(-1), "source": torch.zeros_like(product_id.reshape(-1))}
+            pairs = {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "token_type_ids": token_type_ids,
+                "negative": torch.zeros(batch, dtype=torch.bool, device=patch_features.device),
+                "text_product": product_id.reshape(-1),
+                "source": torch.zeros_like(product_id.reshape(-1)),
+            }
         matched = ~pairs["negative"]
         patch_mask = torch.zeros(batch, num_patches, dtype=torch.bool, device=patch_features.device)
         if "mpm" in options.tasks:
-            patch_mask = random_patch_mask(batch, num_patches, options.patch_mask_ratio, generator,
-                                           patch_features.device)
+            patch_mask = random_patch_mask(
+                batch, num_patches, options.patch_mask_ratio, generator, patch_features.device
+            )
         model_input = patch_features.masked_fill(patch_mask.unsqueeze(-1), 0.0)
-        sequence, pooled = self.fuse(model_input, pairs["input_ids"], pairs["attention_mask"],
-                                     pairs["token_type_ids"])
-        text_hidden, patch_hidden = sequence[:, : input_ids.shape[1]], sequence[:, input_ids.shape[1]:]
+        sequence, pooled = self.fuse(model_input, pairs["input_ids"], pairs["attention_mask"], pairs["token_type_ids"])
+        text_hidden, patch_hidden = sequence[:, : input_ids.shape[1]], sequence[:, input_ids.shape[1] :]
         losses: Dict[str, torch.Tensor] = {}
         if "mlm" in options.tasks:
             if mlm_labels is None:
@@ -429,10 +512,16 @@ class FashionBertMixin:
         if "alignment" in options.tasks:
             losses["alignment"] = F.cross_entropy(alignment_logits, alignment_labels)
         total, weights = combine_losses(losses, self.loss_weights(losses, sequence))
-        return {"loss": total, "losses": losses, "weights": weights, "alignment_logits": alignment_logits,
-                "alignment_labels": alignment_labels, "patch_mask": patch_mask,
-                "text_product": pairs["text_product"], "negative_source": pairs["source"]}
-
+        return {
+            "loss": total,
+            "losses": losses,
+            "weights": weights,
+            "alignment_logits": alignment_logits,
+            "alignment_labels": alignment_labels,
+            "patch_mask": patch_mask,
+            "text_product": pairs["text_product"],
+            "negative_source": pairs["source"],
+        }
 
     # ------------------------------------------------------ batch level
     def text_inputs(self, batch: Mapping[str, Any], masked: bool):
@@ -441,8 +530,10 @@ class FashionBertMixin:
         if masked:
             missing = [key for key in ("masked_input_ids", "mlm_labels") if batch.get(key, None) is None]
             if missing:
-                raise KeyError(f"fashionbert pretraining with the mlm task needs sample keys {missing}: turn on "
-                               "the dataset's mlm option, or drop mlm from pretraining.tasks")
+                raise KeyError(
+                    f"fashionbert pretraining with the mlm task needs sample keys {missing}: turn on "
+                    "the dataset's mlm option, or drop mlm from pretraining.tasks"
+                )
             input_ids, labels = batch["masked_input_ids"], batch["mlm_labels"]
         else:
             input_ids, labels = batch["input_ids"], None
@@ -452,10 +543,13 @@ class FashionBertMixin:
             query_ids = batch.get("query_input_ids", None)
             query_mask = batch.get("query_attention_mask", None)
             if query_ids is None or query_mask is None:
-                raise KeyError("fashionbert segments=query_title_image needs sample keys query_input_ids and "
-                               "query_attention_mask (the query) beside input_ids (the title)")
+                raise KeyError(
+                    "fashionbert segments=query_title_image needs sample keys query_input_ids and "
+                    "query_attention_mask (the query) beside input_ids (the title)"
+                )
             input_ids, attention_mask, token_type_ids, labels = query_title_inputs(
-                query_ids, query_mask, input_ids, attention_mask, labels)
+                query_ids, query_mask, input_ids, attention_mask, labels
+            )
         return input_ids, attention_mask, token_type_ids, labels
 
     def batch_patches(self, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -475,22 +569,40 @@ class FashionBertMixin:
         "negative_source"[, "scores": alignment logits]}."""
         input_ids, attention_mask, token_type_ids, labels = self.text_inputs(batch, masked="mlm" in self.options.tasks)
         result = self.pretraining_losses(
-            self.batch_patches(batch), input_ids, attention_mask, labels, batch["product_id"],
-            batch.get("subcategory_id", None), token_type_ids)
-        output = {"losses": {task: result["weights"][task] * loss for task, loss in result["losses"].items()},
-                  "unweighted_losses": {task: loss.detach() for task, loss in result["losses"].items()},
-                  "loss_weights": {task: weight.detach() for task, weight in result["weights"].items()},
-                  "negative_source": result["negative_source"]}
+            self.batch_patches(batch),
+            input_ids,
+            attention_mask,
+            labels,
+            batch["product_id"],
+            batch.get("subcategory_id", None),
+            token_type_ids,
+        )
+        output = {
+            "losses": {task: result["weights"][task] * loss for task, loss in result["losses"].items()},
+            "unweighted_losses": {task: loss.detach() for task, loss in result["losses"].items()},
+            "loss_weights": {task: weight.detach() for task, weight in result["weights"].items()},
+            "negative_source": result["negative_source"],
+        }
         if result["alignment_logits"] is not None:
             output["scores"] = result["alignment_logits"]
         return output
 
     def run_alignment(self, batch: Mapping[str, Any]) -> Dict[str, Any]:
         input_ids, attention_mask, token_type_ids, _ = self.text_inputs(batch, masked=False)
-        result = self.alignment_loss(self.batch_patches(batch), input_ids, attention_mask, batch["product_id"],
-                                     batch.get("subcategory_id", None), token_type_ids)
-        return {"losses": {"alignment": result["loss"]}, "scores": result["logits"],
-                "alignment_labels": result["labels"], "negative_source": result["negative_source"]}
+        result = self.alignment_loss(
+            self.batch_patches(batch),
+            input_ids,
+            attention_mask,
+            batch["product_id"],
+            batch.get("subcategory_id", None),
+            token_type_ids,
+        )
+        return {
+            "losses": {"alignment": result["loss"]},
+            "scores": result["logits"],
+            "alignment_labels": result["labels"],
+            "negative_source": result["negative_source"],
+        }
 
     def run_classification(self, batch: Mapping[str, Any]) -> Dict[str, Any]:
         input_ids, attention_mask, token_type_ids, _ = self.text_inputs(batch, masked=False)
@@ -499,13 +611,16 @@ class FashionBertMixin:
         targets = batch.get("targets", None)
         if targets is not None:
             if int(targets.max()) >= scores.shape[1] or int(targets.min()) < 0:
-                raise ValueError(f"fashionbert classification: targets reach {int(targets.max())} but "
-                                 f"num_labels is {scores.shape[1]}; set model_config.fashionbert.num_labels")
+                raise ValueError(
+                    f"fashionbert classification: targets reach {int(targets.max())} but "
+                    f"num_labels is {scores.shape[1]}; set model_config.fashionbert.num_labels"
+                )
             output["losses"]["classification"] = F.cross_entropy(scores, targets.long())
         return output
 
-    def match_scores(self, pairs, input_ids: Optional[torch.Tensor] = None,
-                     attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def match_scores(
+        self, pairs, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Alignment score (P,) of P image/text pairs, higher = better match.
 
         `pairs`: a mapping / SampleList with image (P, 3, H, W), input_ids,

@@ -18,6 +18,7 @@ Cheatsheet::
   a cached image keeps the features of the first view that was processed, so
   random training augmentation is not re-applied to it.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,8 +81,15 @@ class PatchFeatureEncoder(nn.Module):
     batch-norm statistics), which is what makes caching features valid.
     """
 
-    def __init__(self, name: str, grid_size: int, patch_size: Optional[int] = None,
-                 pretrained: Optional[str] = None, freeze: bool = False, chunk_size: int = 0):
+    def __init__(
+        self,
+        name: str,
+        grid_size: int,
+        patch_size: Optional[int] = None,
+        pretrained: Optional[str] = None,
+        freeze: bool = False,
+        chunk_size: int = 0,
+    ):
         super().__init__()
         self.encoder = build_image_encoder(name, pretrained=pretrained)
         self.out_channels = self.encoder.out_channels
@@ -119,8 +127,9 @@ class PatchFeatureCache:
     writes `<file>.rank<k>` and every file matching is read back.
     """
 
-    def __init__(self, path: str, signature: Mapping[str, Any], flush_every: int = 256,
-                 allow_unsafe: Optional[bool] = None):
+    def __init__(
+        self, path: str, signature: Mapping[str, Any], flush_every: int = 256, allow_unsafe: Optional[bool] = None
+    ):
         self.path = str(path)
         # a cache file may be shared or copied in: read weights-only unless the user opted in
         self.allow_unsafe = unsafe_load_allowed() if allow_unsafe is None else bool(allow_unsafe)
@@ -139,8 +148,11 @@ class PatchFeatureCache:
         base = os.path.basename(self.path)
         if not os.path.isdir(directory):
             return []
-        return sorted(os.path.join(directory, name) for name in os.listdir(directory)
-                      if name == base or (name.startswith(base + ".rank") and not name.endswith(".tmp")))
+        return sorted(
+            os.path.join(directory, name)
+            for name in os.listdir(directory)
+            if name == base or (name.startswith(base + ".rank") and not name.endswith(".tmp"))
+        )
 
     def _load(self, path: str) -> None:
         try:

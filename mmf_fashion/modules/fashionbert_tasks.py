@@ -11,6 +11,7 @@ Cheatsheet::
 
 The network that uses them: modules/fashionbert.py (docs/models/fashionbert.md has the decisions).
 """
+
 from __future__ import annotations
 
 from itertools import combinations
@@ -23,8 +24,9 @@ IGNORE_INDEX = -100
 MPM_LOSSES = ("kl", "mse")
 
 
-def sample_alignment_negatives(product_id: torch.Tensor, subcategory_id: Optional[torch.Tensor] = None,
-                               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sample_alignment_negatives(
+    product_id: torch.Tensor, subcategory_id: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """For each row, the batch row that supplies its negative, or -1.
 
     Preference: a random row of another product with the same subcategory;
@@ -44,8 +46,9 @@ def sample_alignment_negatives(product_id: torch.Tensor, subcategory_id: Optiona
     return torch.where(pool.any(1), choice, torch.full_like(choice, -1))
 
 
-def choose_negative_rows(partner: torch.Tensor, fraction: float,
-                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def choose_negative_rows(
+    partner: torch.Tensor, fraction: float, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """Bool (B,): which rows get a negative image; round(fraction*B) rows among
     those with a partner, never all B rows (one matched row always remains)."""
     batch = partner.shape[0]
@@ -131,14 +134,18 @@ def task_gradient_gram(losses: Sequence[torch.Tensor], inputs: Sequence[torch.Te
             rows.append(torch.cat([torch.zeros(x.numel(), device=x.device) for x in inputs]))
             continue
         grads = torch.autograd.grad(loss.float(), list(inputs), retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(g if g is not None else torch.zeros_like(x)).reshape(-1).float()
-                               for g, x in zip(grads, inputs)]))
+        rows.append(
+            torch.cat(
+                [(g if g is not None else torch.zeros_like(x)).reshape(-1).float() for g, x in zip(grads, inputs)]
+            )
+        )
     flat = torch.stack(rows)
     return flat @ flat.t()
 
 
-def combine_losses(losses: Mapping[str, torch.Tensor], weights: Mapping[str, Any]
-                   ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+def combine_losses(
+    losses: Mapping[str, torch.Tensor], weights: Mapping[str, Any]
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """sum_i w_i L_i of named losses -> (total, {name: weight tensor}); weights are constants."""
     names = list(losses)
     stacked = torch.stack([losses[name].float().reshape(()) for name in names])
@@ -161,15 +168,27 @@ class SubcategoryTextBank:
     def __len__(self) -> int:
         return sum(len(bucket) for bucket in self.entries.values())
 
-    def add(self, product_id: torch.Tensor, subcategory_id: torch.Tensor, input_ids: torch.Tensor,
-            attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> None:
+    def add(
+        self,
+        product_id: torch.Tensor,
+        subcategory_id: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+    ) -> None:
         for row, (product, subcategory) in enumerate(zip(product_id.tolist(), subcategory_id.tolist())):
             if subcategory < 0:  # unlabelled product: no subcategory to match
                 continue
             bucket = [entry for entry in self.entries.get(subcategory, []) if entry[0] != product]
-            bucket.append((product, input_ids[row].detach().clone(), attention_mask[row].detach().clone(),
-                           token_type_ids[row].detach().clone()))
-            self.entries[subcategory] = bucket[-self.size:]
+            bucket.append(
+                (
+                    product,
+                    input_ids[row].detach().clone(),
+                    attention_mask[row].detach().clone(),
+                    token_type_ids[row].detach().clone(),
+                )
+            )
+            self.entries[subcategory] = bucket[-self.size :]
 
     def candidates(self, subcategory: int, product: int):
         """Entries (product, ids, mask, types) of the subcategory, other products only."""
@@ -185,12 +204,17 @@ def _fit_length(entry: Tuple[int, torch.Tensor, torch.Tensor, torch.Tensor], len
     return (F.pad(ids, (0, pad), value=pad_id), F.pad(mask, (0, pad)), F.pad(types, (0, pad)))
 
 
-def pair_with_negative_texts(input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                             token_type_ids: Optional[torch.Tensor], product_id: torch.Tensor,
-                             subcategory_id: Optional[torch.Tensor], fraction: float,
-                             bank: Optional[SubcategoryTextBank] = None,
-                             generator: Optional[torch.Generator] = None, pad_id: int = 0
-                             ) -> Dict[str, torch.Tensor]:
+def pair_with_negative_texts(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    token_type_ids: Optional[torch.Tensor],
+    product_id: torch.Tensor,
+    subcategory_id: Optional[torch.Tensor],
+    fraction: float,
+    bank: Optional[SubcategoryTextBank] = None,
+    generator: Optional[torch.Generator] = None,
+    pad_id: int = 0,
+) -> Dict[str, torch.Tensor]:
     """Give round(fraction*B) rows (never all) the text of another product.
 
     Source per negative row: a random bank entry of the row's subcategory (another
@@ -224,12 +248,23 @@ def pair_with_negative_texts(input_ids: torch.Tensor, attention_mask: torch.Tens
             other = int(partner[row])
             ids[row], mask[row], types[row] = input_ids[other], attention_mask[other], token_type_ids[other]
             text_product[row], source[row] = product_id[other], 2
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "negative": negative,
-            "text_product": text_product, "source": source}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": types,
+        "negative": negative,
+        "text_product": text_product,
+        "source": source,
+    }
 
 
-def query_title_inputs(query_ids: torch.Tensor, query_mask: torch.Tensor, title_ids: torch.Tensor,
-                       title_mask: torch.Tensor, title_labels: Optional[torch.Tensor] = None):
+def query_title_inputs(
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    title_ids: torch.Tensor,
+    title_mask: torch.Tensor,
+    title_labels: Optional[torch.Tensor] = None,
+):
     """Join [CLS] query [SEP] and [CLS] title [SEP] into [CLS] query [SEP] title [SEP].
 
     The title's leading [CLS] is dropped; padding stays inside each segment.

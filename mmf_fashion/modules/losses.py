@@ -8,6 +8,7 @@ Cheatsheet::
     loss = soft_cross_entropy(logits, soft_targets)
     loss = batch_classification_loss(query, target, scale())  # TGIR
 """
+
 from __future__ import annotations
 
 import math
@@ -71,8 +72,10 @@ def contrastive_loss(
     gather = _gathers(gather)
     all_text = gather_with_grad(text_embedding) if gather else text_embedding
     all_image = gather_with_grad(image_embedding) if gather else image_embedding
-    labels = _global_labels(image_embedding.shape[0], image_embedding.device) if gather else torch.arange(
-        image_embedding.shape[0], device=image_embedding.device
+    labels = (
+        _global_labels(image_embedding.shape[0], image_embedding.device)
+        if gather
+        else torch.arange(image_embedding.shape[0], device=image_embedding.device)
     )
     logits_i2t = scale * image_embedding @ all_text.t()
     logits_t2i = scale * text_embedding @ all_image.t()
@@ -87,8 +90,10 @@ def batch_classification_loss(
     """One-way InfoNCE: each query must pick its own target among the batch's targets (TGIR, OCIR)."""
     gather = _gathers(gather)
     all_target = gather_with_grad(target_embedding) if gather else target_embedding
-    labels = _global_labels(query_embedding.shape[0], query_embedding.device) if gather else torch.arange(
-        query_embedding.shape[0], device=query_embedding.device
+    labels = (
+        _global_labels(query_embedding.shape[0], query_embedding.device)
+        if gather
+        else torch.arange(query_embedding.shape[0], device=query_embedding.device)
     )
     logits = scale * query_embedding @ all_target.t()
     return F.cross_entropy(logits, labels)

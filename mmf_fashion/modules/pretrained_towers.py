@@ -32,6 +32,7 @@ rescale (with ALIGN's offset), normalisation and EfficientNet's include_top
 steps. Not reproduced: the resampling filter (bicubic there, bilinear here)
 and EfficientNet's non-square resize (here: short side, then centre crop).
 """
+
 from __future__ import annotations
 
 import json
@@ -154,10 +155,15 @@ def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> Ca
     fashion_image_transform (short side resize, centre crop, normalise)."""
     from torchvision.transforms import v2
 
-    return v2.Compose([
-        v2.ToImage(), v2.Resize(int(size), antialias=True), v2.CenterCrop(int(size)),
-        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std)),
-    ])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(int(size), antialias=True),
+            v2.CenterCrop(int(size)),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(mean), std=list(std)),
+        ]
+    )
 
 
 # ------------------------------------------------------------------ loading
@@ -231,8 +237,12 @@ def _align_parts(model) -> Dict[str, Any]:
     model.text_model.pooler = None
     temperature = float(model.temperature.detach())
     return {
-        "towers": {"image_encoder": model.vision_model, "image_projection": nn.Identity(),
-                   "text_encoder": model.text_model, "text_projection": model.text_projection},
+        "towers": {
+            "image_encoder": model.vision_model,
+            "image_projection": nn.Identity(),
+            "text_encoder": model.text_model,
+            "text_projection": model.text_projection,
+        },
         "logit_scale": 1.0 / temperature,
         "log_logit_scale": None,
         "embed_dim": int(model.config.projection_dim),
@@ -244,8 +254,12 @@ def _align_parts(model) -> Dict[str, Any]:
 def _clip_parts(model) -> Dict[str, Any]:
     log_scale = model.logit_scale.detach().clone()
     return {
-        "towers": {"image_encoder": model.vision_model, "image_projection": model.visual_projection,
-                   "text_encoder": model.text_model, "text_projection": model.text_projection},
+        "towers": {
+            "image_encoder": model.vision_model,
+            "image_projection": model.visual_projection,
+            "text_encoder": model.text_model,
+            "text_projection": model.text_projection,
+        },
         "logit_scale": float(log_scale.exp()),
         "log_logit_scale": log_scale,
         "embed_dim": int(model.config.projection_dim),
@@ -287,14 +301,20 @@ def load_released(source: str, family: str, fallback_tokenizer: Optional[Callabl
             f"{source}: the tokenizer has {len(tokenizer)} tokens but the text model's vocabulary has {vocab_size}"
         )
     image = read_image_settings(source)
-    LOGGER.info("%s checkpoint %s: tokenizer from %s; image settings %s", family, source, origin,
-                image.as_dict() if image else "none (the config's)")
+    LOGGER.info(
+        "%s checkpoint %s: tokenizer from %s; image settings %s",
+        family,
+        source,
+        origin,
+        image.as_dict() if image else "none (the config's)",
+    )
     return Released(family=family, source=source, tokenizer=tokenizer, tokenizer_origin=origin, image=image, **parts)
 
 
 # ------------------------------------------------------------------ features
-def released_image_features(family: str, image_encoder: nn.Module, image_projection: nn.Module,
-                            images: torch.Tensor) -> Dict[str, torch.Tensor]:
+def released_image_features(
+    family: str, image_encoder: nn.Module, image_projection: nn.Module, images: torch.Tensor
+) -> Dict[str, torch.Tensor]:
     """images (B, 3, H, W) -> {"pooled": (B, C), "embedding": (B, D) unit norm}."""
     if family == "clip":
         side = int(image_encoder.config.image_size)
@@ -307,13 +327,21 @@ def released_image_features(family: str, image_encoder: nn.Module, image_project
     return {"pooled": pooled, "embedding": l2_normalize(image_projection(pooled))}
 
 
-def released_text_features(family: str, text_encoder: nn.Module, text_projection: nn.Module,
-                           input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+def released_text_features(
+    family: str,
+    text_encoder: nn.Module,
+    text_projection: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+) -> Dict[str, torch.Tensor]:
     """input_ids, attention_mask (B, L) -> {"hidden": (B, L, H), "pooled": (B, H), "embedding": (B, D) unit norm}."""
     output = text_encoder(input_ids=input_ids, attention_mask=attention_mask)
     sentence = output.pooler_output if family == "clip" else output.last_hidden_state[:, 0]
-    return {"hidden": output.last_hidden_state, "pooled": sentence,
-            "embedding": l2_normalize(text_projection(sentence))}
+    return {
+        "hidden": output.last_hidden_state,
+        "pooled": sentence,
+        "embedding": l2_normalize(text_projection(sentence)),
+    }
 
 
 def tokenize_with(tokenizer, texts: Sequence[str], max_length: int, device) -> Dict[str, torch.Tensor]:
@@ -357,8 +385,9 @@ class ReleasedTowersMixin:
         return released_image_features(self.released.family, self.image_encoder, self.image_projection, images)
 
     def text_features(self, input_ids, attention_mask, token_type_ids=None) -> Dict[str, torch.Tensor]:
-        return released_text_features(self.released.family, self.text_encoder, self.text_projection,
-                                      input_ids, attention_mask)
+        return released_text_features(
+            self.released.family, self.text_encoder, self.text_projection, input_ids, attention_mask
+        )
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) -> (B, D) unit norm."""
@@ -378,8 +407,10 @@ class ReleasedTowersMixin:
     def embed_images(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Retrieval interface: images (N, 3, H, W) -> (N, D) unit norm (in chunks, no grad)."""
         device = self._parameter_device()
-        chunks = [self.encode_image(images[start:start + batch_size].to(device))
-                  for start in range(0, len(images), batch_size)]
+        chunks = [
+            self.encode_image(images[start : start + batch_size].to(device))
+            for start in range(0, len(images), batch_size)
+        ]
         return torch.cat(chunks) if chunks else torch.zeros(0, self.embed_dim, device=device)
 
     @torch.no_grad()
@@ -388,7 +419,7 @@ class ReleasedTowersMixin:
         texts = [texts] if isinstance(texts, str) else list(texts)
         chunks = []
         for start in range(0, len(texts), batch_size):
-            tokens = self.tokenize(texts[start:start + batch_size], max_length=max_length)
+            tokens = self.tokenize(texts[start : start + batch_size], max_length=max_length)
             chunks.append(self.encode_text(tokens["input_ids"], tokens["attention_mask"]))
         return torch.cat(chunks) if chunks else torch.zeros(0, self.embed_dim, device=self._parameter_device())
 
@@ -425,8 +456,9 @@ class GatedCombiner(nn.Module):
         return l2_normalize(self.mix(joint) + gate * text + (1 - gate) * image)
 
 
-def outfit_item_embeddings(encode_image: Callable[[torch.Tensor], torch.Tensor], outfit_images: torch.Tensor,
-                           outfit_mask: torch.Tensor) -> torch.Tensor:
+def outfit_item_embeddings(
+    encode_image: Callable[[torch.Tensor], torch.Tensor], outfit_images: torch.Tensor, outfit_mask: torch.Tensor
+) -> torch.Tensor:
     """outfit_images (B, K, 3, H, W), outfit_mask (B, K) -> (B, K, D); only the real
     items go through the image tower, padded slots stay zero."""
     batch, slots = outfit_mask.shape

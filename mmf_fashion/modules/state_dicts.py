@@ -8,6 +8,7 @@ Cheatsheet::
 
 The one place that removes a key prefix (torch's consume_prefix_in_state_dict_if_present).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Mapping

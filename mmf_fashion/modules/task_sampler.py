@@ -9,6 +9,7 @@ The draw depends only on the seed and the update number, so every DDP rank
 picks the same task without communication, and a resumed run continues the
 exact sequence: the sampler's whole state is (tasks, ratios, seed).
 """
+
 from __future__ import annotations
 
 from typing import Dict, Mapping

@@ -27,6 +27,7 @@ Both embeddings are L2-normalised, so a dot product is a cosine.
 The functions ``image_features`` / ``text_features`` take the modules as
 arguments so the momentum copies of COTS (other modules, same code) reuse them.
 """
+
 from __future__ import annotations
 
 import copy
@@ -81,8 +82,12 @@ def image_features(
     grid = image_encoder(images)  # (B, C, h, w)
     tokens = grid.flatten(2).transpose(1, 2)  # (B, h*w, C)
     pooled = tokens.mean(dim=1)
-    return {"grid": tokens, "grid_size": grid.shape[-2:], "pooled": pooled,
-            "embedding": l2_normalize(image_projection(pooled))}
+    return {
+        "grid": tokens,
+        "grid_size": grid.shape[-2:],
+        "pooled": pooled,
+        "embedding": l2_normalize(image_projection(pooled)),
+    }
 
 
 def text_features(
@@ -191,7 +196,11 @@ class TwoStreamMixin:
 
     def text_features(self, input_ids, attention_mask, token_type_ids=None) -> Dict[str, torch.Tensor]:
         return text_features(
-            self.text_encoder, self.text_projection, input_ids, attention_mask, token_type_ids,
+            self.text_encoder,
+            self.text_projection,
+            input_ids,
+            attention_mask,
+            token_type_ids,
             pooling=getattr(self, "text_pooling", "cls"),
         )
 
@@ -226,8 +235,10 @@ class TwoStreamMixin:
     def embed_images(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Retrieval interface: images (N, 3, H, W) -> (N, D) unit norm (in chunks, no grad)."""
         device = self.text_projection.weight.device
-        chunks = [self.encode_image(images[start : start + batch_size].to(device))
-                  for start in range(0, len(images), batch_size)]
+        chunks = [
+            self.encode_image(images[start : start + batch_size].to(device))
+            for start in range(0, len(images), batch_size)
+        ]
         if not chunks:
             return torch.zeros(0, self.embed_dim, device=device)
         return torch.cat(chunks, dim=0)
@@ -284,14 +295,17 @@ class ShortlistTowers(TwoStreamMixin, nn.Module):
         state = ckpt.safe_torch_load(path, allow_unsafe=allow_unsafe)
         state = state.get("model", state) if isinstance(state, dict) else state
         if not isinstance(state, dict):
-            raise ValueError(f"fashionbert shortlist.checkpoint '{path}': not a state dict or a checkpoint "
-                             "with a 'model' entry")
+            raise ValueError(
+                f"fashionbert shortlist.checkpoint '{path}': not a state dict or a checkpoint with a 'model' entry"
+            )
         state = strip_prefix(state)
         towers = {k: v for k, v in state.items() if k.split(".", 1)[0] in TOWER_NAMES}
         missing, _ = self.load_state_dict(towers, strict=False)
         if missing:
-            raise ValueError(f"fashionbert shortlist.checkpoint '{path}': no weights for {missing[:8]} "
-                             "(is it a two-stream model with the same shortlist sizes?)")
+            raise ValueError(
+                f"fashionbert shortlist.checkpoint '{path}': no weights for {missing[:8]} "
+                "(is it a two-stream model with the same shortlist sizes?)"
+            )
 
     def train(self, mode: bool = True):
         return super().train(False)  # frozen: batch-norm statistics and dropout stay in eval mode

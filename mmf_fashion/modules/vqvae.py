@@ -20,6 +20,7 @@ The quantiser is `vector_quantize_pytorch.VectorQuantize` (EMA codebook
 updates, commitment loss, optional dead-code replacement): its codebook is
 updated by exponential moving averages during training, not by the optimizer.
 """
+
 from __future__ import annotations
 
 import math
@@ -152,9 +153,7 @@ class VQVAE(nn.Module):
             raise ValueError(f"VQVAE expects images of shape (B, 3, H, W), got {tuple(images.shape)}")
         height, width = images.shape[-2:]
         if height % self.downsample or width % self.downsample:
-            raise ValueError(
-                f"VQVAE: image size {height}x{width} is not divisible by downsample {self.downsample}"
-            )
+            raise ValueError(f"VQVAE: image size {height}x{width} is not divisible by downsample {self.downsample}")
 
     def grid_shape(self, height: int, width: int):
         """(h, w) of the code grid for an input of height x width."""
@@ -287,7 +286,8 @@ def load_frozen_tokenizer(
         missing, unexpected = vqvae.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shape mismatch: trained with other sizes
         raise ValueError(
-            f"{path}: checkpoint does not match the VQVAE config {vqvae_options(config)}: {error}") from error
+            f"{path}: checkpoint does not match the VQVAE config {vqvae_options(config)}: {error}"
+        ) from error
     if missing or unexpected:
         raise ValueError(
             f"{path}: checkpoint does not match the VQVAE config {vqvae_options(config)} "

@@ -45,6 +45,7 @@ A state dict whose fusion weights come from another split (or the old layout,
 fusion layers stacked on a whole text model) is refused by name
 (check_state_dict_layout), not half loaded.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,8 +60,20 @@ from mmf_fashion.modules.distributed import get_rank
 from mmf_fashion.modules.encoders import build_text_encoder, build_tokenizer
 from mmf_fashion.modules.losses import LogitScale
 from mmf_fashion.modules.xvlm_layers import (  # noqa: F401  (re-exported)
-    SPLIT_OPTION, CrossEncoder, HFViTTokens, MLMHead, TorchvisionViTTokens, additive_mask, build_fusion_layer,
-    build_vit, fusion_layer_config, init_bert_style, layout_error, mark_old_layout, mlp_head, split_text_model,
+    SPLIT_OPTION,
+    CrossEncoder,
+    HFViTTokens,
+    MLMHead,
+    TorchvisionViTTokens,
+    additive_mask,
+    build_fusion_layer,
+    build_vit,
+    fusion_layer_config,
+    init_bert_style,
+    layout_error,
+    mark_old_layout,
+    mlp_head,
+    split_text_model,
 )
 
 # pairs without a product id get unique negative ids far below any product id:
@@ -121,9 +134,11 @@ class XVLMMixin:
         embed_dim = int(config.get("embed_dim", 256))
 
         if cross_config.get("num_hidden_layers") is not None:
-            raise ValueError(f"model_config.xvlm.cross_encoder.num_hidden_layers is gone: the fusion layers are "
-                             f"the upper layers of the text model; set model_config.xvlm.{SPLIT_OPTION} "
-                             f"(default: half of the text model's layers)")
+            raise ValueError(
+                f"model_config.xvlm.cross_encoder.num_hidden_layers is gone: the fusion layers are "
+                f"the upper layers of the text model; set model_config.xvlm.{SPLIT_OPTION} "
+                f"(default: half of the text model's layers)"
+            )
         fusion_layers = text_config.pop("fusion_layers", None)
 
         self.image_encoder = build_vit(image_config)
@@ -132,8 +147,9 @@ class XVLMMixin:
         bert_config = self.text_encoder.config
         width = int(bert_config.hidden_size)
         vision_width = self.image_encoder.hidden_size
-        self.cross_encoder = CrossEncoder(bert_config, upper, int(bert_config.num_hidden_layers),
-                                          cross_config.get("dropout"))
+        self.cross_encoder = CrossEncoder(
+            bert_config, upper, int(bert_config.num_hidden_layers), cross_config.get("dropout")
+        )
         del upper
         self.vision_to_cross = nn.Linear(vision_width, width) if vision_width != width else nn.Identity()
         self.image_projection = nn.Linear(vision_width, embed_dim)
@@ -142,13 +158,21 @@ class XVLMMixin:
         self.box_head = mlp_head(width, 4)
         self.mlm_head = MLMHead(self.text_encoder.get_input_embeddings(), float(bert_config.layer_norm_eps))
         # the fusion layers keep the text model's weights (CrossEncoder starts their cross-attention)
-        for module in (self.vision_to_cross, self.image_projection, self.text_projection,
-                       self.itm_head, self.box_head, self.mlm_head):
+        for module in (
+            self.vision_to_cross,
+            self.image_projection,
+            self.text_projection,
+            self.itm_head,
+            self.box_head,
+            self.mlm_head,
+        ):
             init_bert_style(module)
         temperature = float(config.get("temperature", 0.07))
-        self.itc_scale = LogitScale(init=1.0 / temperature,
-                                    min_value=1.0 / float(config.get("max_temperature", 0.5)),
-                                    max_value=1.0 / float(config.get("min_temperature", 0.001)))
+        self.itc_scale = LogitScale(
+            init=1.0 / temperature,
+            min_value=1.0 / float(config.get("max_temperature", 0.5)),
+            max_value=1.0 / float(config.get("min_temperature", 0.001)),
+        )
         self.mlm_probability = float(mlm_config.get("probability", 0.25))
         self.mlm_max_masks = int(mlm_config.get("max_masks", 8))
         self.tokenizer_name = str(config.get("tokenizer", text_config.get("name", "tiny")))
@@ -183,21 +207,25 @@ class XVLMMixin:
         """images (B, 3, S, S) -> tokens (B, 1 + N, Dv): [CLS] then N = (S / p)^2 patches, row-major."""
         size = self.image_encoder.image_size
         if images.dim() != 4 or images.shape[-2:] != (size, size):
-            raise ValueError(f"X-VLM image encoder expects images (B, 3, {size}, {size}), got {tuple(images.shape)}; "
-                             f"set model_config.xvlm.image_encoder.image_size to the image processor's size")
+            raise ValueError(
+                f"X-VLM image encoder expects images (B, 3, {size}, {size}), got {tuple(images.shape)}; "
+                f"set model_config.xvlm.image_encoder.image_size to the image processor's size"
+            )
         return self.image_encoder(images)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(P, L) ids and mask -> (P, L, Dt) hidden states of the text encoder."""
-        return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask,
-                                 token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+        return self.text_encoder(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
+        ).last_hidden_state
 
     def fuse(self, text_hidden, text_mask, concept_tokens, concept_mask) -> torch.Tensor:
         """Cross encoder: text (P, L, Dt) attends to the concept's tokens (P, 1 + N, Dv) -> (P, L, Dt)."""
         return self.cross_encoder(text_hidden, text_mask, self.vision_to_cross(concept_tokens), concept_mask)
 
-    def fused_cls(self, text_hidden, text_mask, concept_tokens, concept_mask,
-                  bucket: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def fused_cls(
+        self, text_hidden, text_mask, concept_tokens, concept_mask, bucket: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """The cross encoder's [CLS] (P, Dt), computed per bucket of rows with the text cut to the
         bucket's longest real text (padding is masked out, so the result is the same, only cheaper).
 
@@ -210,8 +238,9 @@ class XVLMMixin:
         for value in torch.unique(bucket):
             rows = (bucket == value).nonzero().flatten()
             length = max(1, int(text_mask[rows].sum(1).max()))
-            fused = self.fuse(text_hidden[rows, :length], text_mask[rows, :length], concept_tokens[rows],
-                              concept_mask[rows])
+            fused = self.fuse(
+                text_hidden[rows, :length], text_mask[rows, :length], concept_tokens[rows], concept_mask[rows]
+            )
             output = output.index_copy(0, rows, fused[:, 0])
         return output
 
@@ -228,11 +257,17 @@ class XVLMMixin:
         return X.boxes_to_patch_mask(pixels, self.image_encoder.patch_size, self.grid_hw)
 
     # ---- pairs ------------------------------------------------------------
-    def build_pairs(self, image_tokens: torch.Tensor, input_ids: Optional[torch.Tensor] = None,
-                    attention_mask: Optional[torch.Tensor] = None, product_id: Optional[torch.Tensor] = None,
-                    boxes: Optional[torch.Tensor] = None, box_valid: Optional[torch.Tensor] = None,
-                    box_input_ids: Optional[torch.Tensor] = None,
-                    box_attention_mask: Optional[torch.Tensor] = None) -> ConceptTextPairs:
+    def build_pairs(
+        self,
+        image_tokens: torch.Tensor,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        product_id: Optional[torch.Tensor] = None,
+        boxes: Optional[torch.Tensor] = None,
+        box_valid: Optional[torch.Tensor] = None,
+        box_input_ids: Optional[torch.Tensor] = None,
+        box_attention_mask: Optional[torch.Tensor] = None,
+    ) -> ConceptTextPairs:
         """Whole-image pairs (image b, caption b) then region pairs (box r of image b, phrase r).
 
         image_tokens (B, 1 + N, Dv); input_ids / attention_mask (B, L) captions
@@ -245,29 +280,51 @@ class XVLMMixin:
         num_patches = tokens - 1
         groups = []  # (image_index, patch_mask, ids, text ids, text mask): captions, then regions
         if input_ids is not None:
-            whole_ids = product_id.view(-1).long() if product_id is not None else (
-                _IMAGE_ID_BASE - get_rank() * batch - torch.arange(batch, device=device))
-            groups.append((torch.arange(batch, device=device),
-                           torch.ones(batch, num_patches, dtype=torch.bool, device=device),
-                           whole_ids, input_ids, attention_mask))
+            whole_ids = (
+                product_id.view(-1).long()
+                if product_id is not None
+                else (_IMAGE_ID_BASE - get_rank() * batch - torch.arange(batch, device=device))
+            )
+            groups.append(
+                (
+                    torch.arange(batch, device=device),
+                    torch.ones(batch, num_patches, dtype=torch.bool, device=device),
+                    whole_ids,
+                    input_ids,
+                    attention_mask,
+                )
+            )
         num_whole = batch if input_ids is not None else 0
         region_slot = torch.zeros(0, 2, dtype=torch.long, device=device)
         region_boxes = image_tokens.new_zeros(0, 4)
         if boxes is not None and box_input_ids is not None:
-            valid = box_valid.bool() if box_valid is not None else torch.ones(boxes.shape[:2], dtype=torch.bool,
-                                                                              device=device)
+            valid = (
+                box_valid.bool()
+                if box_valid is not None
+                else torch.ones(boxes.shape[:2], dtype=torch.bool, device=device)
+            )
             region_slot = valid.nonzero()
             b_index, r_index = region_slot[:, 0], region_slot[:, 1]
             region_boxes = boxes[b_index, r_index].to(image_tokens.dtype)
             count = region_slot.shape[0]
-            region_ids = _REGION_ID_BASE - get_rank() * boxes.shape[0] * boxes.shape[1] - torch.arange(
-                count, device=device)
+            region_ids = (
+                _REGION_ID_BASE - get_rank() * boxes.shape[0] * boxes.shape[1] - torch.arange(count, device=device)
+            )
             if count:
-                groups.append((b_index, self.region_patch_masks(region_boxes), region_ids,
-                               box_input_ids[b_index, r_index], box_attention_mask[b_index, r_index]))
+                groups.append(
+                    (
+                        b_index,
+                        self.region_patch_masks(region_boxes),
+                        region_ids,
+                        box_input_ids[b_index, r_index],
+                        box_attention_mask[b_index, r_index],
+                    )
+                )
         if not groups:
-            raise ValueError("X-VLM needs captions (input_ids) or at least one valid region (boxes, box_valid, "
-                             "box_input_ids) in the batch")
+            raise ValueError(
+                "X-VLM needs captions (input_ids) or at least one valid region (boxes, box_valid, "
+                "box_input_ids) in the batch"
+            )
         # pad every text to the longest real text of the batch, no longer
         length = max(max(1, int(group[4].sum(-1).max())) for group in groups)
         image_index = torch.cat([group[0] for group in groups])
@@ -289,18 +346,29 @@ class XVLMMixin:
         cls = torch.where(is_region[:, None], concept_tokens[:, 0], image_tokens[image_index, 0])
         concept_tokens = torch.cat((cls.unsqueeze(1), concept_tokens[:, 1:]), dim=1)
         return ConceptTextPairs(
-            image_index=image_index, patch_mask=patch_mask, concept_tokens=concept_tokens,
-            concept_mask=concept_mask, text_ids=text_ids, text_mask=text_mask, text_hidden=text_hidden,
-            concept_feat=self.concept_features(cls), text_feat=self.text_features(text_hidden[:, 0]),
-            ids=ids, num_whole=num_whole, region_boxes=region_boxes, region_slot=region_slot)
+            image_index=image_index,
+            patch_mask=patch_mask,
+            concept_tokens=concept_tokens,
+            concept_mask=concept_mask,
+            text_ids=text_ids,
+            text_mask=text_mask,
+            text_hidden=text_hidden,
+            concept_feat=self.concept_features(cls),
+            text_feat=self.text_features(text_hidden[:, 0]),
+            ids=ids,
+            num_whole=num_whole,
+            region_boxes=region_boxes,
+            region_slot=region_slot,
+        )
 
     # ---- losses -------------------------------------------------------------
     def itc_loss(self, pairs: ConceptTextPairs) -> torch.Tensor:
         """Concept-text contrastive loss over every pair (images and regions), gathered over ranks."""
         return X.itc_loss(pairs.concept_feat, pairs.text_feat, self.itc_scale(), pairs.ids)
 
-    def itm_logits(self, concept_tokens, concept_mask, text_hidden, text_mask,
-                   bucket: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def itm_logits(
+        self, concept_tokens, concept_mask, text_hidden, text_mask, bucket: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """(P, 2) ITM logits (class 1 = match) from the cross encoder's [CLS]."""
         return self.itm_head(self.fused_cls(text_hidden, text_mask, concept_tokens, concept_mask, bucket))
 
@@ -310,22 +378,36 @@ class XVLMMixin:
         with torch.no_grad():
             similarity = self.itc_scale() * pairs.concept_feat @ pairs.text_feat.t()
         negative_text, negative_concept, has_text, has_concept = X.sample_itm_negatives(
-            similarity, pairs.ids, generator)
+            similarity, pairs.ids, generator
+        )
         if not bool(has_text.any() or has_concept.any()):
             return None
         rows = torch.arange(pairs.num_pairs, device=pairs.ids.device)
         concept_rows = torch.cat((rows, rows[has_text], negative_concept[has_concept]))
         text_rows = torch.cat((rows, negative_text[has_text], rows[has_concept]))
-        labels = torch.cat((torch.ones_like(rows), torch.zeros(int(has_text.sum() + has_concept.sum()),
-                                                               dtype=torch.long, device=rows.device)))
-        logits = self.itm_logits(pairs.concept_tokens[concept_rows], pairs.concept_mask[concept_rows],
-                                 pairs.text_hidden[text_rows], pairs.text_mask[text_rows],
-                                 bucket=(text_rows >= pairs.num_whole).long())
+        labels = torch.cat(
+            (
+                torch.ones_like(rows),
+                torch.zeros(int(has_text.sum() + has_concept.sum()), dtype=torch.long, device=rows.device),
+            )
+        )
+        logits = self.itm_logits(
+            pairs.concept_tokens[concept_rows],
+            pairs.concept_mask[concept_rows],
+            pairs.text_hidden[text_rows],
+            pairs.text_mask[text_rows],
+            bucket=(text_rows >= pairs.num_whole).long(),
+        )
         return F.cross_entropy(logits, labels)
 
-    def mlm_loss(self, pairs: ConceptTextPairs, image_tokens: torch.Tensor,
-                 masked_input_ids: Optional[torch.Tensor] = None, mlm_labels: Optional[torch.Tensor] = None,
-                 generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
+    def mlm_loss(
+        self,
+        pairs: ConceptTextPairs,
+        image_tokens: torch.Tensor,
+        masked_input_ids: Optional[torch.Tensor] = None,
+        mlm_labels: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> Optional[torch.Tensor]:
         """Masked language modelling on the captions, conditioned on the whole image.
 
         masked_input_ids / mlm_labels (B, L): the data's masking; when None the
@@ -342,11 +424,13 @@ class XVLMMixin:
             masked_input_ids = _pad_to(masked_input_ids, length)[:, :length]
             mlm_labels = F.pad(mlm_labels, (0, max(0, length - mlm_labels.shape[1])), value=-100)[:, :length]
         full = torch.ones(pairs.num_whole, image_tokens.shape[1], dtype=torch.long, device=image_tokens.device)
-        return self._masked_lm(caption_ids, caption_mask, image_tokens[: pairs.num_whole], full,
-                               masked_input_ids, mlm_labels, generator)
+        return self._masked_lm(
+            caption_ids, caption_mask, image_tokens[: pairs.num_whole], full, masked_input_ids, mlm_labels, generator
+        )
 
-    def region_mlm_loss(self, pairs: ConceptTextPairs,
-                        generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
+    def region_mlm_loss(
+        self, pairs: ConceptTextPairs, generator: Optional[torch.Generator] = None
+    ) -> Optional[torch.Tensor]:
         """Masked language modelling on the region phrases, each fused with its box-pooled concept
         (X-VLM applies its three losses at every granularity). Masked here (probability 0.25, at
         most 8). None when the batch has no region or nothing to predict."""
@@ -355,16 +439,31 @@ class XVLMMixin:
             return None
         mask = pairs.text_mask[start:]
         own = max(1, int(mask.sum(-1).max()))  # phrases are short: no need for the captions' length
-        return self._masked_lm(pairs.text_ids[start:, :own], mask[:, :own], pairs.concept_tokens[start:],
-                               pairs.concept_mask[start:], None, None, generator)
+        return self._masked_lm(
+            pairs.text_ids[start:, :own],
+            mask[:, :own],
+            pairs.concept_tokens[start:],
+            pairs.concept_mask[start:],
+            None,
+            None,
+            generator,
+        )
 
-    def _masked_lm(self, text_ids, text_mask, concept_tokens, concept_mask, masked_input_ids, mlm_labels,
-                   generator) -> Optional[torch.Tensor]:
+    def _masked_lm(
+        self, text_ids, text_mask, concept_tokens, concept_mask, masked_input_ids, mlm_labels, generator
+    ) -> Optional[torch.Tensor]:
         if masked_input_ids is None:
             tokenizer = self.tokenizer
             masked_input_ids, mlm_labels = X.mask_tokens(
-                text_ids, text_mask, tokenizer.all_special_ids, tokenizer.mask_token_id,
-                self.text_encoder.config.vocab_size, self.mlm_probability, self.mlm_max_masks, generator)
+                text_ids,
+                text_mask,
+                tokenizer.all_special_ids,
+                tokenizer.mask_token_id,
+                self.text_encoder.config.vocab_size,
+                self.mlm_probability,
+                self.mlm_max_masks,
+                generator,
+            )
         predicted = mlm_labels != -100
         if not bool(predicted.any()):
             return None
@@ -373,21 +472,24 @@ class XVLMMixin:
         # vocabulary logits only where a token is predicted (the decoder is the costly part)
         return F.cross_entropy(self.mlm_head(fused[predicted]), mlm_labels[predicted])
 
-    def predict_region_boxes(self, image_tokens: torch.Tensor, image_index: torch.Tensor,
-                             text_hidden: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    def predict_region_boxes(
+        self, image_tokens: torch.Tensor, image_index: torch.Tensor, text_hidden: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Box head: full image (all patches) + phrase -> (K, 4) sigmoid normalised (cx, cy, w, h)."""
         tokens = image_tokens[image_index]
         full = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
         return self.box_head(self.fused_cls(text_hidden, text_mask, tokens, full)).sigmoid()
 
-    def box_loss(self, pairs: ConceptTextPairs, image_tokens: torch.Tensor
-                 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def box_loss(
+        self, pairs: ConceptTextPairs, image_tokens: torch.Tensor
+    ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
         """(L1, GIoU loss, predicted boxes (K, 4)) over the region pairs; Nones when there is none."""
         start = pairs.num_whole
         if pairs.num_pairs == start:
             return None, None, None
-        predicted = self.predict_region_boxes(image_tokens, pairs.image_index[start:], pairs.text_hidden[start:],
-                                              pairs.text_mask[start:])
+        predicted = self.predict_region_boxes(
+            image_tokens, pairs.image_index[start:], pairs.text_hidden[start:], pairs.text_mask[start:]
+        )
         l1, giou = X.box_regression_losses(predicted, pairs.region_boxes)
         return l1, giou, predicted
 
@@ -401,12 +503,20 @@ class XVLMMixin:
         from torchvision.transforms import v2
 
         size = self.image_encoder.image_size
-        return v2.Compose([v2.ToImage(), v2.Resize(size), v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True),
-                           v2.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))])
+        return v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize(size),
+                v2.CenterCrop(size),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+            ]
+        )
 
     def tokenize(self, texts, device) -> Tuple[torch.Tensor, torch.Tensor]:
-        encoded = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_text_length,
-                                 return_tensors="pt")
+        encoded = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_text_length, return_tensors="pt"
+        )
         return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
 
     def embed_texts(self, texts) -> torch.Tensor:
@@ -415,9 +525,12 @@ class XVLMMixin:
         input_ids, attention_mask = self.tokenize(texts, device)
         return self.text_features(self.encode_text(input_ids, attention_mask)[:, 0])
 
-    def match_scores(self, pairs: Union[Mapping[str, torch.Tensor], torch.Tensor],
-                     input_ids: Optional[torch.Tensor] = None,
-                     attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def match_scores(
+        self,
+        pairs: Union[Mapping[str, torch.Tensor], torch.Tensor],
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """ITM score of P (image, text) pairs: logit(match) - logit(no match), higher = better.
 
         Either a mapping with image (P, 3, S, S), input_ids and attention_mask
@@ -434,13 +547,21 @@ class XVLMMixin:
         logits = self.itm_logits(image_tokens, full, self.encode_text(input_ids, attention_mask), attention_mask)
         return logits[:, 1] - logits[:, 0]
 
-    def predict_boxes(self, images: torch.Tensor, box_input_ids: torch.Tensor,
-                      box_attention_mask: torch.Tensor, box_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def predict_boxes(
+        self,
+        images: torch.Tensor,
+        box_input_ids: torch.Tensor,
+        box_attention_mask: torch.Tensor,
+        box_valid: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Grounding: images (B, 3, S, S), phrases (B, R, Lb) -> (B, R, 4) normalised (cx, cy, w, h);
         rows where box_valid is False are zeros."""
         batch, regions = box_input_ids.shape[:2]
-        valid = box_valid.bool() if box_valid is not None else torch.ones(batch, regions, dtype=torch.bool,
-                                                                          device=box_input_ids.device)
+        valid = (
+            box_valid.bool()
+            if box_valid is not None
+            else torch.ones(batch, regions, dtype=torch.bool, device=box_input_ids.device)
+        )
         image_tokens = self.encode_image(images)
         output = image_tokens.new_zeros(batch, regions, 4)
         slot = valid.nonzero()
@@ -466,7 +587,19 @@ def temperature(scale_module: LogitScale) -> float:
     return 1.0 / float(scale_module().detach())
 
 
-__all__ = ["XVLMNetwork", "XVLMMixin", "ConceptTextPairs", "CrossEncoder", "MLMHead", "build_vit",
-           "build_fusion_layer", "fusion_layer_config", "split_text_model", "layout_error", "mark_old_layout",
-           "mlp_head",
-           "additive_mask", "temperature"]
+__all__ = [
+    "XVLMNetwork",
+    "XVLMMixin",
+    "ConceptTextPairs",
+    "CrossEncoder",
+    "MLMHead",
+    "build_vit",
+    "build_fusion_layer",
+    "fusion_layer_config",
+    "split_text_model",
+    "layout_error",
+    "mark_old_layout",
+    "mlp_head",
+    "additive_mask",
+    "temperature",
+]

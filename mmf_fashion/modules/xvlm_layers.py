@@ -11,6 +11,7 @@ Cheatsheet::
 
 The network that assembles them: modules/xvlm.py (the submodule names and the layout are described there).
 """
+
 from __future__ import annotations
 
 import re
@@ -140,15 +141,19 @@ def split_text_model(text_model: nn.Module, fusion_layers: Optional[int]) -> lis
     encoder = getattr(text_model, "encoder", None)
     layers = getattr(encoder, "layer", None)
     if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"X-VLM splits a BERT-style text model (encoder.layer); "
-                         f"{type(text_model).__name__} has no encoder.layer list")
+        raise ValueError(
+            f"X-VLM splits a BERT-style text model (encoder.layer); "
+            f"{type(text_model).__name__} has no encoder.layer list"
+        )
     total = len(layers)
     fusion = total // 2 if fusion_layers is None else int(fusion_layers)
     if not 1 <= fusion < total:
-        raise ValueError(f"model_config.xvlm.{SPLIT_OPTION}={fusion_layers}: the text model has {total} layers, "
-                         f"so it must be between 1 and {total - 1} (at least one text and one fusion layer)")
-    upper = list(layers[total - fusion:])
-    encoder.layer = nn.ModuleList(layers[:total - fusion])
+        raise ValueError(
+            f"model_config.xvlm.{SPLIT_OPTION}={fusion_layers}: the text model has {total} layers, "
+            f"so it must be between 1 and {total - 1} (at least one text and one fusion layer)"
+        )
+    upper = list(layers[total - fusion :])
+    encoder.layer = nn.ModuleList(layers[: total - fusion])
     text_model.config.num_hidden_layers = total - fusion
     return upper
 
@@ -171,9 +176,11 @@ class CrossEncoder(nn.Module):
             missing, unexpected = layer.load_state_dict(source.state_dict(), strict=False)
             not_cross = [key for key in missing if not key.startswith("crossattention.")]
             if unexpected or not_cross:
-                raise ValueError(f"X-VLM fusion layers are BERT layers: the text model's layer "
-                                 f"({type(source).__name__}) does not fit (unexpected {unexpected[:5]}, "
-                                 f"missing {not_cross[:5]})")
+                raise ValueError(
+                    f"X-VLM fusion layers are BERT layers: the text model's layer "
+                    f"({type(source).__name__}) does not fit (unexpected {unexpected[:5]}, "
+                    f"missing {not_cross[:5]})"
+                )
             init_bert_style(layer.crossattention, config.initializer_range)
         self.register_buffer("split", torch.tensor([num_text_layers, len(upper_layers)], dtype=torch.long))
 
@@ -182,8 +189,9 @@ class CrossEncoder(nn.Module):
         image_additive = additive_mask(image_mask, text_hidden.dtype)
         hidden = text_hidden
         for layer in self.layers:
-            hidden = layer(hidden, text_additive, encoder_hidden_states=image_tokens,
-                           encoder_attention_mask=image_additive)
+            hidden = layer(
+                hidden, text_additive, encoder_hidden_states=image_tokens, encoder_attention_mask=image_additive
+            )
         return hidden
 
 
@@ -206,19 +214,29 @@ def layout_error(state_dict: Mapping[str, Any], num_text_layers: int, num_fusion
     found = (max(text) + 1 if text else 0, max(fusion) + 1 if fusion else 0)
     if split is not None:
         found = tuple(int(v) for v in torch.as_tensor(split).tolist())
-        if found == (num_text_layers, num_fusion_layers) and all(i < num_text_layers for i in text) and all(
-                i < num_fusion_layers for i in fusion):
+        if (
+            found == (num_text_layers, num_fusion_layers)
+            and all(i < num_text_layers for i in text)
+            and all(i < num_fusion_layers for i in fusion)
+        ):
             return None
         what = f"a split of {found[0]} text + {found[1]} fusion layers"
     else:
-        what = (f"the old X-VLM layout (fusion layers stacked on the whole text encoder: at least {found[0]} text "
-                f"layers + {found[1]} cross layers, no cross_encoder.split)")
-    marking = (" after mmf_fashion.modules.xvlm.mark_old_layout(state) on the whole checkpoint (it records "
-               "the split)") if split is None else ""
-    return (f"X-VLM checkpoint has {what}; this model splits its text model into {num_text_layers} text + "
-            f"{num_fusion_layers} fusion layers (model_config.xvlm.{SPLIT_OPTION}). Build the same layout to load "
-            f"it: text_encoder.num_hidden_layers = {found[0] + found[1]} (name: tiny) and {SPLIT_OPTION} = "
-            f"{found[1]}{marking}; a pretrained text model of another depth needs retraining")
+        what = (
+            f"the old X-VLM layout (fusion layers stacked on the whole text encoder: at least {found[0]} text "
+            f"layers + {found[1]} cross layers, no cross_encoder.split)"
+        )
+    marking = (
+        (" after mmf_fashion.modules.xvlm.mark_old_layout(state) on the whole checkpoint (it records the split)")
+        if split is None
+        else ""
+    )
+    return (
+        f"X-VLM checkpoint has {what}; this model splits its text model into {num_text_layers} text + "
+        f"{num_fusion_layers} fusion layers (model_config.xvlm.{SPLIT_OPTION}). Build the same layout to load "
+        f"it: text_encoder.num_hidden_layers = {found[0] + found[1]} (name: tiny) and {SPLIT_OPTION} = "
+        f"{found[1]}{marking}; a pretrained text model of another depth needs retraining"
+    )
 
 
 def mark_old_layout(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
@@ -237,8 +255,7 @@ def mark_old_layout(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
 
 def mlp_head(width: int, outputs: int) -> nn.Sequential:
     """X-VLM's head: Linear(d, 2d) - LayerNorm - GELU - Linear(2d, outputs)."""
-    return nn.Sequential(nn.Linear(width, 2 * width), nn.LayerNorm(2 * width), nn.GELU(),
-                         nn.Linear(2 * width, outputs))
+    return nn.Sequential(nn.Linear(width, 2 * width), nn.LayerNorm(2 * width), nn.GELU(), nn.Linear(2 * width, outputs))
 
 
 class MLMHead(nn.Module):

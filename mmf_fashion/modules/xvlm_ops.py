@@ -18,6 +18,7 @@ Box conventions: the data carries normalised (cx, cy, w, h) in [0, 1] of the
 processed image (docs/ARCHITECTURE.md); the box-to-patch rule of X-VLM works
 on pixel (x, y, w, h); the box head predicts normalised (cx, cy, w, h).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -108,8 +109,9 @@ def gather_rows_with_grad(rows: torch.Tensor) -> Tuple[torch.Tensor, int]:
     return gathered[keep], int(sum(sizes[: get_rank()]))
 
 
-def multi_positive_targets(ids: Optional[torch.Tensor], all_ids: Optional[torch.Tensor], rows: int,
-                           columns: int, offset: int, device) -> torch.Tensor:
+def multi_positive_targets(
+    ids: Optional[torch.Tensor], all_ids: Optional[torch.Tensor], rows: int, columns: int, offset: int, device
+) -> torch.Tensor:
     """(rows, columns) soft targets: uniform over the columns that share the row's id
     (one-hot at offset + row when ids is None)."""
     if ids is None:
@@ -120,8 +122,9 @@ def multi_positive_targets(ids: Optional[torch.Tensor], all_ids: Optional[torch.
     return positives / positives.sum(dim=1, keepdim=True)
 
 
-def itc_loss(concept_feat: torch.Tensor, text_feat: torch.Tensor, scale: torch.Tensor,
-             ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+def itc_loss(
+    concept_feat: torch.Tensor, text_feat: torch.Tensor, scale: torch.Tensor, ids: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Symmetric InfoNCE over (concept, text) pairs with soft multi-positive targets.
 
     concept_feat, text_feat (P, E) L2-normalised and row-aligned; scale = 1 /
@@ -132,17 +135,18 @@ def itc_loss(concept_feat: torch.Tensor, text_feat: torch.Tensor, scale: torch.T
     all_text, offset = gather_rows_with_grad(text_feat)
     all_concept, _ = gather_rows_with_grad(concept_feat)
     all_ids = all_gather_variable(ids) if ids is not None else None
-    targets = multi_positive_targets(ids, all_ids, concept_feat.shape[0], all_text.shape[0], offset,
-                                     concept_feat.device)
+    targets = multi_positive_targets(
+        ids, all_ids, concept_feat.shape[0], all_text.shape[0], offset, concept_feat.device
+    )
     loss_c2t = soft_cross_entropy(scale * concept_feat @ all_text.t(), targets)
     loss_t2c = soft_cross_entropy(scale * text_feat @ all_concept.t(), targets)
     return (loss_c2t + loss_t2c) / 2
 
 
 @torch.no_grad()
-def sample_itm_negatives(similarity: torch.Tensor, ids: Optional[torch.Tensor] = None,
-                         generator: Optional[torch.Generator] = None
-                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_itm_negatives(
+    similarity: torch.Tensor, ids: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hard negatives for ITM, drawn from the softmax of the similarities.
 
     similarity (P, P): concept i vs text j logits (scale * cosine); ids (P,)
@@ -171,9 +175,16 @@ def sample_itm_negatives(similarity: torch.Tensor, ids: Optional[torch.Tensor] =
     return negative_text, negative_concept, has_text, has_concept
 
 
-def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: Sequence[int],
-                mask_token_id: int, vocab_size: int, probability: float = 0.25, max_masks: int = 8,
-                generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    special_ids: Sequence[int],
+    mask_token_id: int,
+    vocab_size: int,
+    probability: float = 0.25,
+    max_masks: int = 8,
+    generator: Optional[torch.Generator] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """X-VLM's MLM masking: per text, n = min(max_masks, max(1, round(probability * T)))
     of its T real tokens (attention 1, not special) are picked at random; of those
     80% become [MASK], 10% a random token, 10% stay. Returns (masked_ids, labels)
@@ -204,8 +215,9 @@ def box_regression_losses(pred_cxcywh: torch.Tensor, target_cxcywh: torch.Tensor
     L1 sums the four coordinates of a box; GIoU loss = 1 - GIoU (torchvision).
     """
     if pred_cxcywh.shape != target_cxcywh.shape or pred_cxcywh.shape[-1] != 4:
-        raise ValueError(f"box losses need two (K, 4) tensors, got {tuple(pred_cxcywh.shape)} "
-                         f"and {tuple(target_cxcywh.shape)}")
+        raise ValueError(
+            f"box losses need two (K, 4) tensors, got {tuple(pred_cxcywh.shape)} and {tuple(target_cxcywh.shape)}"
+        )
     l1 = F.l1_loss(pred_cxcywh, target_cxcywh, reduction="none").sum(-1).mean()
     pred_xyxy = box_convert(pred_cxcywh, "cxcywh", "xyxy")
     target_xyxy = box_convert(target_cxcywh, "cxcywh", "xyxy")

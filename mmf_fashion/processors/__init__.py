@@ -14,6 +14,7 @@ The maths lives in masking.py and boxes.py (plain torch, no MMF import).
 Like every registering module, import this only after the MMF bridge is
 installed (mmf_fashion.plugin does it).
 """
+
 from mmf_fashion.processors import image, sampling, text  # noqa: F401  (registers)
 
 REGISTERED_PROCESSORS = (

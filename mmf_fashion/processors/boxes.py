@@ -13,6 +13,7 @@ Boxes travel through torchvision's v2 transforms as tv_tensors.BoundingBoxes
 without clamping, so the part of a box that a crop cut away can still be
 measured afterwards: a box less than ``min_visible`` inside is dropped.
 """
+
 from __future__ import annotations
 
 import re
@@ -48,7 +49,9 @@ def box_problem(box: Sequence[float], image_size: Tuple[int, int], tolerance: fl
 def pixel_boxes(boxes: Sequence[Sequence[float]], image_size: Tuple[int, int]) -> tv_tensors.BoundingBoxes:
     """(R, 4) pixel (x, y, w, h) as unclamped float BoundingBoxes on an image of (height, width)."""
     data = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-    return tv_tensors.BoundingBoxes(data, format="XYWH", canvas_size=tuple(int(v) for v in image_size), clamping_mode=None)
+    return tv_tensors.BoundingBoxes(
+        data, format="XYWH", canvas_size=tuple(int(v) for v in image_size), clamping_mode=None
+    )
 
 
 def finish_boxes(

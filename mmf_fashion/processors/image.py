@@ -28,6 +28,7 @@ Evaluation is always Resize(size) + CenterCrop(size). Flips are skipped for a
 sample whose region phrases say left or right. box_transform's keep_box_crop
 (X-VLM) replaces the training crop by a random crop that keeps one region whole.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,7 +62,9 @@ class FashionImageTransform(BaseProcessor):
         self.size = int(config.get("size", 224))
         self.train_crop = str(config.get("train_crop", "random_resized_crop"))
         if self.train_crop not in TRAIN_CROPS:
-            raise ValueError(f"fashion_image_transform: train_crop must be one of {TRAIN_CROPS}, got '{self.train_crop}'")
+            raise ValueError(
+                f"fashion_image_transform: train_crop must be one of {TRAIN_CROPS}, got '{self.train_crop}'"
+            )
         self.scale = _as_float_pair(config.get("scale"), (0.5, 1.0))
         self.ratio = _as_float_pair(config.get("ratio"), (3 / 4, 4 / 3))
         self.resize_ratio = float(config.get("resize_ratio", 1.14))
@@ -143,8 +146,12 @@ class BoxTransform(BaseProcessor):
             out = _crop_keeping_box(item["image_processor"], image, pixel_boxes(raw_boxes, image_size), allow_flip)
         else:
             out = item["image_processor"](
-                {"image": image, "boxes": pixel_boxes(raw_boxes, image_size), "is_train": is_train,
-                 "allow_flip": allow_flip}
+                {
+                    "image": image,
+                    "boxes": pixel_boxes(raw_boxes, image_size),
+                    "is_train": is_train,
+                    "allow_flip": allow_flip,
+                }
             )
         boxes, valid, kept = finish_boxes(out["boxes"], self.max_regions, self.min_visible)
         kept_phrases = [phrases[i] for i in kept] + [""] * (self.max_regions - len(kept))

@@ -17,6 +17,7 @@ Both functions draw every random number from ``generator`` (torch's global
 generator when None), so a seeded generator gives the same mask every time,
 and DataLoader workers (each seeded differently by torch) give different ones.
 """
+
 from __future__ import annotations
 
 import math

@@ -22,6 +22,7 @@ In a dataset::
     self.attribute_processor({"attribute_ids": [3, 7], "num_attributes": 40})
     # -> {"attribute_targets": FloatTensor (40,) with 0.5 at 3 and 7}
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence

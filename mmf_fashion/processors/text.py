@@ -18,6 +18,7 @@ In a dataset::
 ``tokenizer`` is "minilm" (the packaged uncased vocabulary, offline), "tiny"
 (the same vocabulary) or a local transformers tokenizer directory.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional
@@ -78,4 +79,7 @@ class FashionTextTokenizer(BaseProcessor):
         """(N, max_length) input_ids / attention_mask / token_type_ids for short phrases."""
         max_length = int(max_length or self.max_length)
         encoding = self.tokenizer(list(texts), max_length=max_length, padding="max_length", truncation=True)
-        return {key: torch.tensor(encoding[key], dtype=torch.long) for key in ("input_ids", "attention_mask", "token_type_ids")}
+        return {
+            key: torch.tensor(encoding[key], dtype=torch.long)
+            for key in ("input_ids", "attention_mask", "token_type_ids")
+        }

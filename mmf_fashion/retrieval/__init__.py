@@ -46,6 +46,7 @@ bridge), and the model is built by mmf_fashion.runtime.build_model_from_config.
 Torch files (embeddings, checkpoints) are read weights-only; `--allow-unsafe-load`
 opts in to full unpickling for a file you trust.
 """
+
 from mmf_fashion.retrieval.gallery import embed_image_dataset, embed_in_batches
 from mmf_fashion.retrieval.index import (
     EmbeddingIndex,

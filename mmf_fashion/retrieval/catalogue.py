@@ -24,6 +24,7 @@ Cheatsheet::
   ocir_*.json hold questions, not a split's items, so they are not read
   here (the OCIR builder's test gallery is that of --split test).
 """
+
 from __future__ import annotations
 
 import json
@@ -94,8 +95,13 @@ def _fashiongen(root: Path, split: str, modality: str, fmt: str = "auto"):
                 continue
             for view in product.views:
                 if not os.path.isfile(view.source):  # fail before any embedding, naming the record
-                    raise BadSampleError(product.file, product.record, view.label,
-                                         f"image file {view.source} does not exist", "missing_image")
+                    raise BadSampleError(
+                        product.file,
+                        product.record,
+                        view.label,
+                        f"image file {view.source} does not exist",
+                        "missing_image",
+                    )
                 items.append(str(view.source))
                 records.append({"product_id": product.product_id})
         return items, records
@@ -152,7 +158,8 @@ def _polyvore(root: Path, split: str, version: str):
         ocir = sorted(path.name for path in base.glob(f"ocir_{version}_*.json"))
         found = (
             f" FashionViL's OCIR question files are there ({', '.join(ocir)}), but they do not list a split's items."
-            if ocir else ""
+            if ocir
+            else ""
         )
         raise FileNotFoundError(
             f"polyvore_ocir ({split}): {outfits_path} not found: the gallery is every item of the split's "
@@ -178,7 +185,11 @@ def _polyvore(root: Path, split: str, version: str):
 
 
 def dataset_gallery(
-    dataset: str, split: str, data_dir: str, modality: str = "image", polyvore_version: str = "nondisjoint",
+    dataset: str,
+    split: str,
+    data_dir: str,
+    modality: str = "image",
+    polyvore_version: str = "nondisjoint",
     fashiongen_format: str = "auto",
 ) -> Tuple[List, List[Dict]]:
     """(items: image paths, H5Image rows or texts, records: per-item fields)

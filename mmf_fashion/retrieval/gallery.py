@@ -9,6 +9,7 @@ Cheatsheet::
     out["embedding"], out["id"], out["category"]      # (G, D), (G,), (G,)
     emb = embed_in_batches(model.embed_texts, ["red dress", "blue shirt"], batch_size=64)
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Mapping, Optional, Sequence
@@ -106,7 +107,11 @@ def embed_image_dataset(
         return torch.stack(images)
 
     embeddings = embed_in_batches(
-        model.embed_images, list(range(num_items)), batch_size=batch_size, progress=progress,
-        desc="gallery", prepare=load,
+        model.embed_images,
+        list(range(num_items)),
+        batch_size=batch_size,
+        progress=progress,
+        desc="gallery",
+        prepare=load,
     )
     return {"embedding": embeddings, "id": ids, "category": categories}

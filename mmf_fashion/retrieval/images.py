@@ -15,6 +15,7 @@ A gallery item is an image file path or an H5Image (one row of an HDF5
 image dataset, e.g. FashionGen's input_image); HDF5 rows are read only when
 their batch is loaded, through the handles kept in ``h5_files``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -23,6 +23,7 @@ says how the defaults follow the gallery size N):
 
 The model interface is described in mmf_fashion/retrieval/__init__.py.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -107,8 +108,13 @@ def default_params(kind: str, n: int, dim: int, given: Optional[Dict] = None) ->
         return params
     nlist = int(given.get("nlist") or max(1, min(round(4 * math.sqrt(max(n, 1))), n // MIN_POINTS_PER_LIST)))
     pq_m = given.get("pq_m")
-    params = {"nlist": nlist, "nprobe": min(nlist, max(1, round(math.sqrt(nlist)))), "pq_m": pq_m,
-              "pq_bits": 8, "seed": 0}
+    params = {
+        "nlist": nlist,
+        "nprobe": min(nlist, max(1, round(math.sqrt(nlist)))),
+        "pq_m": pq_m,
+        "pq_bits": 8,
+        "seed": 0,
+    }
     params.update(given)
     params["train_size"] = int(given.get("train_size") or min(n, max(64 * nlist, 39 * 256 if pq_m else 0)))
     for key in ("nlist", "nprobe", "train_size"):
@@ -137,8 +143,9 @@ def _new_faiss_index(kind: str, dim: int, params: Dict):
         return index
     quantizer = faiss.IndexFlatIP(dim)
     if params.get("pq_m"):
-        index = faiss.IndexIVFPQ(quantizer, dim, params["nlist"], params["pq_m"], params["pq_bits"],
-                                 faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFPQ(
+            quantizer, dim, params["nlist"], params["pq_m"], params["pq_bits"], faiss.METRIC_INNER_PRODUCT
+        )
     else:
         index = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
     index.own_fields = True  # the index keeps its quantizer alive (and frees it)
@@ -196,8 +203,9 @@ def build_faiss_index(embeddings, kind: str, params: Optional[Dict] = None):
     return index, params
 
 
-def faiss_search(index, kind: str, params: Dict, queries, k: int, nprobe: Optional[int] = None,
-                 ef: Optional[int] = None):
+def faiss_search(
+    index, kind: str, params: Dict, queries, k: int, nprobe: Optional[int] = None, ef: Optional[int] = None
+):
     """(scores, rows) numpy arrays (Q, k) of a faiss index built by build_faiss_index;
     nprobe / ef override the recorded values for this call only."""
     extra = _search_parameters(kind, params, k, nprobe, ef)
@@ -282,9 +290,7 @@ class EmbeddingIndex:
         queries: Optional[Sequence[str]] = None,
     ):
         if embeddings.dim() != 2 or embeddings.shape[0] != len(items):
-            raise RetrievalError(
-                f"index: {len(items)} items but embeddings of shape {tuple(embeddings.shape)}"
-            )
+            raise RetrievalError(f"index: {len(items)} items but embeddings of shape {tuple(embeddings.shape)}")
         backend = self.check_settings(modality, backend, kind, queries)
         self.items = [dict(item) for item in items]
         self.modality = modality
@@ -472,8 +478,9 @@ class EmbeddingIndex:
                 stored = _faiss().read_index(str(path))
             except RuntimeError as error:
                 raise RetrievalError(f"{path}: not a readable faiss index ({error})") from error
-            expected = {"flat": ("IndexFlatIP",), "ivf": ("IndexIVFFlat", "IndexIVFPQ"),
-                        "hnsw": ("IndexHNSWFlat",)}[kind]
+            expected = {"flat": ("IndexFlatIP",), "ivf": ("IndexIVFFlat", "IndexIVFPQ"), "hnsw": ("IndexHNSWFlat",)}[
+                kind
+            ]
             if type(stored).__name__ not in expected:
                 raise RetrievalError(
                     f"{path}: holds a faiss {type(stored).__name__}, but {meta_path.name} says kind {kind!r} "
@@ -557,7 +564,11 @@ def embed_gallery(
         h5_files: Dict = {}  # HDF5 galleries: one handle per file for the whole build
         try:
             embeddings = embed_in_batches(
-                embed, list(items), batch_size=batch_size, progress=progress, desc="index images",
+                embed,
+                list(items),
+                batch_size=batch_size,
+                progress=progress,
+                desc="index images",
                 prepare=lambda batch: load_images(batch, transform, h5_files),
             )
         finally:
@@ -565,9 +576,7 @@ def embed_gallery(
         rows = [{"path": describe_item(p)} for p in items]
     else:
         embed = _require(model, "embed_texts", "to index texts")
-        embeddings = embed_in_batches(
-            embed, list(items), batch_size=batch_size, progress=progress, desc="index texts"
-        )
+        embeddings = embed_in_batches(embed, list(items), batch_size=batch_size, progress=progress, desc="index texts")
         rows = [{"text": t} for t in items]
     if records is not None:
         rows = [{**extra, **row} for row, extra in zip(rows, records)]
@@ -599,11 +608,23 @@ def build_index(
     """
     EmbeddingIndex.check_settings(modality, backend, kind, queries)  # before the (long) embedding
     embeddings, rows = embed_gallery(
-        model, items, modality=modality, batch_size=batch_size, progress=progress,
-        image_size=image_size, transform=transform, records=records,
+        model,
+        items,
+        modality=modality,
+        batch_size=batch_size,
+        progress=progress,
+        image_size=image_size,
+        transform=transform,
+        records=records,
     )
     return EmbeddingIndex(
-        embeddings, rows, modality=modality, model_info=model_info, backend=backend, kind=kind, params=params,
+        embeddings,
+        rows,
+        modality=modality,
+        model_info=model_info,
+        backend=backend,
+        kind=kind,
+        params=params,
         queries=list(queries) if queries is not None else model_query_kinds(model),
     )
 
@@ -638,8 +659,14 @@ def add_items(
                 + "; an index holds each item once: leave it out of the items to add"
             )
     embeddings, rows = embed_gallery(
-        model, items, modality=index.modality, batch_size=batch_size, progress=progress,
-        image_size=image_size, transform=transform, records=records,
+        model,
+        items,
+        modality=index.modality,
+        batch_size=batch_size,
+        progress=progress,
+        image_size=image_size,
+        transform=transform,
+        records=records,
     )
     index.add(embeddings, rows)
     return len(rows)

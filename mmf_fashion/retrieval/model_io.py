@@ -23,6 +23,7 @@ A checkpoint that needs full unpickling is refused unless allow_unsafe
 (the user's --allow-unsafe-load) is True.
 Imports MMF through the bridge (mmf_fashion.runtime.ensure_mmf()).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -115,4 +116,3 @@ def resolve_model_config(
         "overrides": list(overrides),
     }
     return built, info, state
-

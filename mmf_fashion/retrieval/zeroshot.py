@@ -14,6 +14,7 @@ Each class is the mean of its L2-normalised prompt embeddings, normalised
 again (prompt ensembling); logits are cosine similarities (N, C); ties go
 to the lower class index (torch.argmax keeps the first maximum).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence, Tuple

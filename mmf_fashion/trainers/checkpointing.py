@@ -21,6 +21,7 @@ torch, cuda), the counters and the data position. It is written only from a
 finite model, and only through a rename, so a kill during a save leaves the
 previous checkpoint intact.
 """
+
 from __future__ import annotations
 
 import contextlib

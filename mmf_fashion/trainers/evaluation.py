@@ -11,6 +11,7 @@ Cheatsheet::
 A metric may return one number or a dict of numbers; the flat key is
 "<split>/<dataset>/<metric>/<key>" ("value" for single numbers).
 """
+
 from __future__ import annotations
 
 import collections.abc
@@ -158,8 +159,14 @@ def write_results(save_dir: str, values: Mapping[str, float], num_updates: int) 
     return record
 
 
-def write_train_record(save_dir: str, losses: Mapping[str, float], lr: float, samples_per_s: float,
-                       num_updates: int, max_memory_gib: Optional[float] = None) -> Dict[str, float]:
+def write_train_record(
+    save_dir: str,
+    losses: Mapping[str, float],
+    lr: float,
+    samples_per_s: float,
+    num_updates: int,
+    max_memory_gib: Optional[float] = None,
+) -> Dict[str, float]:
     """One line of train.jsonl per log_interval, flat like metrics.json: each task's
     loss ("train/<dataset>/<task>", its mean over the updates of the interval that
     computed it), their sum "train/total_loss", "train/lr",

@@ -23,13 +23,13 @@ training.tensorboard: true writes the train.jsonl and metrics.jsonl records as
 tensorboard scalars (rank 0) into env.tensorboard_logdir or
 <save_dir>/tensorboard; MMF's own writer is never built, since load() is ours.
 """
+
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from mmf.common.registry import registry
@@ -178,7 +178,9 @@ class FashionTrainer(BaseTrainer):
         amp = self.training_config.get("amp", {}) or {}
         self.amp_enabled = bool(amp.get("enabled", False))
         self.amp_dtype = getattr(torch, str(amp.get("dtype", "bfloat16")))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_enabled and self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_enabled and self.amp_dtype == torch.float16
+        )
         self.update_frequency = max(1, int(self.training_config.get("update_frequency", 1)))
 
     def _restore_and_wrap(self):
@@ -194,7 +196,9 @@ class FashionTrainer(BaseTrainer):
         if self.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=device_ids, find_unused_parameters=bool(self.training_config.find_unused_parameters)
+                self.model,
+                device_ids=device_ids,
+                find_unused_parameters=bool(self.training_config.find_unused_parameters),
             )
         if self.training_config.get("compile", False):
             self.train_model = torch.compile(self.train_model)
@@ -256,10 +260,13 @@ class FashionTrainer(BaseTrainer):
                 weights = state.get("model", state) if isinstance(state, dict) else state
                 mapping = dict(config.get("pretrained_state_mapping", {}) or {})
                 weights = ckpt.apply_state_mapping(weights, mapping)
-                missing, unexpected = ckpt.load_model_state(self.model, weights, strict=False, source=config.resume_file)
+                missing, unexpected = ckpt.load_model_state(
+                    self.model, weights, strict=False, source=config.resume_file
+                )
                 self.writer.write(
                     f"Pretrained weights from {config.resume_file}: {len(weights) - len(unexpected)} tensors loaded; "
-                    f"not in checkpoint ({len(missing)}): {missing[:10]}; unused ({len(unexpected)}): {unexpected[:10]}",
+                    f"not in checkpoint ({len(missing)}): {missing[:10]}; "
+                    f"unused ({len(unexpected)}): {unexpected[:10]}",
                     "info",
                 )
             else:
@@ -331,7 +338,7 @@ class FashionTrainer(BaseTrainer):
             ckpt.restore_rng(self._resume_rng)
         max_updates = self.training_config.max_updates
         if self.training_config.max_epochs is not None:
-            per_epoch = sum(len(l) for l in self.loaders["train"]) // self.update_frequency
+            per_epoch = sum(len(loader) for loader in self.loaders["train"]) // self.update_frequency
             max_updates = int(self.training_config.max_epochs) * max(1, per_epoch)
         self.max_updates = int(max_updates)
         self._set_train_mode()
@@ -364,13 +371,13 @@ class FashionTrainer(BaseTrainer):
             self.samplers["train"][0].skip_batches(self.batches_in_epoch, self.batch_size)
             yield from self.loaders["train"][0]
             return
-        lengths = [len(l) for l in self.loaders["train"]]
+        lengths = [len(loader) for loader in self.loaders["train"]]
         order = []
         for index, length in enumerate(lengths):
             order += [index] * length
         generator = torch.Generator().manual_seed(self.data_seed * 7919 + self.current_epoch)
         order = [order[i] for i in torch.randperm(len(order), generator=generator).tolist()]
-        iterators = [iter(l) for l in self.loaders["train"]]
+        iterators = [iter(loader) for loader in self.loaders["train"]]
         for position, index in enumerate(order):
             batch = next(iterators[index])
             if position < self.batches_in_epoch:
@@ -420,7 +427,11 @@ class FashionTrainer(BaseTrainer):
         batch = self._prepare(batch)
         if self.training_config.get("log_sample_ids", False):
             self._record_sample_ids(batch)
-        no_sync = self.train_model.no_sync if (self.distributed and not sync and hasattr(self.train_model, "no_sync")) else contextlib.nullcontext
+        no_sync = (
+            self.train_model.no_sync
+            if (self.distributed and not sync and hasattr(self.train_model, "no_sync"))
+            else contextlib.nullcontext
+        )
         with no_sync():
             with self._autocast():
                 output = self.train_model(batch)
@@ -486,8 +497,14 @@ class FashionTrainer(BaseTrainer):
                 from tqdm import tqdm
 
                 # started at this run's first update: a resume counts from its checkpoint
-                bar = tqdm(total=self.max_updates, initial=self.num_updates - 1, unit="update", desc="training",
-                           file=sys.stderr, dynamic_ncols=True)
+                bar = tqdm(
+                    total=self.max_updates,
+                    initial=self.num_updates - 1,
+                    unit="update",
+                    desc="training",
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                )
             self._progress_bar = bar
         return bar
 
@@ -565,7 +582,9 @@ class FashionTrainer(BaseTrainer):
                 report["dataset_name"] = dataset.dataset_name
                 for key, value in accumulator.mean_losses().items():
                     values[f"{key}" if key.startswith(split) else f"{split}/{dataset.dataset_name}/{key}"] = value
-                values.update(self.metrics.compute(report, split, dataset.dataset_name, model=self.model, dataset=dataset))
+                values.update(
+                    self.metrics.compute(report, split, dataset.dataset_name, model=self.model, dataset=dataset)
+                )
         finally:
             if was_training:
                 self._set_train_mode()

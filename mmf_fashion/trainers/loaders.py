@@ -9,6 +9,7 @@ MMF rc10 shuffles with the global RNG (and shuffles val under DDP); an exact
 resume needs the order of the interrupted epoch, so every rank derives it from
 the seed and the epoch and skips what was already consumed.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,16 @@ class ResumableSampler(Sampler):
         return max(0, len(self._indices()) - self.start)
 
 
-def build_loader(dataset, batch_size: int, sampler: ResumableSampler, num_workers: int, pin_memory: bool, drop_last: bool, seed: int, persistent_workers: bool = False) -> DataLoader:
+def build_loader(
+    dataset,
+    batch_size: int,
+    sampler: ResumableSampler,
+    num_workers: int,
+    pin_memory: bool,
+    drop_last: bool,
+    seed: int,
+    persistent_workers: bool = False,
+) -> DataLoader:
     from mmf.common.batch_collator import BatchCollator
 
     generator = torch.Generator().manual_seed(seed)
@@ -77,5 +87,3 @@ def per_rank_batch_size(global_batch: int, world_size: int) -> int:
     if global_batch % world_size != 0:
         raise ValueError(f"training.batch_size={global_batch} is not divisible by the world size {world_size}")
     return global_batch // world_size
-
-

@@ -1,4 +1,5 @@
 """Optional dependencies: imported where used, with the extra that installs them named."""
+
 from __future__ import annotations
 
 import importlib

@@ -5,6 +5,7 @@ MMF 1.0.0rc10 registers a `mmf.utils.logger.Logger` as the registry's "writer"
 and has no Logger class. Our code writes through `run_writer()`, which gives
 the `write(message, level)` method on both.
 """
+
 from __future__ import annotations
 
 import logging

@@ -19,6 +19,7 @@ Boxes are read as the evaluation pipeline sees them: the regions file's pixel
 (x, y, w, h), boxes outside the image dropped, at most 5 per image, normalised by
 the image size (the evaluation transform of a square image only rescales it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,10 @@ def load_regions(data_dir: str, split: str, max_regions: int = 5) -> Tuple[torch
         with Image.open(os.path.join(root, record["image"])) as image:
             size = (image.height, image.width)
         if size[0] != size[1]:
-            raise ValueError(f"{record['image']}: the baselines assume square images (the evaluation centre crop "
-                             "of a non-square image would move boxes)")
+            raise ValueError(
+                f"{record['image']}: the baselines assume square images (the evaluation centre crop "
+                "of a non-square image would move boxes)"
+            )
         regions = [r for r in record["regions"] if box_problem(r["box"], size) is None]
         normalised, ok, kept = finish_boxes(pixel_boxes([r["box"] for r in regions], size), max_regions, 0.5)
         boxes.append(normalised)
@@ -77,12 +80,15 @@ def baselines(data_dir: str, split: str) -> Dict[str, Dict[str, float]]:
         "whole_image": torch.tensor([0.5, 0.5, 1.0, 1.0]).expand_as(boxes).clone(),
         "mean_box": mean_box.expand_as(boxes).clone(),
         "phrase_mean_box": torch.stack([torch.stack([phrase_mean.get(p, mean_box) for p in row]) for row in phrases]),
-        "last_word_mean_box": torch.stack([torch.stack([word_mean.get(last_word(p), mean_box) for p in row])
-                                           for row in phrases]),
+        "last_word_mean_box": torch.stack(
+            [torch.stack([word_mean.get(last_word(p), mean_box) for p in row]) for row in phrases]
+        ),
     }
     metric = GroundingAccuracy(threshold=0.5, gather=False)
     report = {"boxes": boxes, "box_valid": valid}
-    results = {name: metric.calculate(report, {"predicted_boxes": predicted}) for name, predicted in predictions.items()}
+    results = {
+        name: metric.calculate(report, {"predicted_boxes": predicted}) for name, predicted in predictions.items()
+    }
     unseen = sum(1 for n, row in enumerate(phrases) for r, p in enumerate(row) if valid[n, r] and p not in phrase_mean)
     results["phrase_mean_box"]["unseen_phrases"] = float(unseen)
     return results

@@ -10,6 +10,7 @@ Cheatsheet::
 The MMF model `fashionvil` (mmf_fashion/models/fashionvil.py) is the same
 network behind MMF's BaseModel.
 """
+
 from mmf_fashion.modules.fashionvil.network import HEADS, FashionViLMethods, FashionViLNetwork
 
 __all__ = ["HEADS", "FashionViLMethods", "FashionViLNetwork"]

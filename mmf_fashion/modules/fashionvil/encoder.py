@@ -16,6 +16,7 @@ tables, so a pretrained BERT starts from embeddings it already knows.
 As in the official code, the unimodal image embedding does not go through
 the transformer: it is the mean of the projected grid tokens.
 """
+
 from __future__ import annotations
 
 import copy
@@ -144,9 +145,7 @@ class FashionViLEncoding:
         token_type_ids: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """input_ids, attention_mask (B, L) -> (B, hidden): mean over non-pad text outputs."""
-        output = self.text_encoder(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        )
+        output = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return masked_mean(output.last_hidden_state, attention_mask)
 
     # -- fusion -------------------------------------------------------------
@@ -164,9 +163,7 @@ class FashionViLEncoding:
         from transformers.masking_utils import create_bidirectional_mask
 
         if visual_tokens.shape[0] != input_ids.shape[0]:
-            raise ValueError(
-                f"fuse: {input_ids.shape[0]} texts but {visual_tokens.shape[0]} images in the batch"
-            )
+            raise ValueError(f"fuse: {input_ids.shape[0]} texts but {visual_tokens.shape[0]} images in the batch")
         text_states = self.text_encoder.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         visual_states = self.visual_embeddings(visual_tokens)
         states = torch.cat([text_states, visual_states], dim=1)

@@ -11,6 +11,7 @@ Cheatsheet::
     ocir = CategorySubspaces(hidden, num_categories, num_subspaces=5)
     query = ocir.outfit_query(item_emb, item_categories, item_valid, blank_category)   # (B, H)
 """
+
 from __future__ import annotations
 
 import torch
@@ -178,8 +179,9 @@ class CategorySubspaces(nn.Module):
         self._check_categories(item_categories[item_valid.bool()], "outfit_categories")
         self._check_categories(blank_category, "blank_category")
         items = F.normalize(item_embedding, dim=-1)
-        masks = self.pair_mask(item_categories.clamp(0, self.num_categories - 1),
-                               blank_category.unsqueeze(1).expand_as(item_categories))
+        masks = self.pair_mask(
+            item_categories.clamp(0, self.num_categories - 1), blank_category.unsqueeze(1).expand_as(item_categories)
+        )
         weights = item_valid.to(items.dtype).unsqueeze(-1)
         summed = (masks.pow(2) * items * weights).sum(dim=1)
         query = summed / weights.sum(dim=1).clamp(min=1.0)

@@ -30,6 +30,7 @@ Batch keys per head (see tasks.py for the pretraining tasks):
   blank_image (B, 3, H, W), blank_category (B,); in-batch negatives of another
   category than the query's blank are masked (ocir.negatives: same_category | all)
 """
+
 from __future__ import annotations
 
 import json
@@ -244,16 +245,20 @@ class FashionViLMethods(FashionViLEncoding):
 
     def run_ocir(self, batch: Mapping[str, Any]) -> Dict[str, Any]:
         """OCIR: query = category-conditioned outfit vector, target = the blank item's image emb."""
-        require(
-            batch, ["outfit_images", "outfit_mask", "outfit_categories", "blank_image", "blank_category"], "ocir"
-        )
+        require(batch, ["outfit_images", "outfit_mask", "outfit_categories", "blank_image", "blank_category"], "ocir")
         items = self.outfit_item_embeddings(batch["outfit_images"], batch["outfit_mask"])
         query = self.ocir_head.outfit_query(
             items, batch["outfit_categories"].long(), batch["outfit_mask"].bool(), batch["blank_category"].long()
         )
         target = F.normalize(self.image_embedding(batch["blank_image"]), dim=-1)
-        loss = ocir_loss(query, target, batch["blank_category"], self.logit_scale(), self.gather_negatives,
-                         same_category=self.ocir_negatives == "same_category")
+        loss = ocir_loss(
+            query,
+            target,
+            batch["blank_category"],
+            self.logit_scale(),
+            self.gather_negatives,
+            same_category=self.ocir_negatives == "same_category",
+        )
         return {"losses": {"ocir": loss}, "query_embedding": query, "target_embedding": target}
 
     # ------------------------------------------------------------ retrieval interface
@@ -268,7 +273,9 @@ class FashionViLMethods(FashionViLEncoding):
             list(texts), padding=True, truncation=True, max_length=self.max_text_length, return_tensors="pt"
         )
         device = self._parameter_device()
-        return {key: encoded[key].to(device) for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded}
+        return {
+            key: encoded[key].to(device) for key in ("input_ids", "attention_mask", "token_type_ids") if key in encoded
+        }
 
     def _itc_side(self, side: str):
         """ITC's f or g where the head ranks in ITC's space, else the hidden space (TGIR, OCIR targets)."""
@@ -293,7 +300,10 @@ class FashionViLMethods(FashionViLEncoding):
         """Reference images (N, 3, H, W) + modification texts (N,) -> TGIR queries (N, hidden), L2-normalised."""
         tokens = self.tokenize(texts)
         query = self.composed_embedding(
-            images.to(self._parameter_device()), tokens["input_ids"], tokens["attention_mask"], tokens.get("token_type_ids")
+            images.to(self._parameter_device()),
+            tokens["input_ids"],
+            tokens["attention_mask"],
+            tokens.get("token_type_ids"),
         )
         return F.normalize(query, dim=-1)
 

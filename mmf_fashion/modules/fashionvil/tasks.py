@@ -23,6 +23,7 @@ ITC and MVC compare their two sides in a space of their own
 (`contrastive_dim`): ITC through net.itc_projection (f image, g text), MVC
 through net.mvc_projection (f image, g composed), as the paper's f and g.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
@@ -204,8 +205,12 @@ def run_itm(net, batch: Mapping[str, Any]) -> Dict[str, Any]:
     token_type_ids = token_type_ids[text_index] if token_type_ids is not None else None
     fused = net.fuse(input_ids[text_index], attention_mask[text_index], token_type_ids, visual_tokens)
     logits = net.itm_head(fused.pooled)
-    return {"losses": {"itm": itm_loss(logits, labels)}, "itm_logits": logits, "itm_labels": labels,
-            "itm_text_index": text_index}
+    return {
+        "losses": {"itm": itm_loss(logits, labels)},
+        "itm_logits": logits,
+        "itm_labels": labels,
+        "itm_text_index": text_index,
+    }
 
 
 def run_mlm(net, batch: Mapping[str, Any]) -> Dict[str, Any]:
@@ -242,8 +247,11 @@ def run_mvc(net, batch: Mapping[str, Any]) -> Dict[str, Any]:
     fused = net.fuse(*_text_inputs(batch), net.image_tokens(batch["image_2"]))
     composed = net.mvc_projection.g(fused.visual_mean())
     loss = mvc_loss(image_embedding, composed, net.logit_scale(), net.gather_negatives)
-    return {"losses": {"mvc": loss}, "mvc_image_embedding": F.normalize(image_embedding, dim=-1),
-            "mvc_composed_embedding": F.normalize(composed, dim=-1)}
+    return {
+        "losses": {"mvc": loss},
+        "mvc_image_embedding": F.normalize(image_embedding, dim=-1),
+        "mvc_composed_embedding": F.normalize(composed, dim=-1),
+    }
 
 
 def run_pac(net, batch: Mapping[str, Any]) -> Dict[str, Any]:

@@ -1,2 +1,3 @@
 """Pretraining union builder (`fashionall`); see dataset.py."""
+
 from mmf_fashion.datasets.builders.fashionall.builder import FashionAllBuilder  # noqa: F401

@@ -8,6 +8,7 @@ Cheatsheet::
 
 Options: defaults.yaml (sources, per-source settings, task switches).
 """
+
 import os
 
 from mmf.common.registry import registry
@@ -23,7 +24,8 @@ class FashionAllBuilder(FashionDatasetBuilder):
 
     dataset_class = FashionAllDataset
     required_hint = (
-        "one folder per listed source: fashiongen/ (HDF5 or *_info.json + images/; fashiongen.format: auto reads either) and "
+        "one folder per listed source: fashiongen/ (HDF5 or *_info.json + images/; fashiongen.format: auto "
+        "reads either) and "
         "polyvore_outfits/ (polyvore_item_metadata.json, images/, {disjoint,nondisjoint}/*.json)"
     )
 
@@ -51,8 +53,10 @@ class FashionAllBuilder(FashionDatasetBuilder):
         for folder in self.required_paths(config, dataset_type):
             if data_dir and os.path.isdir(str(data_dir)) and not os.path.isdir(os.path.join(str(data_dir), folder)):
                 raise FileNotFoundError(
-                    f"fashionall ({dataset_type}): source folder {os.path.join(os.path.abspath(str(data_dir)), folder)} not found.\n"
-                    f"Generate the synthetic fashion data with `mmf-fashion data synth --out {data_dir}` (or `make demo`), "
-                    f"or put the real files there: {self.required_hint}; or drop the source from dataset_config.fashionall.sources."
+                    f"fashionall ({dataset_type}): source folder "
+                    f"{os.path.join(os.path.abspath(str(data_dir)), folder)} not found.\n"
+                    f"Generate the synthetic fashion data with `mmf-fashion data synth --out {data_dir}` "
+                    f"(or `make demo`), or put the real files there: {self.required_hint}; or drop the source "
+                    "from dataset_config.fashionall.sources."
                 )
         super().build(config, dataset_type, *args, **kwargs)

@@ -21,6 +21,7 @@ attribute ids come from the product JSON when it has them, else from the
 attribute words found in the text. Items without regions get all-invalid
 boxes, so every sample has the same keys.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,7 +44,9 @@ class FashionAllDataset(ProductSampleMixin, FashionDataset):
         sources = [str(s) for s in self.option("sources", ["fashiongen"])]
         unknown = [s for s in sources if s not in SOURCES]
         if unknown or not sources:
-            raise ValueError(f"dataset_config.fashionall.sources: {unknown or sources} not among the known sources {SOURCES}")
+            raise ValueError(
+                f"dataset_config.fashionall.sources: {unknown or sources} not among the known sources {SOURCES}"
+            )
         if self.use_attribute_labels:
             self.load_attribute_vocabulary(str(self.option("attributes_file", "fashiongen/attributes.json")))
         num_attributes = len(self.attribute_vocabulary) if self.use_attribute_labels else None
@@ -56,7 +59,12 @@ class FashionAllDataset(ProductSampleMixin, FashionDataset):
             first_image_id = sum(len(p.views) for p in self.products)
             if source == "fashiongen":
                 products, _ = load_fashiongen_products(
-                    self, source_config, dataset_type, num_attributes, first_image_id, flag="dataset_config.fashionall.fashiongen.format"
+                    self,
+                    source_config,
+                    dataset_type,
+                    num_attributes,
+                    first_image_id,
+                    flag="dataset_config.fashionall.fashiongen.format",
                 )
                 if self.use_regions:
                     regions_file = (source_config.get("regions_files", {}) or {}).get(dataset_type)
@@ -93,7 +101,7 @@ class FashionAllDataset(ProductSampleMixin, FashionDataset):
         item_ids: List[str] = []
         seen = set()
         for outfit in read_json(outfits_path):
-            for item in (outfit.get("items", []) if isinstance(outfit, dict) else []):
+            for item in outfit.get("items", []) if isinstance(outfit, dict) else []:
                 item_id = str(item.get("item_id")) if isinstance(item, dict) else None
                 if item_id and item_id not in seen:
                     seen.add(item_id)
@@ -105,11 +113,28 @@ class FashionAllDataset(ProductSampleMixin, FashionDataset):
             try:
                 meta = metadata.get(item_id)
                 if not isinstance(meta, dict):
-                    raise BadSampleError(metadata_path, record, "item", f"item {item_id} of {outfits_path} has no metadata", "missing_field")
-                title = decode_text(require_field(meta, "title", file=metadata_path, record=record), file=metadata_path, record=record, field="title")
-                description = decode_text(meta.get("description") or "", file=metadata_path, record=record, field="description")
-                text = require_text(join_text(title, description), file=metadata_path, record=record, field="title+description")
-                path = self.data_path(f"{item_id}.jpg", file=metadata_path, record=record, field="image", root=f"{root}/images")
+                    raise BadSampleError(
+                        metadata_path,
+                        record,
+                        "item",
+                        f"item {item_id} of {outfits_path} has no metadata",
+                        "missing_field",
+                    )
+                title = decode_text(
+                    require_field(meta, "title", file=metadata_path, record=record),
+                    file=metadata_path,
+                    record=record,
+                    field="title",
+                )
+                description = decode_text(
+                    meta.get("description") or "", file=metadata_path, record=record, field="description"
+                )
+                text = require_text(
+                    join_text(title, description), file=metadata_path, record=record, field="title+description"
+                )
+                path = self.data_path(
+                    f"{item_id}.jpg", file=metadata_path, record=record, field="image", root=f"{root}/images"
+                )
             except BadSampleError as error:
                 self.handle_bad(error, at_load=True)
                 continue

@@ -13,6 +13,7 @@ Options: defaults.yaml (next to this file). After a load the registry holds
 fashiongen_num_{categories,subcategories} and, when the names are known,
 fashiongen_{category,subcategory}_names (index = label id).
 """
+
 import os
 
 from mmf.common.registry import registry

@@ -18,6 +18,7 @@ shared on_bad_sample / allow_paths_outside_root.
 
 ProductSampleMixin (here) turns a Product into a Sample; fashionall uses it too.
 """
+
 from __future__ import annotations
 
 import os
@@ -69,7 +70,9 @@ def fashiongen_layout_choice(source_config, dataset_type: str, flag: str, label:
         if dataset_type in split_files:
             layouts.append(Layout(name, title, str(split_files[dataset_type]), needs))
         elif requested == name:
-            raise ValueError(f"{flag}={name}, but {flag.rsplit('.', 1)[0]}.files.{name} names no file for split '{dataset_type}'")
+            raise ValueError(
+                f"{flag}={name}, but {flag.rsplit('.', 1)[0]}.files.{name} names no file for split '{dataset_type}'"
+            )
     if not layouts:
         raise ValueError(f"{flag.rsplit('.', 1)[0]}.files names no FashionGen file for split '{dataset_type}'")
     return LayoutChoice(f"{label} ({dataset_type})", flag, requested, layouts)
@@ -99,7 +102,9 @@ class ProductSampleMixin:
         self.attribute_index: Dict[str, int] = {}
 
     def load_attribute_vocabulary(self, relative_path: str) -> None:
-        path = self.data_path(relative_path, file=f"dataset_config.{self.dataset_name}", record="attributes_file", field="attributes_file")
+        path = self.data_path(
+            relative_path, file=f"dataset_config.{self.dataset_name}", record="attributes_file", field="attributes_file"
+        )
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"{self.dataset_name}: attribute_labels is on but {path} does not exist; "
@@ -126,7 +131,9 @@ class ProductSampleMixin:
         if isinstance(view.source, int):
             h5 = self.h5_files[product.file]
             record = f"row {view.source} (product {product.product_id})"
-            return image_from_array(h5.read("input_image", view.source), file=h5.path, record=record, field="input_image")
+            return image_from_array(
+                h5.read("input_image", view.source), file=h5.path, record=record, field="input_image"
+            )
         return self.load_image(view.source, file=product.file, record=product.record, field=view.label)
 
     def checked_regions(self, product: Product, view: View, image_size) -> List[Region]:
@@ -219,8 +226,14 @@ class ProductSampleMixin:
         return sample
 
 
-def load_fashiongen_products(dataset, source_config, dataset_type: str, num_attributes: Optional[int], first_image_id: int = 0,
-                             flag: Optional[str] = None):
+def load_fashiongen_products(
+    dataset,
+    source_config,
+    dataset_type: str,
+    num_attributes: Optional[int],
+    first_image_id: int = 0,
+    flag: Optional[str] = None,
+):
     """(products, label vocabularies) of one split, from source_config's
     format (auto | h5 | json; the layout read is left in dataset.fashiongen_format), files
     and image_root; HDF5 handles are added to dataset.h5_files (they open
@@ -233,12 +246,16 @@ def load_fashiongen_products(dataset, source_config, dataset_type: str, num_attr
     split_files = dict(files.get(fmt, {}) or {})
 
     def resolved(relative):
-        return dataset.data_path(str(relative), file=f"dataset_config.{dataset.dataset_name}", record="files", field="files")
+        return dataset.data_path(
+            str(relative), file=f"dataset_config.{dataset.dataset_name}", record="files", field="files"
+        )
 
     if fmt == "json":
         vocabs = label_vocabs(dataset, "json", json_paths=[resolved(p) for p in split_files.values()])
         image_root = str(source_config.get("image_root", "fashiongen") or "fashiongen")
-        products = read_json_products(dataset, str(split_files[dataset_type]), vocabs, image_root, num_attributes, first_image_id)
+        products = read_json_products(
+            dataset, str(split_files[dataset_type]), vocabs, image_root, num_attributes, first_image_id
+        )
         return products, vocabs
     path = resolved(split_files[dataset_type])
     if not os.path.isfile(path):

@@ -19,6 +19,7 @@ passes a ReaderContext instead::
     reader = ReaderContext("data/synthetic", {"image_root": "fashiongen"})
     products = read_json_products(reader, "fashiongen/val_info.json", plain_vocabs(), need_labels=False)
 """
+
 from __future__ import annotations
 
 import os
@@ -95,15 +96,20 @@ class LabelVocab:
         label = require_int(value, file=file, record=record, field=field_name)
         if label < 0 or (self.size is not None and label >= self.size):
             known = f"[0, {self.size})" if self.size is not None else "non-negative ids"
-            raise BadSampleError(file, record, field_name, f"unknown {self.level} id {label} (known: {known})", "unknown_category")
+            raise BadSampleError(
+                file, record, field_name, f"unknown {self.level} id {label} (known: {known})", "unknown_category"
+            )
         return label
 
     def from_name(self, name: str, *, file: str, record: str, field_name: str) -> int:
         key = name.strip().upper()
         if key not in self._index:
             raise BadSampleError(
-                file, record, field_name,
-                f"unknown {self.level} '{name}' (known: {', '.join(list(self._index)[:12])}{' ...' if len(self._index) > 12 else ''})",
+                file,
+                record,
+                field_name,
+                f"unknown {self.level} '{name}' (known: {', '.join(list(self._index)[:12])}"
+                f"{' ...' if len(self._index) > 12 else ''})",
                 "unknown_category",
             )
         return self._index[key]
@@ -150,7 +156,9 @@ def read_manifest(data_dir: str) -> Optional[dict]:
         return None
 
 
-def label_vocabs(dataset, fmt: str, h5_paths: Sequence[str] = (), json_paths: Sequence[str] = ()) -> Dict[str, LabelVocab]:
+def label_vocabs(
+    dataset, fmt: str, h5_paths: Sequence[str] = (), json_paths: Sequence[str] = ()
+) -> Dict[str, LabelVocab]:
     """Category and subcategory vocabularies, in this order of preference:
     the dataset config (category_names / subcategory_names / num_categories /
     num_subcategories), the synthetic world's manifest, or every split file."""
@@ -199,19 +207,28 @@ def _attribute_ids(entry: dict, num_attributes: Optional[int], *, file: str, rec
         raise BadSampleError(file, record, "attributes_id", f"expected a list of ints, got {values!r}", "bad_value")
     ids = [require_int(v, file=file, record=record, field="attributes_id") for v in values]
     if num_attributes is not None and any(not 0 <= i < num_attributes for i in ids):
-        raise BadSampleError(file, record, "attributes_id", f"ids {ids} outside the {num_attributes} mined attributes", "bad_value")
+        raise BadSampleError(
+            file, record, "attributes_id", f"ids {ids} outside the {num_attributes} mined attributes", "bad_value"
+        )
     return ids
 
 
 def read_json_products(
-    dataset, relative_path: str, vocabs: Dict[str, LabelVocab], image_root: str = "fashiongen",
-    num_attributes: Optional[int] = None, first_image_id: int = 0, need_labels: bool = True,
+    dataset,
+    relative_path: str,
+    vocabs: Dict[str, LabelVocab],
+    image_root: str = "fashiongen",
+    num_attributes: Optional[int] = None,
+    first_image_id: int = 0,
+    need_labels: bool = True,
 ) -> List[Product]:
     """FashionViL's product JSON: {"images", "id", "title", "description",
     "category_id", "subcategory_id", "attributes_id"} per product. Image
     paths are relative to <data_dir>/<image_root>. need_labels=False (a
     retrieval gallery): a product without category_id / subcategory_id gets -1."""
-    path = dataset.data_path(relative_path, file=f"dataset_config.{dataset.dataset_name}", record="files", field="files")
+    path = dataset.data_path(
+        relative_path, file=f"dataset_config.{dataset.dataset_name}", record="files", field="files"
+    )
     entries = read_json(path)
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a JSON list of products, got {type(entries).__name__}")
@@ -220,23 +237,38 @@ def read_json_products(
     for index, entry in enumerate(entries):
         record = f"entry {index}" + (f" (id {entry.get('id')})" if isinstance(entry, dict) and "id" in entry else "")
         try:
-            product_id = require_int(require_field(entry, "id", file=path, record=record), file=path, record=record, field="id")
+            product_id = require_int(
+                require_field(entry, "id", file=path, record=record), file=path, record=record, field="id"
+            )
             images = require_field(entry, "images", file=path, record=record)
             if not isinstance(images, list) or not images:
-                raise BadSampleError(path, record, "images", f"expected a non-empty list of image paths, got {images!r}", "missing_field")
-            title = decode_text(require_field(entry, "title", file=path, record=record), file=path, record=record, field="title")
+                raise BadSampleError(
+                    path, record, "images", f"expected a non-empty list of image paths, got {images!r}", "missing_field"
+                )
+            title = decode_text(
+                require_field(entry, "title", file=path, record=record), file=path, record=record, field="title"
+            )
             description = decode_text(
-                require_field(entry, "description", file=path, record=record), file=path, record=record, field="description"
+                require_field(entry, "description", file=path, record=record),
+                file=path,
+                record=record,
+                field="description",
             )
             text = require_text(join_text(title, description), file=path, record=record, field="title+description")
             category, subcategory = -1, -1
             if need_labels or entry.get("category_id") is not None:
                 category = vocabs["category"].from_id(
-                    require_field(entry, "category_id", file=path, record=record), file=path, record=record, field_name="category_id"
+                    require_field(entry, "category_id", file=path, record=record),
+                    file=path,
+                    record=record,
+                    field_name="category_id",
                 )
             if need_labels or entry.get("subcategory_id") is not None:
                 subcategory = vocabs["subcategory"].from_id(
-                    require_field(entry, "subcategory_id", file=path, record=record), file=path, record=record, field_name="subcategory_id"
+                    require_field(entry, "subcategory_id", file=path, record=record),
+                    file=path,
+                    record=record,
+                    field_name="subcategory_id",
                 )
             views = []
             for view_index, image in enumerate(images):
@@ -250,7 +282,16 @@ def read_json_products(
             continue
         image_id += len(views)
         products.append(
-            Product(product_id, views, path, record, text=text, category_id=category, subcategory_id=subcategory, attribute_ids=attributes)
+            Product(
+                product_id,
+                views,
+                path,
+                record,
+                text=text,
+                category_id=category,
+                subcategory_id=subcategory,
+                attribute_ids=attributes,
+            )
         )
     return products
 
@@ -267,8 +308,11 @@ def read_h5_products(dataset, h5: LazyH5File, vocabs: Dict[str, LabelVocab]) -> 
         rows = int(h5.shape("input_productID")[0]) if "input_productID" in keys else 0
         if missing:
             error = BadSampleError(
-                path, "every row", missing[0],
-                f"HDF5 dataset(s) {missing} missing (found: {sorted(keys)}); the published keys are {list(H5_REQUIRED)}",
+                path,
+                "every row",
+                missing[0],
+                f"HDF5 dataset(s) {missing} missing (found: {sorted(keys)}); the published keys are "
+                f"{list(H5_REQUIRED)}",
                 "missing_field",
             )
             dataset.handle_bad(error, at_load=True)
@@ -291,18 +335,24 @@ def read_h5_products(dataset, h5: LazyH5File, vocabs: Dict[str, LabelVocab]) -> 
             record = f"row {row} (product {product_id})"
             category = vocabs["category"].from_name(
                 decode_text(categories[row], file=path, record=record, field="input_category"),
-                file=path, record=record, field_name="input_category",
+                file=path,
+                record=record,
+                field_name="input_category",
             )
             subcategory = vocabs["subcategory"].from_name(
                 decode_text(subcategories[row], file=path, record=record, field="input_subcategory"),
-                file=path, record=record, field_name="input_subcategory",
+                file=path,
+                record=record,
+                field_name="input_subcategory",
             )
         except BadSampleError as error:
             dataset.handle_bad(error, at_load=True)
             continue
         product = by_product.get(product_id)
         if product is None:
-            product = Product(product_id, [], path, record, text_row=row, category_id=category, subcategory_id=subcategory)
+            product = Product(
+                product_id, [], path, record, text_row=row, category_id=category, subcategory_id=subcategory
+            )
             by_product[product_id] = product
             order.append(product_id)
         product.views.append(View(row, f"input_image row {row}", f"{product_id}_{len(product.views)}", row))
@@ -315,8 +365,12 @@ def h5_product_text(product: Product, h5: LazyH5File, has_description: bool) -> 
     title = decode_text(h5.read("input_name", row), file=h5.path, record=record, field="input_name")
     description = ""
     if has_description:
-        description = decode_text(h5.read("input_description", row), file=h5.path, record=record, field="input_description")
-    return require_text(join_text(title, description), file=h5.path, record=record, field="input_name+input_description")
+        description = decode_text(
+            h5.read("input_description", row), file=h5.path, record=record, field="input_description"
+        )
+    return require_text(
+        join_text(title, description), file=h5.path, record=record, field="input_name+input_description"
+    )
 
 
 def read_regions(dataset, relative_path: str) -> Dict[str, List[Region]]:
@@ -347,7 +401,12 @@ def read_regions(dataset, relative_path: str) -> Dict[str, List[Region]]:
                 box = require_field(region, "box", file=path, record=region_record)
                 if not isinstance(box, list) or len(box) != 4:
                     raise BadSampleError(path, region_record, "box", f"expected [x, y, w, h], got {box!r}", "bad_value")
-                phrase = decode_text(require_field(region, "phrase", file=path, record=region_record), file=path, record=region_record, field="phrase")
+                phrase = decode_text(
+                    require_field(region, "phrase", file=path, record=region_record),
+                    file=path,
+                    record=region_record,
+                    field="phrase",
+                )
                 phrase = require_text(phrase, file=path, record=region_record, field="phrase")
             except BadSampleError as error:
                 dataset.handle_bad(error, at_load=True)
@@ -362,7 +421,7 @@ def read_attribute_vocabulary(path: str) -> List[str]:
     data = read_json(path)
     words = data.get("attributes") if isinstance(data, dict) else None
     if not isinstance(words, list):
-        raise ValueError(f"{path}: expected {{\"attributes\": [word, ...]}}")
+        raise ValueError(f'{path}: expected {{"attributes": [word, ...]}}')
     return [str(w) for w in words]
 
 

@@ -11,6 +11,7 @@ Evaluation needs both: embed every gallery image, then rank them for each
 query among the gallery images of the query's fashioniq_category; a hit is
 gallery target_id == query target_id. Options: defaults.yaml.
 """
+
 import os
 
 from mmf.common.registry import registry

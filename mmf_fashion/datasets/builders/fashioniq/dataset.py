@@ -21,6 +21,7 @@ unique_targets``, what FashionViL's code used). reference_id / target_id
 index ``dataset.gallery_asins`` (the split's images in file order, plus any
 caption asin missing from the split file, appended).
 """
+
 from __future__ import annotations
 
 import os
@@ -43,7 +44,9 @@ class FashionIQDataset(FashionDataset):
         self.shuffle_captions = bool(self.option("shuffle_captions_in_train", True)) and self.is_train
         self.gallery_mode = str(self.option("gallery", "split"))
         if self.gallery_mode not in ("split", "unique_targets"):
-            raise ValueError(f"dataset_config.fashioniq.gallery must be split or unique_targets, got '{self.gallery_mode}'")
+            raise ValueError(
+                f"dataset_config.fashioniq.gallery must be split or unique_targets, got '{self.gallery_mode}'"
+            )
         self.image_dir = str(self.option("image_dir", "fashioniq/images"))
         self.image_extensions = [str(e) for e in self.option("image_extensions", [".png", ".jpg"])]
         split = str((self.option("split_names", {}) or {}).get(dataset_type, dataset_type))
@@ -65,7 +68,11 @@ class FashionIQDataset(FashionDataset):
                 for position, asin in enumerate(asins):
                     try:
                         record = f"entry {position}"
-                        self._gallery_index(decode_text(asin, file=split_path, record=record, field="asin"), category_index, (split_path, record))
+                        self._gallery_index(
+                            decode_text(asin, file=split_path, record=record, field="asin"),
+                            category_index,
+                            (split_path, record),
+                        )
                     except BadSampleError as error:
                         self.handle_bad(error, at_load=True)
             else:
@@ -79,10 +86,22 @@ class FashionIQDataset(FashionDataset):
             for position, entry in enumerate(entries):
                 record = f"entry {position}"
                 try:
-                    candidate = decode_text(require_field(entry, "candidate", file=captions_path, record=record), file=captions_path, record=record, field="candidate")
-                    target = decode_text(require_field(entry, "target", file=captions_path, record=record), file=captions_path, record=record, field="target")
+                    candidate = decode_text(
+                        require_field(entry, "candidate", file=captions_path, record=record),
+                        file=captions_path,
+                        record=record,
+                        field="candidate",
+                    )
+                    target = decode_text(
+                        require_field(entry, "target", file=captions_path, record=record),
+                        file=captions_path,
+                        record=record,
+                        field="target",
+                    )
                     record = f"entry {position} ({candidate} -> {target})"
-                    captions = self._captions(require_field(entry, "captions", file=captions_path, record=record), captions_path, record)
+                    captions = self._captions(
+                        require_field(entry, "captions", file=captions_path, record=record), captions_path, record
+                    )
                 except BadSampleError as error:
                     self.handle_bad(error, at_load=True)
                     continue
@@ -92,7 +111,9 @@ class FashionIQDataset(FashionDataset):
                 appended += len(self.gallery_asins) - before
                 self.items.append((reference_id, target_id, captions, category_index, captions_path, record))
         if appended:
-            self.log(f"fashioniq/{dataset_type}: {appended} caption asins were not in the split files; added to the gallery")
+            self.log(
+                f"fashioniq/{dataset_type}: {appended} caption asins were not in the split files; added to the gallery"
+            )
         max_samples = self.option("max_samples")
         if max_samples:
             self.items = self.items[: int(max_samples)]
@@ -112,20 +133,30 @@ class FashionIQDataset(FashionDataset):
 
     def _captions(self, value, file: str, record: str) -> List[str]:
         if not isinstance(value, list):
-            raise BadSampleError(file, record, "captions", f"expected a list of captions, got {value!r}", "missing_field")
-        texts = [" ".join(decode_text(c, file=file, record=record, field=f"captions[{i}]").split()) for i, c in enumerate(value)]
+            raise BadSampleError(
+                file, record, "captions", f"expected a list of captions, got {value!r}", "missing_field"
+            )
+        texts = [
+            " ".join(decode_text(c, file=file, record=record, field=f"captions[{i}]").split())
+            for i, c in enumerate(value)
+        ]
         texts = [t for t in texts if t]
         require_text(" ".join(texts), file=file, record=record, field="captions")
         return texts
 
     def image_path(self, asin: str, *, file: str, record: str, field: str) -> str:
-        candidates = [self.data_path(f"{asin}{ext}", file=file, record=record, field=field, root=self.image_dir) for ext in self.image_extensions]
+        candidates = [
+            self.data_path(f"{asin}{ext}", file=file, record=record, field=field, root=self.image_dir)
+            for ext in self.image_extensions
+        ]
         for path in candidates:
             if os.path.isfile(path):
                 return path
         missing, total = self.missing_images()
         raise BadSampleError(
-            file, record, field,
+            file,
+            record,
+            field,
             f"no image for asin {asin}: tried {', '.join(candidates)}. "
             f"{missing} of the {total} images of the {self.dataset_type} split are missing "
             f"(the real FashionIQ has images that can no longer be downloaded). "
@@ -142,14 +173,18 @@ class FashionIQDataset(FashionDataset):
             folder = os.path.join(self.data_dir, self.image_dir)
             asins = set(self.gallery_asins)
             missing = sum(
-                1 for asin in asins if not any(os.path.isfile(os.path.join(folder, f"{asin}{ext}")) for ext in self.image_extensions)
+                1
+                for asin in asins
+                if not any(os.path.isfile(os.path.join(folder, f"{asin}{ext}")) for ext in self.image_extensions)
             )
             self._missing_images = (missing, len(asins))
         return self._missing_images
 
     def load_asin(self, gallery_index: int, *, file: str, record: str, field: str, is_train: bool) -> torch.Tensor:
         asin = self.gallery_asins[gallery_index]
-        image = self.load_image(self.image_path(asin, file=file, record=record, field=field), file=file, record=record, field=field)
+        image = self.load_image(
+            self.image_path(asin, file=file, record=record, field=field), file=file, record=record, field=field
+        )
         return self.require_processor("image_processor")({"image": image, "is_train": is_train})["image"]
 
     def build_sample(self, index: int) -> Sample:
@@ -158,8 +193,12 @@ class FashionIQDataset(FashionDataset):
             captions = [captions[i] for i in torch.randperm(len(captions)).tolist()]
         text = self.caption_join.join(captions)
         sample = Sample()
-        sample.reference_image = self.load_asin(reference_id, file=file, record=record, field="candidate", is_train=self.is_train)
-        sample.target_image = self.load_asin(target_id, file=file, record=record, field="target", is_train=self.is_train)
+        sample.reference_image = self.load_asin(
+            reference_id, file=file, record=record, field="candidate", is_train=self.is_train
+        )
+        sample.target_image = self.load_asin(
+            target_id, file=file, record=record, field="target", is_train=self.is_train
+        )
         for key, value in self.require_processor("text_processor")({"text": text}).items():
             sample[key] = value
         sample.text = text
@@ -186,4 +225,3 @@ class FashionIQDataset(FashionDataset):
 
     def label_counts(self) -> Dict[str, int]:
         return {"num_categories": len(self.categories), "gallery_size": len(self.gallery_asins)}
-

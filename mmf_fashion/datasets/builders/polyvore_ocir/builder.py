@@ -11,6 +11,7 @@ Options: defaults.yaml (version: disjoint | nondisjoint; format: auto | ocir |
 outfits, auto = FashionViL's ocir_*.json when there, else questions derived
 from the published outfits; the log says which).
 """
+
 import os
 
 from mmf.common.registry import registry

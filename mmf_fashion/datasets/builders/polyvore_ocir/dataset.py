@@ -18,6 +18,7 @@ every outfit in turn for train, one seeded pick per outfit otherwise). auto
 (the default) reads whichever is there, ocir when both are (its questions are
 the ones FashionViL's numbers were measured on); the log says which.
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,9 +45,19 @@ def ocir_layout_choice(config, dataset_type: str) -> LayoutChoice:
     split = str((config_value(config, "split_names", {}) or {}).get(dataset_type, dataset_type))
     layouts = [
         Layout("ocir", "FashionViL's OCIR questions", f"{root}/ocir_{version}_{split}.json", NEEDS),
-        Layout("outfits", "the published Polyvore Outfits (questions derived from the outfits)", f"{root}/{version}/{split}.json", NEEDS),
+        Layout(
+            "outfits",
+            "the published Polyvore Outfits (questions derived from the outfits)",
+            f"{root}/{version}/{split}.json",
+            NEEDS,
+        ),
     ]
-    return LayoutChoice(f"polyvore_ocir ({dataset_type})", "dataset_config.polyvore_ocir.format", str(config_value(config, "format", AUTO)), layouts)
+    return LayoutChoice(
+        f"polyvore_ocir ({dataset_type})",
+        "dataset_config.polyvore_ocir.format",
+        str(config_value(config, "format", AUTO)),
+        layouts,
+    )
 
 
 def read_categories_csv(path: str) -> List[List[str]]:
@@ -87,10 +98,18 @@ class PolyvoreOCIRDataset(FashionDataset):
             try:
                 outfit = require_field(entry, "question", file=source, record=record)
                 if not isinstance(outfit, list) or not outfit:
-                    raise BadSampleError(source, record, "question", f"expected a non-empty list of item ids, got {outfit!r}", "missing_field")
+                    raise BadSampleError(
+                        source,
+                        record,
+                        "question",
+                        f"expected a non-empty list of item ids, got {outfit!r}",
+                        "missing_field",
+                    )
                 blank = str(require_field(entry, "blank", file=source, record=record))
                 outfit = [str(item) for item in outfit][: self.max_outfit_items]
-                categories = [self.item_category(item, source, record, f"question[{i}]") for i, item in enumerate(outfit)]
+                categories = [
+                    self.item_category(item, source, record, f"question[{i}]") for i, item in enumerate(outfit)
+                ]
                 blank_category = self.item_category(blank, source, record, "blank")
             except BadSampleError as error:
                 self.handle_bad(error, at_load=True)
@@ -116,7 +135,11 @@ class PolyvoreOCIRDataset(FashionDataset):
             names = sorted({row[2].strip() for row in rows if len(row) > 2 and row[2].strip()})
         if not names:
             # no categories.csv: take what the metadata uses
-            values = {str(meta.get(self.category_field)) for meta in self.metadata.values() if isinstance(meta, dict) and meta.get(self.category_field) is not None}
+            values = {
+                str(meta.get(self.category_field))
+                for meta in self.metadata.values()
+                if isinstance(meta, dict) and meta.get(self.category_field) is not None
+            }
             names = sorted(values, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
             self.log(f"polyvore_ocir: {csv_path} gave no categories; using the {len(names)} found in the item metadata")
         return names
@@ -134,7 +157,11 @@ class PolyvoreOCIRDataset(FashionDataset):
         rng = random.Random(int(self.option("derive_seed", 0)))
         questions = []
         for outfit in read_json(outfits_path):
-            items = [str(i.get("item_id")) for i in outfit.get("items", []) if isinstance(i, dict)] if isinstance(outfit, dict) else []
+            items = (
+                [str(i.get("item_id")) for i in outfit.get("items", []) if isinstance(i, dict)]
+                if isinstance(outfit, dict)
+                else []
+            )
             if len(items) < 2:
                 continue
             blanks = range(len(items)) if split == "train" else [rng.randrange(len(items))]
@@ -148,12 +175,17 @@ class PolyvoreOCIRDataset(FashionDataset):
             raise BadSampleError(file, record, field, f"item {item_id} is not in {self.metadata_path}", "missing_field")
         value = meta.get(self.category_field)
         if value is None:
-            raise BadSampleError(self.metadata_path, f"item {item_id}", self.category_field, "field is missing", "missing_field")
+            raise BadSampleError(
+                self.metadata_path, f"item {item_id}", self.category_field, "field is missing", "missing_field"
+            )
         name = str(value).strip()
         if name not in self.category_index:
             raise BadSampleError(
-                self.metadata_path, f"item {item_id}", self.category_field,
-                f"unknown category '{name}' (known: {', '.join(self.category_names[:15])})", "unknown_category",
+                self.metadata_path,
+                f"item {item_id}",
+                self.category_field,
+                f"unknown category '{name}' (known: {', '.join(self.category_names[:15])})",
+                "unknown_category",
             )
         return self.category_index[name]
 
@@ -174,7 +206,9 @@ class PolyvoreOCIRDataset(FashionDataset):
 
     def build_sample(self, index: int) -> Sample:
         outfit_ids, blank_id, file, record = self.items[index]
-        images = [self.item_image(item, file=file, record=record, field=f"question[{k}]") for k, item in enumerate(outfit_ids)]
+        images = [
+            self.item_image(item, file=file, record=record, field=f"question[{k}]") for k, item in enumerate(outfit_ids)
+        ]
         blank_image = self.item_image(blank_id, file=file, record=record, field="blank")
         size = blank_image.shape
         outfit = torch.zeros(self.max_outfit_items, *size)
@@ -197,7 +231,11 @@ class PolyvoreOCIRDataset(FashionDataset):
         """Gallery item `index` in eval transforms (GalleryDataset reads it)."""
         record = f"gallery item {self.gallery_items[index]}"
         path = self.data_path(
-            f"{self.gallery_items[index]}.jpg", file="polyvore gallery", record=record, field="image", root=self.image_dir
+            f"{self.gallery_items[index]}.jpg",
+            file="polyvore gallery",
+            record=record,
+            field="image",
+            root=self.image_dir,
         )
         image = self.load_image(path, file="polyvore gallery", record=record, field="image")
         return self.require_processor("image_processor")({"image": image, "is_train": False})["image"]
