@@ -11,6 +11,7 @@ run as a subprocess; the table is read back from each step's metrics.json.
 While a step runs, a bar follows its updates (rate, ETA, last loss) from the
 train.jsonl and train.log it writes; when it ends, its key metric is printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,17 +42,48 @@ STEPS = [
 
 def mmf_run_command(config: str, model: str, dataset: str, overrides: List[str]) -> List[str]:
     # the start-up hook installs the bridge on `import mmf`; mmf_cli.run is MMF's own entry point
-    return [sys.executable, "-c", "from mmf_cli.run import run; run()", f"config={config}", f"model={model}", f"dataset={dataset}", *overrides]
+    return [
+        sys.executable,
+        "-c",
+        "from mmf_cli.run import run; run()",
+        f"config={config}",
+        f"model={model}",
+        f"dataset={dataset}",
+        *overrides,
+    ]
 
 
-def ensure_data(data_dir: str, products: int, image_size: int, seed: int) -> None:
-    if os.path.exists(os.path.join(data_dir, "synth_manifest.json")):
-        print(f"[demo] synthetic data found in {data_dir}")
-        return
-    print(f"[demo] generating the synthetic fashion world in {data_dir}")
-    from mmf_fashion.data.synth import generate
+def ensure_data(data_dir: str, products: Optional[int], image_size: Optional[int], seed: int) -> None:
+    """The `demo` preset's world (docs/synthetic_data.md); products/image_size override it.
+    A world written by an older generator or with other sizes is generated again."""
+    from mmf_fashion.data.synth import GENERATOR_VERSION, generate, preset_arguments
 
-    generate(data_dir, products=products, image_size=image_size, seed=seed, progress=True)
+    sizes = preset_arguments("demo")
+    if products is not None:  # as `mmf-fashion data synth --products`: pairs and outfits follow
+        sizes = {key: value for key, value in sizes.items() if key not in ("fashioniq_pairs", "outfits")}
+    sizes.update({k: v for k, v in (("products", products), ("image_size", image_size)) if v is not None})
+    manifest_path = os.path.join(data_dir, "synth_manifest.json")
+    if os.path.exists(manifest_path):
+        with open(manifest_path, encoding="utf-8") as f:
+            manifest = json.load(f)
+        found = {key: manifest.get(key) for key in sizes}
+        if manifest.get("version") == GENERATOR_VERSION and found == sizes and manifest.get("seed") == seed:
+            print(f"[demo] synthetic data found in {data_dir}")
+            return
+        print(
+            f"[demo] {data_dir} holds another world (generator {manifest.get('version')}, {found}); "
+            "generating the demo's again"
+        )
+        import shutil
+
+        for name in ("fashiongen", "fashioniq", "polyvore_outfits", "synth_manifest.json"):
+            path = os.path.join(data_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+    print(f"[demo] generating the synthetic fashion world in {data_dir}: {sizes}")
+    generate(data_dir, seed=seed, progress=True, **sizes)
 
 
 class FileTail:
@@ -186,8 +218,10 @@ def run_step(name, config, model, dataset, overrides, save_root, data_dir, log_d
         with open(log_path, errors="replace") as f:
             tail = f.read()[-3000:]
         full_log = os.path.join(save_dir, "train.log")
-        raise SystemExit(f"[demo] step {name} failed (exit {returncode}) after {elapsed:.0f}s:\n{tail}\n"
-                         f"[demo] log: {log_path} (MMF's log of the run: {full_log})")
+        raise SystemExit(
+            f"[demo] step {name} failed (exit {returncode}) after {elapsed:.0f}s:\n{tail}\n"
+            f"[demo] log: {log_path} (MMF's log of the run: {full_log})"
+        )
     with open(os.path.join(save_dir, "metrics.json")) as f:
         metrics = json.load(f)
     best = key_metric(metrics)
@@ -196,15 +230,126 @@ def run_step(name, config, model, dataset, overrides, save_root, data_dir, log_d
     return {"step": name, "seconds": elapsed, "metrics": metrics}
 
 
-def format_table(results: List[Dict]) -> str:
-    lines = ["| step | metric | value |", "|---|---|---|"]
+# The figure each task is judged by (a metrics.json key ends with "/<metric>/<key>") and its
+# chance level: mmf_fashion.data.synth.chance.demo_chance, computed exactly from the data.
+MAIN_METRICS = {
+    "itr": "r@k_general/avg",
+    "tgir": "r@k_fashioniq/r@10",
+    "scr": "accuracy/value",
+    "ocir": "r@k_ocir/r@10",
+}
+
+
+def world_chance(data_dir: str) -> Dict[str, float]:
+    """Chance of each task's main metric in percent ({} when the world is not a synthetic one)."""
+    from mmf_fashion.data.synth.chance import demo_chance
+
+    try:
+        return demo_chance(data_dir)
+    except (OSError, KeyError, ValueError):
+        return {}
+
+
+def _chance_cells(step: str, key: str, chance: Dict[str, float], value: float) -> Tuple[str, str]:
+    main = MAIN_METRICS.get(step)
+    if main is None or step not in chance or not key.endswith("/" + main):
+        return "", ""
+    level = chance[step]
+    return f"{level:.2f}", (f"{value / level:.1f}x" if level > 0 else "")
+
+
+def format_table(results: List[Dict], chance: Optional[Dict[str, float]] = None) -> str:
+    """Every figure of every step; the main metric of a task also gets its chance level and
+    the ratio to it (a summary of those comes first)."""
+    chance = chance or {}
+    summary = ["| task | main metric | value | chance | x chance |", "|---|---|---|---|---|"]
+    lines = ["| step | metric | value | chance | x chance |", "|---|---|---|---|---|"]
     for result in results:
         for key, value in result["metrics"].items():
             if key == "num_updates" or "/loss" in key or key.endswith("_loss"):
                 continue
-            lines.append(f"| {result['step']} | {key} | {value:.2f} |")
-        lines.append(f"| {result['step']} | time (s) | {result['seconds']:.0f} |")
-    return "\n".join(lines)
+            level, ratio = _chance_cells(result["step"], key, chance, value)
+            lines.append(f"| {result['step']} | {key} | {value:.2f} | {level} | {ratio} |")
+            if level:
+                summary.append(f"| {result['step']} | {key} | {value:.2f} | {level} | {ratio} |")
+        lines.append(f"| {result['step']} | time (s) | {result['seconds']:.0f} | | |")
+    if len(summary) == 2:
+        return "\n".join(lines)
+    return "\n".join(summary + [""] + lines)
+
+
+# the retrieval grids drawn after the runs: task -> the step whose checkpoint ranks it
+PICTURE_TASKS = ("itr", "tgir", "ocir")
+
+
+def write_pictures(save_dir: str, data_dir: str) -> List[str]:
+    """One retrieval grid per task (`mmf-fashion plot retrieval`, 8 queries, top 5) and the
+    pretraining's curves (`mmf-fashion plot curves`), each from the step's save_dir when it is
+    there. Returns the files written; a picture that cannot be drawn is reported and skipped."""
+    steps = {name: (config, model, dataset, overrides) for name, config, model, dataset, overrides in STEPS}
+    plot = [sys.executable, "-m", "mmf_fashion.cli.main", "plot"]
+    jobs = []
+    for task in PICTURE_TASKS:
+        config, model, _, overrides = steps[task]
+        checkpoint = os.path.join(save_dir, task, f"{model}_final.pth")
+        out = os.path.join(save_dir, f"{task}_grid.png")
+        jobs.append(
+            (
+                out,
+                checkpoint,
+                plot
+                + [
+                    "retrieval",
+                    "--config",
+                    config,
+                    "--model",
+                    model,
+                    "--task",
+                    task,
+                    "--checkpoint",
+                    checkpoint,
+                    "--queries",
+                    "8",
+                    "--out",
+                    out,
+                    f"env.data_dir={os.path.abspath(data_dir)}",
+                    *overrides,
+                ],
+            )
+        )
+    curves = os.path.join(save_dir, "pretrain_curves.png")
+    jobs.append(
+        (
+            curves,
+            os.path.join(save_dir, "pretrain", "train.jsonl"),
+            plot
+            + [
+                "curves",
+                os.path.join(save_dir, "pretrain"),
+                "--out",
+                curves,
+                "--title",
+                "FashionViL pretraining on the synthetic world",
+            ],
+        )
+    )
+    written = []
+    for out, needed, command in jobs:
+        name = os.path.basename(out)
+        if not os.path.exists(needed):
+            print(f"[demo] picture {name} skipped: no {needed} (its step did not run)", flush=True)
+            continue
+        try:
+            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+            failed = done.returncode != 0 or not os.path.isfile(out)
+            reason = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1] if failed else ""
+        except OSError as error:
+            failed, reason = True, str(error)
+        if failed:
+            print(f"[demo] picture {name} not drawn: {reason}", flush=True)
+            continue
+        written.append(out)
+    return written
 
 
 def main(argv=None) -> int:
@@ -212,8 +357,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default="data/synthetic")
     parser.add_argument("--save-dir", default="save/demo")
     parser.add_argument("--steps", default=",".join(s[0] for s in STEPS))
-    parser.add_argument("--products", type=int, default=600)
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--products", type=int, default=None, help="default: the demo preset's")
+    parser.add_argument("--image-size", type=int, default=None, help="default: the demo preset's")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     os.chdir(REPO)
@@ -226,12 +371,28 @@ def main(argv=None) -> int:
     start = time.time()
     for name, config, model, dataset, overrides in STEPS:
         if name in wanted:
-            results.append(run_step(name, config, model, dataset, overrides, args.save_dir, args.data_dir, os.path.join(args.save_dir, "logs")))
-    table = format_table(results)
+            results.append(
+                run_step(
+                    name,
+                    config,
+                    model,
+                    dataset,
+                    overrides,
+                    args.save_dir,
+                    args.data_dir,
+                    os.path.join(args.save_dir, "logs"),
+                )
+            )
+    table = format_table(results, world_chance(args.data_dir))
     with open(os.path.join(args.save_dir, "results.md"), "w") as f:
         f.write(table + "\n")
     print("\n" + table)
     print(f"\n[demo] total {time.time() - start:.0f}s; table saved to {os.path.join(args.save_dir, 'results.md')}")
+    pictures = write_pictures(args.save_dir, args.data_dir)
+    if pictures:
+        with open(os.path.join(args.save_dir, "results.md"), "a") as f:
+            f.write("\nPictures:\n" + "".join(f"- {os.path.basename(path)}\n" for path in pictures))
+        print("[demo] pictures:\n" + "\n".join(f"  {path}" for path in pictures))
     return 0
 
 

@@ -31,21 +31,25 @@ DISTRACTORS_PER_PAIR = {"train": 0, "val": 2, "test": 2}
 CHANGEABLE_SLOTS = ("colour", "pattern", "sleeve", "length", "neckline", "collar", "pocket", "belt")
 
 CAPTIONS: Dict[str, Dict[str, Tuple[str, ...]]] = {
-    "pattern": {"plain": ("is solid colored", "has no pattern", "is plain"),
-                "stripes": ("has stripes", "is striped", "has a striped pattern"),
-                "dots": ("has polka dots", "is dotted", "has a dotted print"),
-                "checks": ("is plaid", "has a checked pattern", "is checkered")},
-    "sleeve": {"sleeveless": ("is sleeveless", "has no sleeves"),
-               "short": ("has short sleeves", "is short sleeved"),
-               "long": ("has long sleeves", "is long sleeved")},
-    "neckline": {"crew": ("has a crew neck", "has a round neckline"),
-                 "v-neck": ("has a v-neck", "has a v neckline"),
-                 "square": ("has a square neckline", "has a square neck"),
-                 "turtleneck": ("is a turtleneck", "has a high neck")},
-    "collar": {"collar": ("has a collar", "is collared"),
-               "none": ("has no collar", "is collarless")},
-    "pocket": {"pockets": ("has pockets", "has front pockets"),
-               "none": ("has no pockets", "is without pockets")},
+    "pattern": {
+        "plain": ("is solid colored", "has no pattern", "is plain"),
+        "stripes": ("has stripes", "is striped", "has a striped pattern"),
+        "dots": ("has polka dots", "is dotted", "has a dotted print"),
+        "checks": ("is plaid", "has a checked pattern", "is checkered"),
+    },
+    "sleeve": {
+        "sleeveless": ("is sleeveless", "has no sleeves"),
+        "short": ("has short sleeves", "is short sleeved"),
+        "long": ("has long sleeves", "is long sleeved"),
+    },
+    "neckline": {
+        "crew": ("has a crew neck", "has a round neckline"),
+        "v-neck": ("has a v-neck", "has a v neckline"),
+        "square": ("has a square neckline", "has a square neck"),
+        "turtleneck": ("is a turtleneck", "has a high neck"),
+    },
+    "collar": {"collar": ("has a collar", "is collared"), "none": ("has no collar", "is collarless")},
+    "pocket": {"pockets": ("has pockets", "has front pockets"), "none": ("has no pockets", "is without pockets")},
     "belt": {"belt": ("has a belt", "is belted"), "none": ("has no belt", "is without a belt")},
 }
 
@@ -98,8 +102,7 @@ def make_triplet(rng: np.random.Generator, reference: Item, target_id: int) -> T
         changes[slot] = others[int(rng.integers(len(others)))]
     target = with_attributes(reference, changes, target_id, rng)
     family = reference.subcategory.family
-    phrasings = [caption_options(slot, reference.attributes[slot], value, family)
-                 for slot, value in changes.items()]
+    phrasings = [caption_options(slot, reference.attributes[slot], value, family) for slot, value in changes.items()]
     if len(phrasings) == 1:
         first, second = rng.choice(len(phrasings[0]), size=2, replace=False)
         captions = [phrasings[0][int(first)], phrasings[0][int(second)]]
@@ -110,8 +113,7 @@ def make_triplet(rng: np.random.Generator, reference: Item, target_id: int) -> T
     return Triplet(reference, target, captions, changes)
 
 
-def _sibling(rng: np.random.Generator, triplet: Triplet, item_id: int,
-             tries: int = 10) -> Optional[Item]:
+def _sibling(rng: np.random.Generator, triplet: Triplet, item_id: int, tries: int = 10) -> Optional[Item]:
     """The reference changed differently from the target (never equal to the target or to
     an earlier distractor), or None when no such change is found."""
     taken = [triplet.target.attributes, triplet.reference.attributes]
@@ -129,8 +131,9 @@ def split_counts(total: int, fractions: Sequence[float] = SPLIT_FRACTIONS) -> Li
     return [max(1, total - sum(counts))] + counts
 
 
-def build_triplets(rng: np.random.Generator, pairs_per_category: int,
-                   first_item_id: int) -> Dict[str, Dict[str, List[Triplet]]]:
+def build_triplets(
+    rng: np.random.Generator, pairs_per_category: int, first_item_id: int
+) -> Dict[str, Dict[str, List[Triplet]]]:
     """{fashioniq category: {split: [Triplet]}} with fresh items numbered from first_item_id."""
     next_id = first_item_id
     triplets: Dict[str, Dict[str, List[Triplet]]] = {}

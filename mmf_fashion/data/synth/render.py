@@ -41,8 +41,7 @@ def _item_rng(seed: int, stream: int, item_id: int, view_index: int = 0) -> np.r
     return np.random.default_rng([seed, stream, item_id, view_index])
 
 
-def _pattern_layer(pattern: str, base: Colour, mark: Colour, size: int,
-                   rng: np.random.Generator) -> np.ndarray:
+def _pattern_layer(pattern: str, base: Colour, mark: Colour, size: int, rng: np.random.Generator) -> np.ndarray:
     """A (size, size, 3) image of the fabric: the base colour with pattern marks."""
     layer = np.empty((size, size, 3), dtype=np.uint8)
     layer[:] = base
@@ -84,8 +83,16 @@ def _shape_box(shape: Shape, view: str, mirror: bool) -> Tuple[float, float, flo
     return min(xs) - pad, min(ys) - pad, max(xs) + pad, max(ys) + pad
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: Shape, size: int, view: str, mirror: bool,
-                fill, outline=None, outline_width: int = 1) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw,
+    shape: Shape,
+    size: int,
+    view: str,
+    mirror: bool,
+    fill,
+    outline=None,
+    outline_width: int = 1,
+) -> None:
     points = [(x * size, y * size) for x, y in _transform(shape.points, view, mirror)]
     if shape.kind == "polygon":
         draw.polygon(points, fill=fill, outline=outline, width=outline_width if outline else 0)
@@ -113,8 +120,9 @@ def _part_colour(part: Part, item: Item, base: Colour, background: Colour) -> Co
     raise ValueError(f"unknown part layer {part.layer!r}")
 
 
-def _draw_item(item: Item, view: str, canvas_size: int, base: Colour, background: Colour,
-               fabric: Image.Image) -> Tuple[Image.Image, List[Part]]:
+def _draw_item(
+    item: Item, view: str, canvas_size: int, base: Colour, background: Colour, fabric: Image.Image
+) -> Tuple[Image.Image, List[Part]]:
     """The item on a plain background (canvas size) and the parts that were drawn."""
     mirror = view == "back" and item.subcategory.family in ("shoe", "bag")
     parts = [p for p in build_parts(item) if not (view == "back" and p.front_only)]
@@ -131,14 +139,23 @@ def _draw_item(item: Item, view: str, canvas_size: int, base: Colour, background
             canvas.paste(fabric, (0, 0), mask)
             for shape in part.shapes:
                 if shape.kind != "line":
-                    _draw_shape(draw, shape, canvas_size, view, mirror, fill=None,
-                                outline=outline, outline_width=line_width)
+                    _draw_shape(
+                        draw, shape, canvas_size, view, mirror, fill=None, outline=outline, outline_width=line_width
+                    )
             continue
         colour = _part_colour(part, item, base, background)
         edge = None if part.layer == "cutout" else outline
         for shape in part.shapes:
-            _draw_shape(draw, shape, canvas_size, view, mirror, fill=colour,
-                        outline=edge if shape.kind != "line" else None, outline_width=line_width)
+            _draw_shape(
+                draw,
+                shape,
+                canvas_size,
+                view,
+                mirror,
+                fill=colour,
+                outline=edge if shape.kind != "line" else None,
+                outline_width=line_width,
+            )
     return canvas, parts
 
 
@@ -167,8 +184,7 @@ def _regions(parts: List[Part], view: str, item: Item, crop, image_size: int) ->
     for part in parts:
         if not part.phrase or (view in ("back", "side") and part.name != "garment"):
             continue
-        boxes = [_shape_box(shape, view, mirror) for shape in part.shapes[:1 if part.first_only
-                                                                           else None]]
+        boxes = [_shape_box(shape, view, mirror) for shape in part.shapes[: 1 if part.first_only else None]]
         x0 = min(b[0] for b in boxes)
         y0 = min(b[1] for b in boxes)
         x1 = max(b[2] for b in boxes)
@@ -193,8 +209,7 @@ def _regions(parts: List[Part], view: str, item: Item, crop, image_size: int) ->
     return regions
 
 
-def render_view(item: Item, view: str, image_size: int, seed: int,
-                stream: int) -> Tuple[np.ndarray, List[Dict]]:
+def render_view(item: Item, view: str, image_size: int, seed: int, stream: int) -> Tuple[np.ndarray, List[Dict]]:
     """Pixels (image_size, image_size, 3) uint8 and region boxes of one view of an item."""
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
@@ -202,11 +217,9 @@ def render_view(item: Item, view: str, image_size: int, seed: int,
     view_rng = _item_rng(seed, stream, item.item_id, 1 + VIEWS.index(view))
     canvas_size = 2 * image_size
     jitter = item_rng.integers(-10, 11, size=3)
-    base = tuple(int(v) for v in np.clip(np.array(COLOURS[item.attributes["colour"]]) + jitter,
-                                         0, 255))
+    base = tuple(int(v) for v in np.clip(np.array(COLOURS[item.attributes["colour"]]) + jitter, 0, 255))
     mark = COLOURS[item.trim_colour]
-    fabric = Image.fromarray(_pattern_layer(item.attributes["pattern"], base, mark, canvas_size,
-                                            item_rng))
+    fabric = Image.fromarray(_pattern_layer(item.attributes["pattern"], base, mark, canvas_size, item_rng))
     tint = view_rng.integers(-5, 6, size=3)
     background = tuple(int(v) for v in np.clip(view_rng.integers(226, 250) + tint, 0, 255))
     drawn_view = "front" if view == "detail" else view

@@ -74,8 +74,7 @@ def fabric_word(item: Item) -> str:
 
 
 def garment_phrase(item: Item) -> str:
-    words = [item.attributes["colour"], PATTERN_ADJECTIVE[item.attributes["pattern"]],
-             item.subcategory.name]
+    words = [item.attributes["colour"], PATTERN_ADJECTIVE[item.attributes["pattern"]], item.subcategory.name]
     return " ".join(w for w in words if w)
 
 
@@ -85,8 +84,12 @@ def _sleeves(item: Item, shoulder: float, top: float) -> List[Part]:
     if sleeve == "sleeveless":
         return []
     reach = 0.17 if sleeve == "short" else 0.46
-    left = poly((CX - shoulder + 0.012, top + 0.02), (CX - shoulder + 0.025, top + 0.15),
-                (CX - shoulder - 0.03, top + 0.03 + reach), (CX - shoulder - 0.125, top + reach))
+    left = poly(
+        (CX - shoulder + 0.012, top + 0.02),
+        (CX - shoulder + 0.025, top + 0.15),
+        (CX - shoulder - 0.03, top + 0.03 + reach),
+        (CX - shoulder - 0.125, top + reach),
+    )
     phrase = f"{fabric_word(item)} {sleeve} sleeve"
     return [Part("sleeve", "fabric", [left, mirrored(left)], phrase, first_only=True)]
 
@@ -98,8 +101,7 @@ def _neckline(item: Item, top: float) -> List[Part]:
     if neckline == "turtleneck":
         collar = rect(CX - 0.058, top - 0.07, CX + 0.058, top + 0.012)
         ribs = [line([(CX + dx, top - 0.06), (CX + dx, top)], 0.008) for dx in (-0.03, 0.0, 0.03)]
-        return [Part("neckline", "fabric", [collar], "turtleneck"),
-                Part("ribs", "shade", ribs)]
+        return [Part("neckline", "fabric", [collar], "turtleneck"), Part("ribs", "shade", ribs)]
     if neckline == "crew":
         shape = ellipse(CX - NECK, top - 0.045, CX + NECK, top + 0.045)
         phrase = "crew neckline"
@@ -115,8 +117,7 @@ def _neckline(item: Item, top: float) -> List[Part]:
 def _collar(item: Item, top: float, depth: float = 0.09) -> List[Part]:
     if item.attributes.get("collar") != "collar":
         return []
-    left = poly((CX - NECK - 0.012, top - 0.012), (CX - 0.004, top + 0.05),
-                (CX - 0.08, top + depth))
+    left = poly((CX - NECK - 0.012, top - 0.012), (CX - 0.004, top + 0.05), (CX - 0.08, top + depth))
     return [Part("collar", "trim", [left, mirrored(left)], f"{item.trim_colour} collar")]
 
 
@@ -125,13 +126,18 @@ def _belt(item: Item, y: float, half_width: float) -> List[Part]:
         return []
     band = rect(CX - half_width, y - 0.022, CX + half_width, y + 0.022)
     buckle = rect(CX - 0.025, y - 0.03, CX + 0.025, y + 0.03)
-    return [Part("belt", "belt", [band], f"{item.belt_colour} belt"), Part("buckle", "metal",
-                                                                          [buckle])]
+    return [Part("belt", "belt", [band], f"{item.belt_colour} belt"), Part("buckle", "metal", [buckle])]
 
 
 def _torso(top: float, shoulder: float, bottom: float, hem: float) -> Shape:
-    return poly((CX - NECK, top), (CX + NECK, top), (CX + shoulder, top + 0.03),
-                (CX + hem, bottom), (CX - hem, bottom), (CX - shoulder, top + 0.03))
+    return poly(
+        (CX - NECK, top),
+        (CX + NECK, top),
+        (CX + shoulder, top + 0.03),
+        (CX + hem, bottom),
+        (CX - hem, bottom),
+        (CX - shoulder, top + 0.03),
+    )
 
 
 def _dress(item: Item) -> List[Part]:
@@ -140,15 +146,23 @@ def _dress(item: Item) -> List[Part]:
     waist_y, waist = 0.42, shoulder - 0.05
     hem_y = {"short": 0.62, "mid": 0.77, "long": 0.93}[item.attributes["length"]]
     flare = waist + knobs.get("flare", 0.1)
-    body = poly((CX - NECK, top), (CX + NECK, top), (CX + shoulder, top + 0.03),
-                (CX + waist, waist_y), (CX + flare, hem_y), (CX - flare, hem_y),
-                (CX - waist, waist_y), (CX - shoulder, top + 0.03))
+    body = poly(
+        (CX - NECK, top),
+        (CX + NECK, top),
+        (CX + shoulder, top + 0.03),
+        (CX + waist, waist_y),
+        (CX + flare, hem_y),
+        (CX - flare, hem_y),
+        (CX - waist, waist_y),
+        (CX - shoulder, top + 0.03),
+    )
     parts = [Part("garment", "fabric", [body], garment_phrase(item))]
     parts += _sleeves(item, shoulder, top) + _neckline(item, top) + _collar(item, top)
     if item.attributes.get("pocket") == "pockets":
         pocket = rect(CX - waist - 0.02, waist_y + 0.05, CX - waist + 0.07, waist_y + 0.13)
-        parts.append(Part("pocket", "shade", [pocket, mirrored(pocket)], "patch pocket",
-                          front_only=True, first_only=True))
+        parts.append(
+            Part("pocket", "shade", [pocket, mirrored(pocket)], "patch pocket", front_only=True, first_only=True)
+        )
     parts += _belt(item, waist_y, waist + 0.005)
     return parts
 
@@ -160,34 +174,37 @@ def _top(item: Item) -> List[Part]:
     hem = knobs.get("hem", shoulder - 0.01)
     parts = []
     if knobs.get("hood"):
-        parts.append(Part("hood", "fabric", [ellipse(CX - 0.11, top - 0.11, CX + 0.11, top + 0.06)],
-                          "hood"))
-    parts.append(Part("garment", "fabric", [_torso(top, shoulder, bottom, hem)],
-                      garment_phrase(item)))
+        parts.append(Part("hood", "fabric", [ellipse(CX - 0.11, top - 0.11, CX + 0.11, top + 0.06)], "hood"))
+    parts.append(Part("garment", "fabric", [_torso(top, shoulder, bottom, hem)], garment_phrase(item)))
     parts += _sleeves(item, shoulder, top)
     if knobs.get("ribbed"):
-        parts.append(Part("hem", "shade", [rect(CX - hem, bottom - 0.04, CX + hem, bottom)],
-                          "ribbed hem"))
+        parts.append(Part("hem", "shade", [rect(CX - hem, bottom - 0.04, CX + hem, bottom)], "ribbed hem"))
     if item.subcategory.family == "shirt":
         if item.attributes.get("collar") == "collar":
-            parts.append(Part("opening", "cutout", [poly((CX - 0.04, top), (CX + 0.04, top),
-                                                         (CX, top + 0.07))], front_only=True))
+            parts.append(
+                Part("opening", "cutout", [poly((CX - 0.04, top), (CX + 0.04, top), (CX, top + 0.07))], front_only=True)
+            )
         else:
-            parts += [Part("neckline", "cutout", [ellipse(CX - NECK, top - 0.04, CX + NECK,
-                                                          top + 0.04)], front_only=True)]
+            parts += [
+                Part("neckline", "cutout", [ellipse(CX - NECK, top - 0.04, CX + NECK, top + 0.04)], front_only=True)
+            ]
         placket_end = top + knobs.get("placket", bottom - top - 0.02)
-        buttons = [ellipse(CX - 0.011, y - 0.011, CX + 0.011, y + 0.011)
-                   for y in np.arange(top + 0.1, placket_end, 0.08)]
-        parts.append(Part("placket", "shade", [line([(CX, top + 0.06), (CX, placket_end)],
-                                                    0.012)], front_only=True))
+        buttons = [
+            ellipse(CX - 0.011, y - 0.011, CX + 0.011, y + 0.011) for y in np.arange(top + 0.1, placket_end, 0.08)
+        ]
+        parts.append(Part("placket", "shade", [line([(CX, top + 0.06), (CX, placket_end)], 0.012)], front_only=True))
         parts.append(Part("buttons", "trim", buttons, front_only=True))
         parts += _collar(item, top)
     else:
         parts += _neckline(item, top)
     if item.attributes.get("pocket") == "pockets":
         if knobs.get("hood"):
-            pocket = poly((CX - 0.11, bottom - 0.17), (CX + 0.11, bottom - 0.17),
-                          (CX + 0.14, bottom - 0.05), (CX - 0.14, bottom - 0.05))
+            pocket = poly(
+                (CX - 0.11, bottom - 0.17),
+                (CX + 0.11, bottom - 0.17),
+                (CX + 0.14, bottom - 0.05),
+                (CX - 0.14, bottom - 0.05),
+            )
             parts.append(Part("pocket", "shade", [pocket], "kangaroo pocket", front_only=True))
         else:
             pocket = rect(CX + 0.05, top + 0.11, CX + 0.13, top + 0.2)
@@ -202,27 +219,22 @@ def _jacket(item: Item) -> List[Part]:
     hem = shoulder - 0.01 + (0.03 if bottom > 0.7 else 0.0)
     parts = []
     if knobs.get("hood"):
-        parts.append(Part("hood", "fabric", [ellipse(CX - 0.12, top - 0.11, CX + 0.12, top + 0.06)],
-                          "hood"))
-    parts.append(Part("garment", "fabric", [_torso(top, shoulder, bottom, hem)],
-                      garment_phrase(item)))
+        parts.append(Part("hood", "fabric", [ellipse(CX - 0.12, top - 0.11, CX + 0.12, top + 0.06)], "hood"))
+    parts.append(Part("garment", "fabric", [_torso(top, shoulder, bottom, hem)], garment_phrase(item)))
     parts += _sleeves(item, shoulder, top)
     opening_depth = 0.25 if item.attributes.get("collar") == "collar" else 0.1
-    parts.append(Part("inner", "inner", [poly((CX - NECK, top), (CX + NECK, top),
-                                              (CX, top + opening_depth))]))
-    parts.append(Part("closure", "shade", [line([(CX, top + opening_depth), (CX, bottom)],
-                                                0.012)]))
+    parts.append(Part("inner", "inner", [poly((CX - NECK, top), (CX + NECK, top), (CX, top + opening_depth))]))
+    parts.append(Part("closure", "shade", [line([(CX, top + opening_depth), (CX, bottom)], 0.012)]))
     if item.attributes.get("collar") == "collar":
-        lapel = poly((CX - NECK - 0.012, top - 0.012), (CX - 0.006, top + opening_depth),
-                     (CX - 0.095, top + 0.1))
+        lapel = poly((CX - NECK - 0.012, top - 0.012), (CX - 0.006, top + opening_depth), (CX - 0.095, top + 0.1))
         parts.append(Part("collar", "trim", [lapel, mirrored(lapel)], f"{item.trim_colour} lapels"))
     if knobs.get("ribbed"):
-        parts.append(Part("hem", "shade", [rect(CX - hem, bottom - 0.045, CX + hem, bottom)],
-                          "ribbed hem"))
+        parts.append(Part("hem", "shade", [rect(CX - hem, bottom - 0.045, CX + hem, bottom)], "ribbed hem"))
     if item.attributes.get("pocket") == "pockets":
         pocket = rect(CX - hem + 0.03, bottom - 0.16, CX - hem + 0.12, bottom - 0.1)
-        parts.append(Part("pocket", "shade", [pocket, mirrored(pocket)], "flap pocket",
-                          front_only=True, first_only=True))
+        parts.append(
+            Part("pocket", "shade", [pocket, mirrored(pocket)], "flap pocket", front_only=True, first_only=True)
+        )
     parts += _belt(item, top + 0.3, shoulder - 0.02)
     return parts
 
@@ -233,20 +245,21 @@ def _trousers(item: Item) -> List[Part]:
     hem_y = {"short": 0.46, "mid": 0.75, "long": 0.93}[item.attributes["length"]]
     outer = 0.03 + 1.3 * knobs.get("leg", 0.09)
     waistband = rect(CX - 0.17, 0.12, CX + 0.17, 0.175)
-    leg = poly((CX - 0.17, 0.17), (CX - 0.004, 0.17), (CX - 0.01, 0.41), (CX - 0.03, hem_y),
-               (CX - outer, hem_y))
+    leg = poly((CX - 0.17, 0.17), (CX - 0.004, 0.17), (CX - 0.01, 0.41), (CX - 0.03, hem_y), (CX - outer, hem_y))
     word = {"short": "short", "mid": "cropped", "long": "full-length"}[item.attributes["length"]]
-    parts = [Part("garment", "fabric", [waistband, leg, mirrored(leg)], garment_phrase(item)),
-             Part("leg", "fabric", [leg], f"{word} leg")]
+    parts = [
+        Part("garment", "fabric", [waistband, leg, mirrored(leg)], garment_phrase(item)),
+        Part("leg", "fabric", [leg], f"{word} leg"),
+    ]
     if knobs.get("cuff"):
-        cuff = poly((CX - 0.03, hem_y - 0.04), (CX - outer, hem_y - 0.04), (CX - outer, hem_y),
-                    (CX - 0.03, hem_y))
+        cuff = poly((CX - 0.03, hem_y - 0.04), (CX - outer, hem_y - 0.04), (CX - outer, hem_y), (CX - 0.03, hem_y))
         parts.append(Part("cuff", "shade", [cuff, mirrored(cuff)], "cuffed hem", first_only=True))
     parts.append(Part("fly", "shade", [line([(CX, 0.18), (CX, 0.3)], 0.01)], front_only=True))
     if item.attributes.get("pocket") == "pockets":
         pocket = poly((CX - 0.165, 0.185), (CX - 0.085, 0.185), (CX - 0.155, 0.29))
-        parts.append(Part("pocket", "shade", [pocket, mirrored(pocket)], "front pocket",
-                          front_only=True, first_only=True))
+        parts.append(
+            Part("pocket", "shade", [pocket, mirrored(pocket)], "front pocket", front_only=True, first_only=True)
+        )
     parts += _belt(item, 0.1475, 0.172)
     return parts
 
@@ -258,17 +271,20 @@ def _skirt(item: Item) -> List[Part]:
     waistband = rect(CX - 0.15, 0.14, CX + 0.15, 0.19)
     body = poly((CX - 0.15, 0.19), (CX + 0.15, 0.19), (CX + flare, hem_y), (CX - flare, hem_y))
     word = {"short": "mini", "mid": "midi", "long": "maxi"}[item.attributes["length"]]
-    parts = [Part("garment", "fabric", [waistband, body], garment_phrase(item)),
-             Part("hem", "fabric", [rect(CX - flare, hem_y - 0.05, CX + flare, hem_y)],
-                  f"{word} hem")]
+    parts = [
+        Part("garment", "fabric", [waistband, body], garment_phrase(item)),
+        Part("hem", "fabric", [rect(CX - flare, hem_y - 0.05, CX + flare, hem_y)], f"{word} hem"),
+    ]
     if knobs.get("pleats"):
-        pleats = [line([(CX + dx * 0.15, 0.2), (CX + dx * flare, hem_y)], 0.008)
-                  for dx in (-0.66, -0.33, 0.0, 0.33, 0.66)]
+        pleats = [
+            line([(CX + dx * 0.15, 0.2), (CX + dx * flare, hem_y)], 0.008) for dx in (-0.66, -0.33, 0.0, 0.33, 0.66)
+        ]
         parts.append(Part("pleats", "shade", pleats, "pleats"))
     if item.attributes.get("pocket") == "pockets":
         pocket = rect(CX - 0.13, 0.25, CX - 0.05, 0.33)
-        parts.append(Part("pocket", "shade", [pocket, mirrored(pocket)], "patch pocket",
-                          front_only=True, first_only=True))
+        parts.append(
+            Part("pocket", "shade", [pocket, mirrored(pocket)], "patch pocket", front_only=True, first_only=True)
+        )
     parts += _belt(item, 0.165, 0.152)
     return parts
 
@@ -283,18 +299,23 @@ def _shoe(item: Item) -> List[Part]:
         upper = poly((0.12, 0.74), (0.2, 0.66), (0.42, 0.6), (0.62, 0.5), (0.8, 0.42), (0.84, 0.56))
         sole = poly((0.1, 0.74), (0.5, 0.74), (0.8, 0.54), (0.84, 0.56), (0.5, 0.79), (0.12, 0.79))
         heel = rect(0.76, 0.56, 0.83, 0.84)
-        parts += [Part("garment", "fabric", [upper], garment_phrase(item)),
-                  Part("sole", sole_layer, [sole], sole_phrase),
-                  Part("heel", "shade", [heel], "high heel")]
+        parts += [
+            Part("garment", "fabric", [upper], garment_phrase(item)),
+            Part("sole", sole_layer, [sole], sole_phrase),
+            Part("heel", "shade", [heel], "high heel"),
+        ]
         return parts
     sole_top = 0.7 if knobs.get("laces") else 0.72
     sole = poly((0.13, sole_top), (0.87, sole_top), (0.87, 0.79), (0.16, 0.79))
     if knobs.get("straps"):
-        straps = [poly((x, 0.72), (x + 0.05, 0.56 - (x - 0.2) * 0.08), (x + 0.11, 0.56 - (x - 0.2)
-                                                                          * 0.08), (x + 0.07, 0.72))
-                  for x in (0.2, 0.42, 0.64)]
-        parts += [Part("garment", "fabric", straps, garment_phrase(item)),
-                  Part("sole", sole_layer, [sole], sole_phrase)]
+        straps = [
+            poly((x, 0.72), (x + 0.05, 0.56 - (x - 0.2) * 0.08), (x + 0.11, 0.56 - (x - 0.2) * 0.08), (x + 0.07, 0.72))
+            for x in (0.2, 0.42, 0.64)
+        ]
+        parts += [
+            Part("garment", "fabric", straps, garment_phrase(item)),
+            Part("sole", sole_layer, [sole], sole_phrase),
+        ]
         return parts
     upper_points = [(0.13, sole_top), (0.2, 0.6), (0.42, 0.54), (0.6, 0.48)]
     if knobs.get("shaft"):
@@ -305,12 +326,14 @@ def _shoe(item: Item) -> List[Part]:
     parts.append(Part("garment", "fabric", [poly(*upper_points)], garment_phrase(item)))
     parts.append(Part("sole", sole_layer, [sole], sole_phrase))
     if knobs.get("laces"):
-        laces = [line([(x, 0.56 - (x - 0.4) * 0.3), (x + 0.06, 0.6 - (x - 0.4) * 0.3)], 0.012)
-                 for x in (0.38, 0.45, 0.52)]
+        laces = [
+            line([(x, 0.56 - (x - 0.4) * 0.3), (x + 0.06, 0.6 - (x - 0.4) * 0.3)], 0.012) for x in (0.38, 0.45, 0.52)
+        ]
         parts.append(Part("laces", "trim", laces, "laces"))
     if knobs.get("saddle"):
-        parts.append(Part("saddle", "shade", [poly((0.3, 0.57), (0.5, 0.51), (0.52, 0.56),
-                                                   (0.32, 0.62))], "saddle strap"))
+        parts.append(
+            Part("saddle", "shade", [poly((0.3, 0.57), (0.5, 0.51), (0.52, 0.56), (0.32, 0.62))], "saddle strap")
+        )
     return parts
 
 
@@ -331,23 +354,30 @@ def _bag(item: Item) -> List[Part]:
     else:
         body = [poly((0.27, 0.42), (0.73, 0.42), (0.78, 0.8), (0.22, 0.8))]
         if knobs.get("handles"):
-            handle = [line([(0.32, 0.43), (0.35, 0.22), (0.45, 0.22), (0.48, 0.43)], 0.025),
-                      line([(0.52, 0.43), (0.55, 0.22), (0.65, 0.22), (0.68, 0.43)], 0.025)]
+            handle = [
+                line([(0.32, 0.43), (0.35, 0.22), (0.45, 0.22), (0.48, 0.43)], 0.025),
+                line([(0.52, 0.43), (0.55, 0.22), (0.65, 0.22), (0.68, 0.43)], 0.025),
+            ]
             handle_phrase = "top handles"
         else:
             handle = [line([(0.3, 0.43), (0.36, 0.14), (0.64, 0.14), (0.7, 0.43)], 0.02)]
             handle_phrase = "shoulder strap"
         pocket = rect(0.34, 0.56, 0.66, 0.74)
-    parts = [Part("garment", "fabric", body, garment_phrase(item)),
-             Part("handle", "shade", handle, handle_phrase)]
+    parts = [Part("garment", "fabric", body, garment_phrase(item)), Part("handle", "shade", handle, handle_phrase)]
     if item.attributes.get("pocket") == "pockets":
         parts.append(Part("pocket", "shade", [pocket], "front pocket", front_only=True))
     return parts
 
 
 FAMILY_BUILDERS: Dict[str, Callable[[Item], List[Part]]] = {
-    "dress": _dress, "top": _top, "shirt": _top, "jacket": _jacket,
-    "trousers": _trousers, "skirt": _skirt, "shoe": _shoe, "bag": _bag,
+    "dress": _dress,
+    "top": _top,
+    "shirt": _top,
+    "jacket": _jacket,
+    "trousers": _trousers,
+    "skirt": _skirt,
+    "shoe": _shoe,
+    "bag": _bag,
 }
 
 
@@ -356,8 +386,7 @@ def build_parts(item: Item) -> List[Part]:
     return FAMILY_BUILDERS[item.subcategory.family](item)
 
 
-DETAIL_CENTRES = {"shoe": (0.5, 0.62), "bag": (0.5, 0.58), "trousers": (0.5, 0.3),
-                  "skirt": (0.5, 0.3)}
+DETAIL_CENTRES = {"shoe": (0.5, 0.62), "bag": (0.5, 0.58), "trousers": (0.5, 0.3), "skirt": (0.5, 0.3)}
 
 
 def detail_crop(item: Item, rng: np.random.Generator) -> Tuple[float, float, float, float]:

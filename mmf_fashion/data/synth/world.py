@@ -22,8 +22,18 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .vocab import (
-    COLOUR_SYNONYMS, COLOURS, DEPARTMENT, LIGHT_COLOURS, MATERIALS, PATTERN_WORDS, PRICE_RANGE,
-    SEASONS, SUBCATEGORIES, WOMEN_ONLY_CATEGORIES, WOMEN_ONLY_SUBCATEGORIES, Subcategory,
+    COLOUR_SYNONYMS,
+    COLOURS,
+    DEPARTMENT,
+    LIGHT_COLOURS,
+    MATERIALS,
+    PATTERN_WORDS,
+    PRICE_RANGE,
+    SEASONS,
+    SUBCATEGORIES,
+    WOMEN_ONLY_CATEGORIES,
+    WOMEN_ONLY_SUBCATEGORIES,
+    Subcategory,
 )
 
 
@@ -78,8 +88,9 @@ def _synonym(rng: np.random.Generator, words: Sequence[str]) -> str:
     return _pick(rng, words[1:])
 
 
-def sample_attributes(rng: np.random.Generator, subcategory: Subcategory,
-                      fixed: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+def sample_attributes(
+    rng: np.random.Generator, subcategory: Subcategory, fixed: Optional[Mapping[str, str]] = None
+) -> Dict[str, str]:
     """One value per slot of the subcategory; ``fixed`` forces some of them."""
     fixed = dict(fixed or {})
     attributes = {}
@@ -95,8 +106,13 @@ def sample_attributes(rng: np.random.Generator, subcategory: Subcategory,
     return attributes
 
 
-def sample_item(rng: np.random.Generator, item_id: int, subcategory: Optional[Subcategory] = None,
-                style: Optional[str] = None, fixed: Optional[Mapping[str, str]] = None) -> Item:
+def sample_item(
+    rng: np.random.Generator,
+    item_id: int,
+    subcategory: Optional[Subcategory] = None,
+    style: Optional[str] = None,
+    fixed: Optional[Mapping[str, str]] = None,
+) -> Item:
     """A new item with metadata and text (``subcategory`` random when not given)."""
     if subcategory is None:
         subcategory = _pick(rng, SUBCATEGORIES)
@@ -104,13 +120,14 @@ def sample_item(rng: np.random.Generator, item_id: int, subcategory: Optional[Su
     if style is None or style not in subcategory.styles:
         style = _pick(rng, subcategory.styles)
     colour = attributes["colour"]
-    belt_colour = "brown" if colour == "black" else ("black" if colour == "brown" else
-                                                     _pick(rng, ("black", "brown")))
-    women_only = (subcategory.category in WOMEN_ONLY_CATEGORIES
-                  or subcategory.name in WOMEN_ONLY_SUBCATEGORIES)
+    belt_colour = "brown" if colour == "black" else ("black" if colour == "brown" else _pick(rng, ("black", "brown")))
+    women_only = subcategory.category in WOMEN_ONLY_CATEGORIES or subcategory.name in WOMEN_ONLY_SUBCATEGORIES
     low, high = PRICE_RANGE[subcategory.category]
     item = Item(
-        item_id=item_id, subcategory=subcategory, attributes=attributes, style=style,
+        item_id=item_id,
+        subcategory=subcategory,
+        attributes=attributes,
+        style=style,
         belt_colour=belt_colour,
         gender="WOMEN" if women_only or rng.random() < 0.5 else "MEN",
         material=_pick(rng, MATERIALS[subcategory.category]),
@@ -121,8 +138,7 @@ def sample_item(rng: np.random.Generator, item_id: int, subcategory: Optional[Su
     return item
 
 
-def with_attributes(item: Item, changes: Mapping[str, str], item_id: int,
-                    rng: np.random.Generator) -> Item:
+def with_attributes(item: Item, changes: Mapping[str, str], item_id: int, rng: np.random.Generator) -> Item:
     """A copy of ``item`` with some attributes changed (and its text rewritten)."""
     attributes = dict(item.attributes)
     attributes.update(changes)
@@ -136,15 +152,22 @@ def with_attributes(item: Item, changes: Mapping[str, str], item_id: int,
 
 
 # ---------------------------------------------------------------- text pieces
-SLEEVE_TITLE = {"sleeveless": ("sleeveless",), "short": ("short-sleeve", "short-sleeved"),
-                "long": ("long-sleeve", "long-sleeved")}
+SLEEVE_TITLE = {
+    "sleeveless": ("sleeveless",),
+    "short": ("short-sleeve", "short-sleeved"),
+    "long": ("long-sleeve", "long-sleeved"),
+}
 SLEEVE_SENTENCES = {
     "sleeveless": ("Sleeveless.", "Sleeveless cut with clean armholes."),
     "short": ("Short sleeves.", "Short sleeves with clean cuffs."),
     "long": ("Long sleeves.", "Long sleeves with buttoned cuffs."),
 }
-NECKLINE_TITLE = {"crew": ("crewneck",), "v-neck": ("v-neck",), "square": ("square-neck",),
-                  "turtleneck": ("turtleneck",)}
+NECKLINE_TITLE = {
+    "crew": ("crewneck",),
+    "v-neck": ("v-neck",),
+    "square": ("square-neck",),
+    "turtleneck": ("turtleneck",),
+}
 NECKLINE_SENTENCES = {
     "crew": ("Crewneck.", "Round neckline."),
     "v-neck": ("V-neck.", "V-neckline."),
@@ -159,18 +182,26 @@ LENGTH_TITLE = {
     "jacket": {"short": "hip-length", "mid": "knee-length", "long": "long"},
 }
 LENGTH_SENTENCES = {
-    "dress": {"short": ("Mini length.", "Hem falls above the knee."),
-              "mid": ("Midi length.", "Hem falls below the knee."),
-              "long": ("Maxi length.", "Floor-length hem.")},
-    "skirt": {"short": ("Mini length.", "Hem falls above the knee."),
-              "mid": ("Midi length.", "Hem falls below the knee."),
-              "long": ("Maxi length.", "Floor-length hem.")},
-    "trousers": {"short": ("Cut above the knee.", "Short leg."),
-                 "mid": ("Cropped leg.", "Ankle-grazing cropped length."),
-                 "long": ("Full-length leg.", "Long straight leg.")},
-    "jacket": {"short": ("Hip length.", "Cropped at the hip."),
-               "mid": ("Knee length.", "Falls to the knee."),
-               "long": ("Long length.", "Falls below the knee.")},
+    "dress": {
+        "short": ("Mini length.", "Hem falls above the knee."),
+        "mid": ("Midi length.", "Hem falls below the knee."),
+        "long": ("Maxi length.", "Floor-length hem."),
+    },
+    "skirt": {
+        "short": ("Mini length.", "Hem falls above the knee."),
+        "mid": ("Midi length.", "Hem falls below the knee."),
+        "long": ("Maxi length.", "Floor-length hem."),
+    },
+    "trousers": {
+        "short": ("Cut above the knee.", "Short leg."),
+        "mid": ("Cropped leg.", "Ankle-grazing cropped length."),
+        "long": ("Full-length leg.", "Long straight leg."),
+    },
+    "jacket": {
+        "short": ("Hip length.", "Cropped at the hip."),
+        "mid": ("Knee length.", "Falls to the knee."),
+        "long": ("Long length.", "Falls below the knee."),
+    },
 }
 PATTERN_SENTENCES = {
     "plain": ("Solid colour.", "Plain weave."),
@@ -179,9 +210,17 @@ PATTERN_SENTENCES = {
     "checks": ("Check pattern throughout.", "Plaid pattern."),
 }
 DISTRACTORS = (
-    "Tonal stitching.", "Machine wash cold.", "Imported.", "Fits true to size.",
-    "Partially lined.", "Made in Italy.", "Made in Portugal.", "Relaxed fit.",
-    "Model is wearing size S.", "Model is wearing size M.", "Dry clean only.",
+    "Tonal stitching.",
+    "Machine wash cold.",
+    "Imported.",
+    "Fits true to size.",
+    "Partially lined.",
+    "Made in Italy.",
+    "Made in Portugal.",
+    "Relaxed fit.",
+    "Model is wearing size S.",
+    "Model is wearing size M.",
+    "Dry clean only.",
 )
 PAIRING_GARMENTS = ("jeans", "sneakers", "trousers", "skirt", "boots", "blazer", "tote bag")
 
@@ -208,8 +247,7 @@ def write_text(item: Item, rng: np.random.Generator) -> None:
     pattern_word = "" if pattern == "plain" else _synonym(rng, PATTERN_WORDS[pattern])
 
     # Title: colour, pattern, one shape word (only for slots the subcategory varies), name.
-    varied = [slot for slot in ("sleeve", "neckline", "length")
-              if slot in sub.slots and len(sub.values(slot)) > 1]
+    varied = [slot for slot in ("sleeve", "neckline", "length") if slot in sub.slots and len(sub.values(slot)) > 1]
     shape_word = _title_word_for(item, _pick(rng, varied), rng) if varied else None
     title_words = [colour_word, pattern_word, shape_word or "", sub.name]
     item.title = " ".join(word for word in title_words if word).title()
@@ -225,16 +263,17 @@ def write_text(item: Item, rng: np.random.Generator) -> None:
     if "length" in attributes:
         details.append(_synonym(rng, LENGTH_SENTENCES[sub.family][attributes["length"]]))
     if attributes.get("collar") == "collar":
-        details.append(_pick(rng, ("Spread collar.", "Pointed collar.",
-                                   f"Contrasting {item.trim_colour} collar.")))
+        details.append(_pick(rng, ("Spread collar.", "Pointed collar.", f"Contrasting {item.trim_colour} collar.")))
     if attributes.get("pocket") == "pockets":
         details.append(_pick(rng, ("Patch pockets.", "Pockets at front.", "Front pocket.")))
     if attributes.get("belt") == "belt":
-        details.append(_pick(rng, (f"Detachable {item.belt_colour} belt at waist.",
-                                   f"Self-tie {item.belt_colour} belt.")))
+        details.append(
+            _pick(rng, (f"Detachable {item.belt_colour} belt at waist.", f"Self-tie {item.belt_colour} belt."))
+        )
     if "sole" in attributes:
-        details.append(f"Contrast {item.trim_colour} rubber sole." if attributes["sole"] ==
-                       "contrast" else "Tonal rubber sole.")
+        details.append(
+            f"Contrast {item.trim_colour} rubber sole." if attributes["sole"] == "contrast" else "Tonal rubber sole."
+        )
     if pattern != "plain" or rng.random() < 0.3:
         details.append(_synonym(rng, PATTERN_SENTENCES[pattern]))
     wanted = int(rng.integers(1, 3))

@@ -33,8 +33,15 @@ from .world import Item
 
 JPEG_QUALITY = 90
 FASHIONGEN_STRING_FIELDS = (
-    "input_name", "input_description", "input_concat_description", "input_category",
-    "input_subcategory", "input_pose", "input_gender", "input_composition", "input_department",
+    "input_name",
+    "input_description",
+    "input_concat_description",
+    "input_category",
+    "input_subcategory",
+    "input_pose",
+    "input_gender",
+    "input_composition",
+    "input_department",
     "input_season",
 )
 
@@ -95,18 +102,22 @@ class FashionGenH5:
         }
         count = len(rows)
         self.images = self.file.create_dataset(
-            "input_image", shape=(count, image_size, image_size, 3), dtype=np.uint8,
-            track_times=False)
+            "input_image", shape=(count, image_size, image_size, 3), dtype=np.uint8, track_times=False
+        )
         for name in FASHIONGEN_STRING_FIELDS:
             self.file.create_dataset(name, data=_byte_column(strings[name]), track_times=False)
-        self.file.create_dataset("input_productID", data=np.array(
-            [i.item_id for i in items], dtype=np.int64).reshape(-1, 1), track_times=False)
-        self.file.create_dataset("input_msrpUSD", data=np.array(
-            [i.price for i in items], dtype=np.float32).reshape(-1, 1), track_times=False)
-        self.file.create_dataset("index", data=np.arange(count, dtype=np.int64).reshape(-1, 1),
-                                 track_times=False)
-        self.file.create_dataset("index_2", data=np.array(
-            [row.view_index for row in rows], dtype=np.int64).reshape(-1, 1), track_times=False)
+        self.file.create_dataset(
+            "input_productID",
+            data=np.array([i.item_id for i in items], dtype=np.int64).reshape(-1, 1),
+            track_times=False,
+        )
+        self.file.create_dataset(
+            "input_msrpUSD", data=np.array([i.price for i in items], dtype=np.float32).reshape(-1, 1), track_times=False
+        )
+        self.file.create_dataset("index", data=np.arange(count, dtype=np.int64).reshape(-1, 1), track_times=False)
+        self.file.create_dataset(
+            "index_2", data=np.array([row.view_index for row in rows], dtype=np.int64).reshape(-1, 1), track_times=False
+        )
 
     def put_image(self, row_index: int, pixels: np.ndarray) -> None:
         self.images[row_index] = pixels
@@ -158,19 +169,27 @@ def write_fashioniq(root: Path, triplets: Dict[str, Dict[str, List[Triplet]]]) -
         counts[category] = {}
         for split in FASHIONIQ_SPLITS:
             split_triplets = by_split[split]
-            captions = [{"target": asin(t.target), "candidate": asin(t.reference),
-                         "captions": list(t.captions)} for t in split_triplets]
+            captions = [
+                {"target": asin(t.target), "candidate": asin(t.reference), "captions": list(t.captions)}
+                for t in split_triplets
+            ]
             gallery = []
             for t in split_triplets:
                 for item in (t.reference, t.target, *t.distractors):
                     gallery.append(asin(item))
-                    truth[asin(item)] = {"category": category, "split": split,
-                                         "subcategory": item.subcategory.name,
-                                         "attributes": dict(item.attributes)}
+                    truth[asin(item)] = {
+                        "category": category,
+                        "split": split,
+                        "subcategory": item.subcategory.name,
+                        "attributes": dict(item.attributes),
+                    }
             write_json(root / "captions" / f"cap.{category}.{split}.json", captions)
             write_json(root / "image_splits" / f"split.{category}.{split}.json", gallery)
-            counts[category][split] = {"pairs": len(captions), "gallery": len(gallery),
-                                       "unique_targets": len({c["target"] for c in captions})}
+            counts[category][split] = {
+                "pairs": len(captions),
+                "gallery": len(gallery),
+                "unique_targets": len({c["target"] for c in captions}),
+            }
     write_json(root / "synth_asin_attributes.json", truth)
     return counts
 
@@ -210,8 +229,7 @@ def write_polyvore(root: Path, world: OutfitWorld, rng: np.random.Generator) -> 
     with open(root / "categories.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         for sub in SUBCATEGORIES:
-            writer.writerow([SUBCATEGORY_ID[sub.name] + 1, sub.name.title(),
-                             SEMANTIC_CATEGORY[sub.category]])
+            writer.writerow([SUBCATEGORY_ID[sub.name] + 1, sub.name.title(), SEMANTIC_CATEGORY[sub.category]])
     counts: Dict = {"items": len(world.items)}
     splits_by_version = {
         "disjoint": {o.set_id: o.split for o in world.outfits},
@@ -221,19 +239,28 @@ def write_polyvore(root: Path, world: OutfitWorld, rng: np.random.Generator) -> 
         version_counts = {}
         for split in POLYVORE_SPLITS:
             outfits = [o for o in world.outfits if split_of[o.set_id] == split]
-            outfit_json = [{"set_id": o.set_id, "items": [
-                {"item_id": str(item.item_id), "index": position + 1}
-                for position, item in enumerate(o.items)]} for o in outfits]
+            outfit_json = [
+                {
+                    "set_id": o.set_id,
+                    "items": [
+                        {"item_id": str(item.item_id), "index": position + 1} for position, item in enumerate(o.items)
+                    ],
+                }
+                for o in outfits
+            ]
             write_json(root / version / f"{split}.json", outfit_json)
             fitb = _fill_in_the_blank(rng, outfits)
             write_json(root / version / f"fill_in_blank_{split}.json", fitb)
             compatibility = _compatibility_lines(rng, outfits)
             (root / version / f"compatibility_{split}.txt").write_text(
-                "".join(line + "\n" for line in compatibility), encoding="utf-8")
+                "".join(line + "\n" for line in compatibility), encoding="utf-8"
+            )
             version_counts[split] = {
-                "outfits": len(outfits), "fill_in_blank": len(fitb),
+                "outfits": len(outfits),
+                "fill_in_blank": len(fitb),
                 "compatibility": len(compatibility),
-                "items": len({item.item_id for o in outfits for item in o.items})}
+                "items": len({item.item_id for o in outfits for item in o.items}),
+            }
         for split, ocir_split in (("train", "train"), ("test", "test")):
             outfits = [o for o in world.outfits if split_of[o.set_id] == split]
             questions = _ocir_questions(rng, outfits, every_item=ocir_split == "train")
@@ -253,27 +280,38 @@ def _fill_in_the_blank(rng: np.random.Generator, outfits) -> List[Dict]:
     for outfit in outfits:
         blank = int(rng.integers(len(outfit.items)))
         category = semantic_category(outfit.items[blank])
-        wrong = [(o, p) for o in outfits if o is not outfit for p, item in enumerate(o.items)
-                 if semantic_category(item) == category
-                 and item.item_id != outfit.items[blank].item_id]
+        wrong = [
+            (o, p)
+            for o in outfits
+            if o is not outfit
+            for p, item in enumerate(o.items)
+            if semantic_category(item) == category and item.item_id != outfit.items[blank].item_id
+        ]
         if len(wrong) < 3:
-            wrong = [(o, p) for o in outfits if o is not outfit for p in range(len(o.items))
-                     if o.items[p].item_id != outfit.items[blank].item_id]
+            wrong = [
+                (o, p)
+                for o in outfits
+                if o is not outfit
+                for p in range(len(o.items))
+                if o.items[p].item_id != outfit.items[blank].item_id
+            ]
         if len(wrong) < 3:
             continue
         picks = rng.choice(len(wrong), size=3, replace=False)
         answers = [_ref(outfit, blank)] + [_ref(*wrong[int(i)]) for i in picks]
         answers = [answers[int(i)] for i in rng.permutation(4)]
-        questions.append({
-            "question": [_ref(outfit, p) for p in range(len(outfit.items)) if p != blank],
-            "answers": answers,
-            "blank_position": blank + 1,
-        })
+        questions.append(
+            {
+                "question": [_ref(outfit, p) for p in range(len(outfit.items)) if p != blank],
+                "answers": answers,
+                "blank_position": blank + 1,
+            }
+        )
     return questions
 
 
 def _compatibility_lines(rng: np.random.Generator, outfits) -> List[str]:
-    """"1 <items>" for every outfit and "0 <items>" for a rule-breaking mix of other items."""
+    """ "1 <items>" for every outfit and "0 <items>" for a rule-breaking mix of other items."""
     lines = []
     for outfit in outfits:
         lines.append("1 " + " ".join(_ref(outfit, p) for p in range(len(outfit.items))))
@@ -290,6 +328,5 @@ def _ocir_questions(rng: np.random.Generator, outfits, every_item: bool) -> List
         ids = [str(item.item_id) for item in outfit.items]
         blanks = range(len(ids)) if every_item else [int(rng.integers(len(ids)))]
         for blank in blanks:
-            questions.append({"question": [i for p, i in enumerate(ids) if p != blank],
-                              "blank": ids[blank]})
+            questions.append({"question": [i for p, i in enumerate(ids) if p != blank], "blank": ids[blank]})
     return questions
