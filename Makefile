@@ -43,6 +43,7 @@ demo: setup
 
 # the whole suite on MMF 1.0.0rc10, then the tests marked mmf_compat on MMF main
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory test-mmf-main
 
