@@ -16,10 +16,11 @@ gpu. paper sizes on CUDA (ResNet-50 + BERT-base, 224 px, bf16): samples/s and MF
 
 Each benchmark writes <out-dir>/results/<name>.md (its section, with the
 machine line) and <name>.json (its summary rows); RESULTS.md is a summary
-table over every section present followed by the sections, then
-results/learning_fashionvil.md, results/cots_filter.md and
-results/xvlm_grounding.md verbatim when they exist (written by other scripts). See benchmarks/README.md.
+table over every section present followed by the sections, then the files of
+OTHERS (learning.md, cots_filter.md, xvlm_grounding.md, ann_index.md, ...)
+verbatim when they exist (written by other scripts). See benchmarks/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,23 +29,49 @@ import os
 import sys
 import time
 import traceback
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import torch
 
 from benchmarks.common import REPO, Row, Section, machine_line, table
 
 BENCHMARKS = ("a", "b", "c", "d", "e", "gpu")
-SECTION_ORDER = ["training_overhead", "align_vs_transformers", "loader_vs_model", "ranking", "query_cost",
-                 "gpu_paper_sizes"]
-SECTION_OF = {"a": "training_overhead", "b": "align_vs_transformers", "c": "loader_vs_model", "d": "ranking",
-              "e": "query_cost", "gpu": "gpu_paper_sizes"}
-OTHERS = [("learning_fashionvil.md", "Learning: does FashionViL learn, does pretraining help",
-           "benchmarks/learning_fashionvil.py"),
-          ("learning_fashionvil_seed2.md", "Learning: FashionViL, a second seed",
-           "benchmarks/learning_fashionvil.py --seed 2"),
-          ("cots_filter.md", "COTS filter", "benchmarks/bench_cots_filter.py"),
-          ("xvlm_grounding.md", "X-VLM grounding", "benchmarks/bench_xvlm_grounding.py")]
+SECTION_ORDER = [
+    "training_overhead",
+    "align_vs_transformers",
+    "loader_vs_model",
+    "ranking",
+    "query_cost",
+    "gpu_paper_sizes",
+]
+SECTION_OF = {
+    "a": "training_overhead",
+    "b": "align_vs_transformers",
+    "c": "loader_vs_model",
+    "d": "ranking",
+    "e": "query_cost",
+    "gpu": "gpu_paper_sizes",
+}
+OTHERS = [
+    (
+        "learning.md",
+        "Learning evidence over seeds (every model row, mean ± std, paired differences)",
+        "benchmarks/learning.py",
+    ),
+    (
+        "learning_fashionvil.md",
+        "Learning: FashionViL, one seed (earlier runner)",
+        "benchmarks/learning_fashionvil.py, since replaced by benchmarks/learning.py",
+    ),
+    (
+        "learning_fashionvil_seed2.md",
+        "Learning: FashionViL, a second seed (earlier runner)",
+        "benchmarks/learning_fashionvil.py --seed 2, since replaced by benchmarks/learning.py",
+    ),
+    ("cots_filter.md", "COTS filter", "benchmarks/bench_cots_filter.py"),
+    ("xvlm_grounding.md", "X-VLM grounding", "benchmarks/bench_xvlm_grounding.py"),
+    ("ann_index.md", "ANN index: flat, IVF, HNSW on 1M x 256", "benchmarks/bench_ann_index.py"),
+]
 
 
 def parse_only(text: str) -> List[str]:
@@ -96,10 +123,19 @@ def run_benchmarks(selected: List[str], results_dir: str, quick: bool, log: List
         finally:
             torch.set_num_threads(threads)  # e.g. the query-cost benchmark runs on 1 thread
         sections += produced
-        log.append([", ".join(names), time.strftime("%H:%M:%S", time.localtime(started)),
-                    f"{time.time() - started:.0f} s", f"{load:.2f}", f"{os.getloadavg()[0]:.2f}"])
-        print(f"[run_all {time.strftime('%H:%M:%S')}] {','.join(names)}: done in {time.time() - started:.0f} s",
-              flush=True)
+        log.append(
+            [
+                ", ".join(names),
+                time.strftime("%H:%M:%S", time.localtime(started)),
+                f"{time.time() - started:.0f} s",
+                f"{load:.2f}",
+                f"{os.getloadavg()[0]:.2f}",
+            ]
+        )
+        print(
+            f"[run_all {time.strftime('%H:%M:%S')}] {','.join(names)}: done in {time.time() - started:.0f} s",
+            flush=True,
+        )
     return sections
 
 
@@ -130,24 +166,47 @@ def assemble(out_dir: str, reassembled: bool = False) -> str:
     rows = []
     for section in sections:
         for row in section["rows"]:
-            rows.append([row["benchmark"], row["ratio_text"], row["target"], verdict(row["passed"]),
-                         f"[{row['result_file']}]({row['result_file']})"])
+            rows.append(
+                [
+                    row["benchmark"],
+                    row["ratio_text"],
+                    row["target"],
+                    verdict(row["passed"]),
+                    f"[{row['result_file']}]({row['result_file']})",
+                ]
+            )
     this_run = run.get("sections", [])
     earlier = [s for s in sections if s["name"] not in this_run]
     quick = bool(run.get("quick"))
     quick_sections = [s["name"] for s in sections if s.get("quick")]
     lines = ["# Results", ""]
+    # the hand-written reading of the learning evidence comes first (results/evidence_summary.md)
+    summary_path = os.path.join(results_dir, "evidence_summary.md")
+    if os.path.exists(summary_path):
+        with open(summary_path, encoding="utf-8") as handle:
+            lines += [handle.read().strip(), ""]
     present = [(file, title) for file, title, _ in OTHERS if os.path.exists(os.path.join(results_dir, file))]
     if present:
-        lines += ["Performance (the table below and sections a-e, GPU), then the learning evidence: "
-                  + "; ".join(f"{title} (results/{file})" for file, title in present) + ".", ""]
+        lines += [
+            "Performance (the table below and sections a-e, GPU), then the learning evidence: "
+            + "; ".join(f"{title} (results/{file})" for file, title in present)
+            + ".",
+            "",
+        ]
     if run:
         lines += [
-            f"Written by `{run['command']}` on {run['date']}{' (quick run: shorter measurements)' if quick else ''}; "
+            f"Written by `{run['command']}` on {run['date']}"
+            f"{' (quick run: shorter measurements)' if quick else ''}; "
             f"that run took {run['seconds'] / 60:.1f} min"
-            + (f"; RESULTS.md re-assembled on {time.strftime('%Y-%m-%d %H:%M')} with --assemble-only" if reassembled
-               else "") + ". How to run it and what each comparison means: [README.md](README.md).", "",
-            run["machine"], "",
+            + (
+                f"; RESULTS.md re-assembled on {time.strftime('%Y-%m-%d %H:%M')} with --assemble-only"
+                if reassembled
+                else ""
+            )
+            + ". How to run it and what each comparison means: [README.md](README.md).",
+            "",
+            run["machine"],
+            "",
         ]
     if quick_sections and not quick:
         lines += [f"Sections from a quick run: {', '.join(quick_sections)}.", ""]
@@ -155,17 +214,26 @@ def assemble(out_dir: str, reassembled: bool = False) -> str:
         "Every ratio is measured within one run of its benchmark, both sides on the same machine under the same "
         "load (alternating rounds where the two sides can share a process). Targets a and b come from the "
         "issue; c's 'never the bottleneck' is read as loader rate >= consumption and <= 5% of the loop waiting; "
-        "d and e have no number in the issue, their targets are ours (see the sections).", "",
-        table(["benchmark", "measured ratio", "target", "pass/fail", "result file"], rows, "lllll"), "",
+        "d and e have no number in the issue, their targets are ours (see the sections).",
+        "",
+        table(["benchmark", "measured ratio", "target", "pass/fail", "result file"], rows, "lllll"),
+        "",
     ]
     if run.get("log"):
-        lines += ["Run log (1-minute load average at the start and end of each benchmark; the machine has "
-                  f"{os.cpu_count()} CPUs, and a load above the benchmark's own threads means other jobs shared them):",
-                  "", table(["benchmark", "started", "wall time", "load at start", "load at end"], run["log"], "llrrr"),
-                  ""]
+        lines += [
+            "Run log (1-minute load average at the start and end of each benchmark; the machine has "
+            f"{os.cpu_count()} CPUs, and a load above the benchmark's own threads means other jobs shared them):",
+            "",
+            table(["benchmark", "started", "wall time", "load at start", "load at end"], run["log"], "llrrr"),
+            "",
+        ]
     if earlier:
-        lines += ["Sections from an earlier run (not selected in the run above): "
-                  + ", ".join(f"{s['name']} (finished {s['finished']})" for s in earlier) + ".", ""]
+        lines += [
+            "Sections from an earlier run (not selected in the run above): "
+            + ", ".join(f"{s['name']} (finished {s['finished']})" for s in earlier)
+            + ".",
+            "",
+        ]
     for section in sections:
         with open(os.path.join(results_dir, f"{section['name']}.md")) as handle:
             lines += [handle.read().rstrip(), ""]
@@ -173,8 +241,12 @@ def assemble(out_dir: str, reassembled: bool = False) -> str:
         path = os.path.join(results_dir, file)
         if os.path.exists(path):
             with open(path) as handle:
-                lines += [f"## {title} (results/{file}, written by `{producer}`, included verbatim)", "",
-                          handle.read().rstrip(), ""]
+                lines += [
+                    f"## {title} (results/{file}, written by `{producer}`, included verbatim)",
+                    "",
+                    handle.read().rstrip(),
+                    "",
+                ]
     text = "\n".join(lines).rstrip() + "\n"
     with open(os.path.join(out_dir, "RESULTS.md"), "w") as handle:
         handle.write(text)
@@ -183,15 +255,24 @@ def assemble(out_dir: str, reassembled: bool = False) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(BENCHMARKS),
-                        help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all)")
+    parser.add_argument(
+        "--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all)"
+    )
     parser.add_argument("--quick", action="store_true", help="shorter measurements; every ratio still measured")
-    parser.add_argument("--assemble-only", action="store_true",
-                        help="run nothing: rebuild RESULTS.md from the sections already in results/ "
-                             "(e.g. after learning_fashionvil.md or cots_filter.md was written)")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed (default: only on errors)")
-    parser.add_argument("--out-dir", default=os.path.join(REPO, "benchmarks"),
-                        help="where results/ and RESULTS.md go (default: benchmarks/)")
+    parser.add_argument(
+        "--assemble-only",
+        action="store_true",
+        help="run nothing: rebuild RESULTS.md from the sections already in results/ "
+        "(e.g. after learning_fashionvil.md or cots_filter.md was written)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 when a target is missed (default: only on errors)"
+    )
+    parser.add_argument(
+        "--out-dir",
+        default=os.path.join(REPO, "benchmarks"),
+        help="where results/ and RESULTS.md go (default: benchmarks/)",
+    )
     args = parser.parse_args(argv)
     selected = parse_only(args.only)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -202,8 +283,11 @@ def main(argv=None) -> int:
     if args.assemble_only:
         print("[run_all] --assemble-only: rebuilding RESULTS.md from the sections in results/", flush=True)
     elif "gpu" in selected and not torch.cuda.is_available():
-        print("[run_all] gpu: CUDA not available, the paper-size GPU benchmark is skipped "
-              "(a CPU check of its FLOP counting runs instead)", flush=True)
+        print(
+            "[run_all] gpu: CUDA not available, the paper-size GPU benchmark is skipped "
+            "(a CPU check of its FLOP counting runs instead)",
+            flush=True,
+        )
     log: List[List[str]] = []
     if args.assemble_only:
         summary = assemble(args.out_dir, reassembled=True)
@@ -214,9 +298,19 @@ def main(argv=None) -> int:
     sections = run_benchmarks(selected, results_dir, args.quick, log)
     command = "python -m benchmarks.run_all " + " ".join(argv if argv is not None else sys.argv[1:])
     with open(os.path.join(results_dir, "run_all.json"), "w") as handle:
-        json.dump({"command": command.strip(), "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
-                   "seconds": time.time() - started, "quick": args.quick, "machine": machine, "log": log,
-                   "sections": [s.name for s in sections]}, handle, indent=1)
+        json.dump(
+            {
+                "command": command.strip(),
+                "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
+                "seconds": time.time() - started,
+                "quick": args.quick,
+                "machine": machine,
+                "log": log,
+                "sections": [s.name for s in sections],
+            },
+            handle,
+            indent=1,
+        )
     summary = assemble(args.out_dir)
     print("\n" + summary + "\n")
     print(f"[run_all] wrote {os.path.join(args.out_dir, 'RESULTS.md')} in {(time.time() - started) / 60:.1f} min")
