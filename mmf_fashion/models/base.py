@@ -152,7 +152,7 @@ class FashionModelBase(BaseModel):
     @classmethod
     def config_path(cls) -> str:
         if not cls.model_name:
-            raise NotImplementedError(f"{cls.__name__} sets no model_name (the registered name of its YAML)")
+            raise TypeError(f"{cls.__name__} sets no model_name (the registered name of its YAML)")
         return default_config_path(cls.model_name)
 
     @staticmethod
@@ -168,7 +168,7 @@ class FashionModelBase(BaseModel):
         """The family's options dataclass (``options_class``) from the model config, the packaged
         YAML filling the keys it lacks."""
         if self.options_class is None:
-            raise NotImplementedError(f"{type(self).__name__} declares no options_class")
+            raise TypeError(f"{type(self).__name__} declares no options_class")
         return options_from_mapping(
             self.options_class,
             plain_config(self.config),
