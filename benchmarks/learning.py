@@ -7,9 +7,13 @@
 
 Every run is a plain ``mmf_run`` of the project configs (mmf_fashion.demo's
 mmf_run_command) with ``training.seed=<seed>``, ``env.data_dir``,
-``env.save_dir`` and the overrides of its row. A run whose ``metrics.json``
-exists is reused, so an interrupted call resumes where it stopped, and
-``--report-only`` rewrites the tables from the finished runs without training.
+``env.save_dir`` and the overrides of its row. A finished run is reused, so
+an interrupted call resumes where it stopped, and ``--report-only`` rewrites
+the tables from the finished runs without training. A run counts as finished
+while the digest in its ``run_inputs.json`` (the parsed settings of its
+configs and model YAML, the world's manifest, its overrides and seed, and the
+digests of the runs it starts from) matches today's: change a config and its
+runs, and the runs that start from them, are run again.
 
 Row groups (``--rows``):
 - fashionvil: the VQ-VAE tokenizer once, then per seed the pretraining
@@ -44,12 +48,14 @@ differences with a 95% t interval. Figures are percents.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import math
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -75,6 +81,9 @@ FASHIONVIL_CONFIGS = {  # task: (config, dataset)
 }
 TOKENIZER = "fashionvil_tokenizer"  # the one run shared by every seed
 WALL_TIME_FILE = "wall_seconds.txt"  # next to metrics.json: a reused run keeps its time
+# next to metrics.json: the digest of what the run was made from (settings, world, overrides, the runs it
+# started from); a finished run is reused only while that digest still matches
+INPUTS_FILE = "run_inputs.json"
 READING_HEADING = "## Reading"  # a hand-written section under this heading survives a rewrite
 
 
@@ -690,6 +699,28 @@ class Plan:
         )
         return text.replace(REPO + os.sep, "")
 
+    def inputs(self, run: Run) -> Dict:
+        """What decides a run's result, without machine paths: the parsed settings of its project config,
+        of every file that config includes and of the model's packaged YAML; the world's manifest; the
+        row's overrides, seed and schedule; and the digests of the runs it starts from (same seed)."""
+        from mmf_fashion.models.base import default_config_path
+
+        files = config_files(run.config) + [os.path.relpath(default_config_path(run.model), REPO)]
+        manifest = os.path.join(self.world_dir(run.world), "synth_manifest.json")
+        needs = {}
+        for need in run.needs:
+            seed = None if need == TOKENIZER else run.seed
+            needs[need] = inputs_digest(self.inputs(Run(**{**self.runs[need].__dict__, "seed": seed})))
+        return {
+            "run": [run.config, run.model, run.dataset, run.run_type],
+            "overrides": list(run.overrides),
+            "seed": run.seed,
+            "max_updates": self.args.max_updates if run.trains else None,
+            "settings": {path: read_yaml(path) for path in files},
+            "world": read_json(manifest),
+            "needs": needs,
+        }
+
     def chance(self, world: str = "main") -> Dict[str, Dict[str, float]]:
         """Chance levels (percent) from the world's manifest, by table key and metric label."""
         path = os.path.join(self.world_dir(world), "synth_manifest.json")
@@ -791,6 +822,57 @@ def read_metrics(save_dir: str) -> Optional[Dict[str, float]]:
         return json.load(handle)
 
 
+def read_yaml(path: str):
+    import yaml
+
+    with open(os.path.join(REPO, path), encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def config_files(config: str) -> List[str]:
+    """A project config and every file it includes, recursively (repository-relative, as MMF resolves them)."""
+    out: List[str] = []
+    stack = [config]
+    while stack:
+        path = stack.pop(0)
+        if path in out:
+            continue
+        out.append(path)
+        for include in read_yaml(path).get("includes", None) or []:
+            beside = os.path.join(os.path.dirname(path), include)
+            stack.append(include if os.path.exists(os.path.join(REPO, include)) else beside)
+    return out
+
+
+def inputs_digest(inputs: Dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def finished(plan: "Plan", run: Run) -> Optional[Dict[str, float]]:
+    """The metrics of a finished run made from today's inputs; None when it has not finished, or when its
+    settings, world, overrides or prerequisites changed since (a stale run is run again)."""
+    save_dir = plan.run_dir(run.name, run.seed)
+    metrics = read_metrics(save_dir)
+    if metrics is None:
+        return None
+    recorded = read_json(os.path.join(save_dir, INPUTS_FILE)) or {}
+    return metrics if recorded.get("digest") == inputs_digest(plan.inputs(run)) else None
+
+
+def record_inputs(plan: "Plan", run: Run) -> None:
+    inputs = plan.inputs(run)
+    with open(os.path.join(plan.run_dir(run.name, run.seed), INPUTS_FILE), "w", encoding="utf-8") as handle:
+        json.dump({"digest": inputs_digest(inputs), "inputs": inputs}, handle, indent=1, sort_keys=True, default=str)
+
+
 def recorded_seconds(save_dir: str) -> float:
     try:
         with open(os.path.join(save_dir, WALL_TIME_FILE)) as handle:
@@ -811,8 +893,8 @@ def metric(metrics: Dict, suffix: str) -> Optional[float]:
 
 
 def pending(plan: Plan, instances: Sequence[Run]) -> List[Run]:
-    """The instances that would run: those without a metrics.json (finished runs are reused)."""
-    return [run for run in instances if read_metrics(plan.run_dir(run.name, run.seed)) is None]
+    """The instances that would run: those not finished from today's inputs (finished runs are reused)."""
+    return [run for run in instances if finished(plan, run) is None]
 
 
 def thread_env(threads: int) -> Dict[str, str]:
@@ -834,6 +916,11 @@ def execute(plan: Plan, run: Run, threads: int, attempts: int = 2) -> bool:
     from mmf_fashion.demo import mmf_run_command
 
     save_dir = plan.run_dir(run.name, run.seed)
+    if os.path.isdir(save_dir):  # an unfinished or stale run: kept aside once, MMF starts afresh
+        stale = save_dir.rstrip(os.sep) + ".stale"
+        shutil.rmtree(stale, ignore_errors=True)
+        os.replace(save_dir, stale)
+        print(f"[learning] {run.name} seed {run.seed}: earlier output moved to {stale}", flush=True)
     os.makedirs(save_dir, exist_ok=True)
     log_path = save_dir.rstrip(os.sep) + ".log"
     for attempt in range(1, attempts + 1):
@@ -861,6 +948,7 @@ def execute(plan: Plan, run: Run, threads: int, attempts: int = 2) -> bool:
     if ok:
         with open(os.path.join(save_dir, WALL_TIME_FILE), "w") as handle:
             handle.write(f"{elapsed:.1f}\n")
+        record_inputs(plan, run)
     print(
         f"[learning] {'done' if ok else f'FAILED (exit {code}, log {log_path})'} {run.name} seed {run.seed} "
         f"in {elapsed:.0f} s",
@@ -877,7 +965,7 @@ def run_all(plan: Plan, instances: Sequence[Run], jobs: int, threads: int, on_fi
     state: Dict[Tuple, str] = {}
     todo = []
     for run in instances:
-        if read_metrics(plan.run_dir(run.name, run.seed)) is not None:
+        if finished(plan, run) is not None:
             state[run.key] = "reused"
         else:
             todo.append(run)
@@ -941,7 +1029,7 @@ def collect(plan: Plan, seeds: Sequence[int]) -> Dict[str, Dict[int, Dict]]:
     for name in plan.runs:
         for seed in [None] if name == TOKENIZER else seeds:
             save_dir = plan.run_dir(name, seed)
-            metrics = read_metrics(save_dir)
+            metrics = finished(plan, Run(**{**plan.runs[name].__dict__, "seed": seed}))
             if metrics is not None:
                 out.setdefault(name, {})[seed] = {"metrics": metrics, "seconds": recorded_seconds(save_dir)}
     return out
@@ -1216,7 +1304,24 @@ def machine() -> str:
 
 
 def ensure_world(path: str, noise: float, preset: str) -> None:
-    if os.path.isfile(os.path.join(path, "synth_manifest.json")):
+    """Generate the world if absent; a world of an older generator (or another noise) is generated again,
+    and a folder that is not a generated world is used as it is (real data)."""
+    from mmf_fashion.data.synth import GENERATOR_VERSION
+
+    manifest = read_json(os.path.join(path, "synth_manifest.json"))
+    if manifest is not None:
+        same_noise = abs(float(manifest.get("noise_fraction", 0)) - noise) < 1e-9
+        if manifest.get("generator") != "mmf_fashion.data.synth" or (
+            manifest.get("version") == GENERATOR_VERSION and same_noise
+        ):
+            return
+        print(
+            f"[learning] {path}: generator {manifest.get('version')}, noise {manifest.get('noise_fraction')}; "
+            f"generating it again with generator {GENERATOR_VERSION}",
+            flush=True,
+        )
+        shutil.rmtree(path)
+    elif os.path.isdir(path) and os.listdir(path):
         return
     command = [
         os.path.join(os.path.dirname(sys.executable), "mmf-fashion"),

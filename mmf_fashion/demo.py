@@ -10,6 +10,10 @@ Each step is a plain `mmf_run` of a project config (what a user would type),
 run as a subprocess; the table is read back from each step's metrics.json.
 While a step runs, a bar follows its updates (rate, ETA, last loss) from the
 train.jsonl and train.log it writes; when it ends, its key metric is printed.
+
+The four fine-tunes only need the pretraining, so they run `--jobs` at a time
+(default: 2 where there are 2 CPUs or more), the CPUs shared out between them:
+small models use two single-threaded runs better than one run on two threads.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
 POLL_SECONDS = 0.5
@@ -29,15 +35,18 @@ START_LINE = re.compile(r"Starting training at update (\d+) of (\d+)")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# (step, config, model, dataset, extra overrides)
+# (step, config, model, dataset, extra overrides). The demo's world is small: its images are
+# decoded faster in the training process than handed over by worker processes.
 STEPS = [
-    ("tokenizer", "projects/vqvae/configs/train.yaml", "fashion_vqvae", "fashiongen", []),
-    ("pretrain", "projects/fashionvil/configs/pretrain.yaml", "fashionvil", "fashiongen", []),
-    ("itr", "projects/fashionvil/configs/itr.yaml", "fashionvil", "fashiongen", []),
-    ("tgir", "projects/fashionvil/configs/tgir.yaml", "fashionvil", "fashioniq", []),
-    ("scr", "projects/fashionvil/configs/scr.yaml", "fashionvil", "fashiongen", []),
-    ("ocir", "projects/fashionvil/configs/ocir.yaml", "fashionvil", "polyvore_ocir", []),
+    ("tokenizer", "projects/vqvae/configs/train.yaml", "fashion_vqvae", "fashiongen", ["training.num_workers=0"]),
+    ("pretrain", "projects/fashionvil/configs/pretrain.yaml", "fashionvil", "fashiongen", ["training.num_workers=0"]),
+    ("itr", "projects/fashionvil/configs/itr.yaml", "fashionvil", "fashiongen", ["training.num_workers=0"]),
+    ("tgir", "projects/fashionvil/configs/tgir.yaml", "fashionvil", "fashioniq", ["training.num_workers=0"]),
+    ("scr", "projects/fashionvil/configs/scr.yaml", "fashionvil", "fashiongen", ["training.num_workers=0"]),
+    ("ocir", "projects/fashionvil/configs/ocir.yaml", "fashionvil", "polyvore_ocir", ["training.num_workers=0"]),
 ]
+# steps that start from another one's checkpoint; the others (the fine-tunes) may run side by side
+NEEDS = {"pretrain": "tokenizer", "itr": "pretrain", "tgir": "pretrain", "scr": "pretrain", "ocir": "pretrain"}
 
 
 def mmf_run_command(config: str, model: str, dataset: str, overrides: List[str]) -> List[str]:
@@ -153,10 +162,15 @@ class StepProgress:
         return self.total, advance, postfix
 
 
-def key_metric(metrics: Dict[str, float]) -> Optional[Tuple[str, float]]:
-    """The number a step is judged by: an average recall, else an accuracy-like
-    value, else the first non-loss metric, else the first loss."""
+def key_metric(metrics: Dict[str, float], preferred: Optional[str] = None) -> Optional[Tuple[str, float]]:
+    """The number a step is judged by: the `preferred` metric (a key ending with
+    "/<preferred>") where there is one, else an average recall, else an
+    accuracy-like value, else the first non-loss metric, else the first loss."""
     keys = [key for key in sorted(metrics) if key != "num_updates"]
+    if preferred:
+        found = [key for key in keys if key.endswith("/" + preferred)]
+        if found:
+            return found[0], float(metrics[found[0]])
     non_loss = [key for key in keys if len(key.split("/")) >= 4]
     for wanted in ("/avg", "/value"):
         found = [key for key in non_loss if key.endswith(wanted)]
@@ -166,12 +180,12 @@ def key_metric(metrics: Dict[str, float]) -> Optional[Tuple[str, float]]:
     return (chosen, float(metrics[chosen])) if chosen else None
 
 
-def _follow(process, save_dir: str, name: str) -> None:
-    """A bar of the step's updates until its process exits."""
+def _follow(process, save_dir: str, name: str, position: int = 0) -> None:
+    """A bar of the step's updates until its process exits (`position`: its line among the bars)."""
     from tqdm import tqdm
 
     progress = StepProgress(save_dir)
-    bar = tqdm(total=None, unit="update", desc=f"[demo] {name}", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=None, unit="update", desc=f"[demo] {name}", file=sys.stderr, dynamic_ncols=True, position=position)
     try:
         while True:
             finished = process.poll() is not None
@@ -190,7 +204,10 @@ def _follow(process, save_dir: str, name: str) -> None:
         bar.close()
 
 
-def run_step(name, config, model, dataset, overrides, save_root, data_dir, log_dir) -> Dict:
+def run_step(
+    name, config, model, dataset, overrides, save_root, data_dir, log_dir, threads: Optional[int] = None, position=0
+) -> Dict:
+    """One step as a subprocess; `threads` caps its torch/OpenMP threads (None: as the environment says)."""
     save_dir = os.path.join(save_root, name)
     args = [f"env.save_dir={save_dir}", f"env.data_dir={os.path.abspath(data_dir)}", "run_type=train_val", *overrides]
     if name != "tokenizer" and name != "pretrain":
@@ -203,12 +220,16 @@ def run_step(name, config, model, dataset, overrides, save_root, data_dir, log_d
     os.makedirs(log_dir, exist_ok=True)
     log_path = os.path.join(log_dir, f"{name}.log")
     print(f"[demo] {name}: mmf_run config={config} model={model} dataset={dataset}  (log: {log_path})", flush=True)
+    env = dict(os.environ)
+    if threads:
+        for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[key] = str(threads)
     start = time.time()
     with open(log_path, "w") as log:
         # stderr is the log file, not a terminal: mmf_run writes plain progress lines there
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            _follow(process, save_dir, name)
+            _follow(process, save_dir, name, position)
         finally:
             if process.poll() is None:  # interrupted: do not leave the run behind
                 process.terminate()
@@ -224,7 +245,7 @@ def run_step(name, config, model, dataset, overrides, save_root, data_dir, log_d
         )
     with open(os.path.join(save_dir, "metrics.json")) as f:
         metrics = json.load(f)
-    best = key_metric(metrics)
+    best = key_metric(metrics, KEY_METRICS.get(name))
     shown = f"; {best[0]} = {best[1]:.2f}" if best else ""
     print(f"[demo] {name}: done in {elapsed:.0f}s{shown}", flush=True)
     return {"step": name, "seconds": elapsed, "metrics": metrics}
@@ -238,6 +259,53 @@ MAIN_METRICS = {
     "scr": "accuracy/value",
     "ocir": "r@k_ocir/r@10",
 }
+
+
+# the figure printed when a step ends: the tasks' main metrics, the tokenizer's reconstruction
+# error (its commitment loss is ~0 once the codebook has settled) and the pretraining's retrieval
+KEY_METRICS = {**MAIN_METRICS, "tokenizer": "reconstruction", "pretrain": "r@k_general/avg"}
+
+
+def run_steps(wanted: List[str], save_dir: str, data_dir: str, jobs: int) -> List[Dict]:
+    """The wanted steps, each after the step it starts from (when that one is wanted too); steps that are
+    ready together run `jobs` at a time, the CPUs shared out between them. Results in STEPS order."""
+    log_dir = os.path.join(save_dir, "logs")
+    todo = [step for step in STEPS if step[0] in wanted]
+    done: Dict[str, Dict] = {}
+    cpus = os.cpu_count() or 1
+    while todo:
+        ready = [step for step in todo if NEEDS.get(step[0]) not in wanted or NEEDS[step[0]] in done]
+        todo = [step for step in todo if step not in ready]
+        lanes = max(1, min(jobs, len(ready)))
+        threads = max(1, cpus // lanes) if lanes > 1 else None
+        if lanes == 1:
+            for step in ready:
+                done[step[0]] = run_step(*step, save_dir, data_dir, log_dir)
+            continue
+        # the longest first (STEPS lists the fine-tunes from the quickest, OCIR last); a lane keeps its bar line
+        free = list(range(lanes))
+        lock = threading.Lock()
+
+        def lane_run(step):
+            with lock:
+                position = free.pop(0)
+            try:
+                return run_step(*step, save_dir, data_dir, log_dir, threads=threads, position=position)
+            finally:
+                with lock:
+                    free.append(position)
+
+        with ThreadPoolExecutor(max_workers=lanes) as pool:
+            futures = {step[0]: pool.submit(lane_run, step) for step in reversed(ready)}
+            failures = []
+            for name, future in futures.items():
+                try:
+                    done[name] = future.result()
+                except SystemExit as failure:  # the others finish; the first failure is reported
+                    failures.append(failure)
+        if failures:
+            raise failures[0]
+    return [done[step[0]] for step in STEPS if step[0] in done]
 
 
 def world_chance(data_dir: str) -> Dict[str, float]:
@@ -360,6 +428,9 @@ def main(argv=None) -> int:
     parser.add_argument("--products", type=int, default=None, help="default: the demo preset's")
     parser.add_argument("--image-size", type=int, default=None, help="default: the demo preset's")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--jobs", type=int, default=min(2, os.cpu_count() or 1), help="fine-tunes at a time (they share the CPUs)"
+    )
     args = parser.parse_args(argv)
     os.chdir(REPO)
     ensure_data(args.data_dir, args.products, args.image_size, args.seed)
@@ -367,22 +438,8 @@ def main(argv=None) -> int:
     unknown = sorted(set(wanted) - {s[0] for s in STEPS})
     if unknown:
         parser.error(f"unknown steps {unknown}; choose from {[s[0] for s in STEPS]}")
-    results = []
     start = time.time()
-    for name, config, model, dataset, overrides in STEPS:
-        if name in wanted:
-            results.append(
-                run_step(
-                    name,
-                    config,
-                    model,
-                    dataset,
-                    overrides,
-                    args.save_dir,
-                    args.data_dir,
-                    os.path.join(args.save_dir, "logs"),
-                )
-            )
+    results = run_steps(wanted, args.save_dir, args.data_dir, args.jobs)
     table = format_table(results, world_chance(args.data_dir))
     with open(os.path.join(args.save_dir, "results.md"), "w") as f:
         f.write(table + "\n")

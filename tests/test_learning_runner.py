@@ -35,10 +35,12 @@ def instance(plan, name, seed):
 
 
 def write_metrics(plan, name, seed, metrics):
+    """A finished run as execute() leaves it: metrics.json and the record of its inputs."""
     save_dir = plan.run_dir(name, seed)
     os.makedirs(save_dir, exist_ok=True)
     with open(os.path.join(save_dir, "metrics.json"), "w") as handle:
         json.dump(metrics, handle)
+    learning.record_inputs(plan, learning.Run(**{**plan.runs[name].__dict__, "seed": seed}))
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -219,6 +221,49 @@ def test_finished_runs_are_not_run_again(tmp_path, monkeypatch):
     executed.clear()
     learning.run_all(plan, instances, jobs=2, threads=1)
     assert executed == [] and learning.pending(plan, instances) == []
+
+
+def test_changed_inputs_make_a_run_and_its_dependants_stale(tmp_path):
+    args, plan = plan_for(tmp_path, "--rows", "fashionvil", "--tasks", "itr", "--seeds", "0")
+    instances = plan.instances([0])
+    for run in instances:
+        write_metrics(plan, run.name, run.seed, {})
+    assert learning.pending(plan, instances) == []
+    # a metrics.json without the record of its inputs (an older runner, a copied folder) is not trusted
+    os.remove(os.path.join(plan.run_dir("fashionvil_itr_untrained", 0), learning.INPUTS_FILE))
+    assert [(r.name, r.seed) for r in learning.pending(plan, instances)] == [("fashionvil_itr_untrained", 0)]
+    write_metrics(plan, "fashionvil_itr_untrained", 0, {})
+    # another setting for one pretraining: it and the fine-tunes that start from it are stale, nothing else
+    plan.runs["fashionvil_pretrain_no_pac"].overrides.append("optimizer.params.lr=1.0e-3")
+    stale = {r.name for r in learning.pending(plan, instances)}
+    assert stale == {"fashionvil_pretrain_no_pac", "fashionvil_itr_no_pac"}
+    # the world changed: every run on it is stale
+    os.makedirs(args.data_dir, exist_ok=True)
+    with open(os.path.join(args.data_dir, "synth_manifest.json"), "w") as handle:
+        json.dump({"version": "9.9.9"}, handle)
+    assert len(learning.pending(plan, instances)) == len(instances)
+
+
+def test_a_stale_run_starts_afresh(tmp_path, monkeypatch):
+    args, plan = plan_for(tmp_path, "--rows", "fashionvil", "--tasks", "itr", "--seeds", "0")
+    run = instance(plan, "fashionvil_itr_scratch", 0)
+    save_dir = plan.run_dir(run.name, 0)
+    os.makedirs(save_dir)
+    with open(os.path.join(save_dir, "current.ckpt"), "w") as handle:
+        handle.write("an older run's checkpoint that MMF would otherwise resume from")
+
+    class Done:
+        returncode = 0
+
+    def fake_run(command, **kwargs):
+        assert os.listdir(save_dir) == []  # MMF finds nothing to resume from
+        write_metrics(plan, run.name, 0, {"val/fashiongen/r@k_general/i2t_r@1": 3.0})
+        return Done()
+
+    monkeypatch.setattr(learning.subprocess, "run", fake_run)
+    assert learning.execute(plan, run, threads=1)
+    assert os.path.exists(os.path.join(save_dir + ".stale", "current.ckpt"))
+    assert learning.finished(plan, run) == {"val/fashiongen/r@k_general/i2t_r@1": 3.0}
 
 
 def test_failed_prerequisite_skips_dependants(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ reader of a growing train.jsonl."""
 
 import io
 import json
+import os
 import re
 import types
 
@@ -142,6 +143,10 @@ def test_key_metric_prefers_an_average_recall_then_a_value():
     assert key_metric({"val/d/accuracy/value": 70.0, "val/d/ce": 1.0}) == ("val/d/accuracy/value", 70.0)
     assert key_metric({"val/d/mlm": 3.0, "num_updates": 3}) == ("val/d/mlm", 3.0)
     assert key_metric({"num_updates": 3}) is None
+    # the tokenizer is judged by its reconstruction error, not by the first loss in the file
+    tokenizer = {"val/d/commitment": 0.001, "val/d/reconstruction": 0.77}
+    assert key_metric(tokenizer, "reconstruction") == ("val/d/reconstruction", 0.77)
+    assert key_metric(tokenizer, "not_there") == ("val/d/commitment", 0.001)
 
 
 FAKE_RUN = """
@@ -186,3 +191,52 @@ def test_demo_step_shows_a_bar_then_its_metric_or_its_log(tmp_path, monkeypatch,
     assert "[demo] itr" in captured.err and "4/4" in captured.err
     assert re.search(r"update/s|s/update", captured.err)  # the rate (tqdm flips it below 1/s)
     assert ("val/d/r@k_general/avg = 42.50" in captured.out) != fail
+
+
+TIMED_RUN = """
+import json, os, sys, time
+save = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("env.save_dir=")][0]
+os.makedirs(save, exist_ok=True)
+start = time.time()
+time.sleep(0.6)
+record = {"start": start, "end": time.time(), "threads": os.environ.get("OMP_NUM_THREADS"), "args": sys.argv[1:]}
+with open(os.path.join(save, "metrics.json"), "w") as f:
+    json.dump({"val/d/r@k_general/avg": 1.0, "num_updates": 1}, f)
+with open(os.path.join(save, "when.json"), "w") as f:
+    json.dump(record, f)
+"""
+
+
+def test_demo_runs_the_fine_tunes_side_by_side_after_the_pretraining(tmp_path, monkeypatch):
+    import sys
+
+    from mmf_fashion import demo
+
+    monkeypatch.setattr(demo, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(demo, "mmf_run_command", lambda *args: [sys.executable, "-c", TIMED_RUN, *args[3]])
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 4)
+    save = tmp_path / "save"
+    results = demo.run_steps([s[0] for s in demo.STEPS], str(save), str(tmp_path / "data"), jobs=2)
+    assert [r["step"] for r in results] == [s[0] for s in demo.STEPS]  # the table keeps the chain's order
+    when = {s[0]: json.loads((save / s[0] / "when.json").read_text()) for s in demo.STEPS}
+    assert when["tokenizer"]["end"] <= when["pretrain"]["start"]
+    fine_tunes = ["itr", "tgir", "scr", "ocir"]
+    assert all(when["pretrain"]["end"] <= when[name]["start"] for name in fine_tunes)
+    # two at a time, 4 CPUs shared out: 2 threads each; never more than two at once
+    assert {when[name]["threads"] for name in fine_tunes} == {"2"}
+    overlaps = [
+        (a, b)
+        for a in fine_tunes
+        for b in fine_tunes
+        if a < b and when[a]["start"] < when[b]["end"] and when[b]["start"] < when[a]["end"]
+    ]
+    assert overlaps
+    for t in [when[name]["start"] + 0.3 for name in fine_tunes]:
+        assert sum(when[n]["start"] <= t < when[n]["end"] for n in fine_tunes) <= 2
+    # the fine-tunes start from the pretraining's checkpoint
+    pretrained = f"checkpoint.resume_file={save / 'pretrain' / 'fashionvil_final.pth'}"
+    assert all(pretrained in when[name]["args"] for name in fine_tunes)
+    # one job: one after the other, threads as the environment says
+    results = demo.run_steps(["itr", "tgir"], str(tmp_path / "one"), str(tmp_path / "data"), jobs=1)
+    one = {name: json.loads((tmp_path / "one" / name / "when.json").read_text()) for name in ("itr", "tgir")}
+    assert one["itr"]["end"] <= one["tgir"]["start"] and one["itr"]["threads"] == os.environ.get("OMP_NUM_THREADS")
