@@ -1306,20 +1306,16 @@ def machine() -> str:
 def ensure_world(path: str, noise: float, preset: str) -> None:
     """Generate the world if absent; a world of an older generator (or another noise) is generated again,
     and a folder that is not a generated world is used as it is (real data)."""
-    from mmf_fashion.data.synth import GENERATOR_VERSION
+    from mmf_fashion.data.synth import GENERATOR_VERSION, preset_arguments
 
     manifest = read_json(os.path.join(path, "synth_manifest.json"))
     if manifest is not None:
-        same_noise = abs(float(manifest.get("noise_fraction", 0)) - noise) < 1e-9
-        if manifest.get("generator") != "mmf_fashion.data.synth" or (
-            manifest.get("version") == GENERATOR_VERSION and same_noise
-        ):
+        wanted = {**preset_arguments(preset), "version": GENERATOR_VERSION, "noise_fraction": float(noise)}
+        found = {key: manifest.get(key) for key in wanted}
+        found["noise_fraction"] = float(found["noise_fraction"] or 0.0)
+        if manifest.get("generator") != "mmf_fashion.data.synth" or found == wanted:
             return
-        print(
-            f"[learning] {path}: generator {manifest.get('version')}, noise {manifest.get('noise_fraction')}; "
-            f"generating it again with generator {GENERATOR_VERSION}",
-            flush=True,
-        )
+        print(f"[learning] {path} holds {found}; generating the {preset} world {wanted} instead", flush=True)
         shutil.rmtree(path)
     elif os.path.isdir(path) and os.listdir(path):
         return
@@ -1353,7 +1349,7 @@ def parse_args(argv=None):
         "--preset",
         default="demo",
         choices=["demo", "evidence"],
-        help="mmf-fashion data synth --preset for a world that does not exist yet",
+        help="mmf-fashion data synth --preset of the worlds (a generated world of other sizes is generated again)",
     )
     parser.add_argument("--save-dir", default="save/learning", help="runs go to <save-dir>/<world>/<run>/seed<k>")
     parser.add_argument("--out", default="benchmarks/results/learning.md")

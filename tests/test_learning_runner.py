@@ -322,3 +322,33 @@ def test_a_failed_run_is_tried_once_more(tmp_path, monkeypatch):
     assert len(calls) == 2 and calls[0] == calls[1]
     assert os.path.exists(plan.run_dir(run.name, 0) + ".log.failed")
     assert os.path.exists(os.path.join(plan.run_dir(run.name, 0), learning.WALL_TIME_FILE))
+
+
+def test_a_world_of_another_generator_or_size_is_generated_again(tmp_path, monkeypatch):
+    from mmf_fashion.data.synth import GENERATOR_VERSION, preset_arguments
+
+    calls = []
+    monkeypatch.setattr(learning.subprocess, "run", lambda command, **kwargs: calls.append(command))
+
+    def world(**fields):
+        path = tmp_path / f"world{len(list(tmp_path.iterdir()))}"
+        path.mkdir()
+        manifest = {"generator": "mmf_fashion.data.synth", "version": GENERATOR_VERSION, "noise_fraction": 0.0}
+        manifest.update(preset_arguments("evidence"))
+        manifest.update(fields)
+        (path / "synth_manifest.json").write_text(json.dumps(manifest))
+        return str(path)
+
+    learning.ensure_world(world(), 0.0, "evidence")
+    assert calls == []  # the right world is used as it is
+    for stale, noise in ((world(version="0.9.0"), 0.0), (world(products=1200), 0.0), (world(), 0.2)):
+        learning.ensure_world(stale, noise, "evidence")
+        assert calls[-1][calls[-1].index("--out") + 1] == stale and "evidence" in calls[-1]
+        assert not os.path.exists(stale)  # the old world is removed before generating
+    assert calls[-1][-2:] == ["--noise", "0.2"]
+    # a folder that is not a generated world (real data) is never touched
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "synth_manifest.json").write_text(json.dumps({"generator": "someone else"}))
+    learning.ensure_world(str(real), 0.0, "evidence")
+    assert len(calls) == 3 and real.exists()
