@@ -204,7 +204,8 @@ def test_plot_retrieval_refuses_a_checkpoint_that_needs_unpickling(world, tmp_pa
 
 
 # ---------------------------------------------------------------- make demo
-def test_demo_pictures_draw_what_is_there_and_report_what_fails(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_demo_pictures_draw_what_is_there_and_report_what_fails(tmp_path, capsys, monkeypatch, parallel):
     from mmf_fashion import demo
 
     pretrain = tmp_path / "pretrain"
@@ -225,7 +226,7 @@ def test_demo_pictures_draw_what_is_there_and_report_what_fails(tmp_path, capsys
         return run(command, **kwargs)
 
     monkeypatch.setattr(demo.subprocess, "run", fake_run)
-    written = demo.write_pictures(str(tmp_path), str(tmp_path / "data"))
+    written = demo.write_pictures(str(tmp_path), str(tmp_path / "data"), parallel)
     output = capsys.readouterr().out
     assert written == [str(tmp_path / "pretrain_curves.png")]
     with Image.open(written[0]) as image:
