@@ -120,6 +120,8 @@ class Table:
     chance: Dict[str, float] = field(default_factory=dict)  # metric label -> percent
     note: str = ""
     chance_label: str = "chance"  # what the fixed figures are (the grounding table: the best image-blind prior)
+    # further paired differences (variant label, reference label): the ablations against the full pretraining
+    also: List[Tuple[str, str]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------- the rows
@@ -286,6 +288,7 @@ class Plan:
                         [(label, f"fashionvil_{task}_{v}") for label, v in columns],
                         "scratch",
                         chance.get(chance_key, {}),
+                        also=[(v, "full") for v in FASHIONVIL_ABLATIONS if v != "full"],
                     )
                 )
         return tables
@@ -1045,7 +1048,14 @@ def table_data(table: Table, results: Dict[str, Dict[int, Dict]], seeds: Sequenc
         "note": table.note,
         "chance_label": table.chance_label,
         "variants": {},
+        "also": [],
     }
+
+    def values_of(name: str, suffix: str) -> Dict[int, float]:
+        runs = results.get(name, {})
+        values = {s: metric(runs[s]["metrics"], suffix) for s in seeds if s in runs}
+        return {s: v for s, v in values.items() if v is not None}
+
     for label, name in table.variants:
         runs = results.get(name, {})
         entry = {"run": name, "metrics": {}, "seconds": {str(s): runs[s]["seconds"] for s in seeds if s in runs}}
@@ -1064,6 +1074,20 @@ def table_data(table: Table, results: Dict[str, Dict[int, Dict]], seeds: Sequenc
                 cell["vs_chance"] = paired_difference(values, fixed)
             entry["metrics"][metric_label] = cell
         data["variants"][label] = entry
+    for label, reference in table.also:
+        if label in by_label and reference in by_label:
+            data["also"].append(
+                {
+                    "variant": label,
+                    "reference": reference,
+                    "metrics": {
+                        metric_label: paired_difference(
+                            values_of(by_label[label], suffix), values_of(by_label[reference], suffix)
+                        )
+                        for metric_label, suffix in table.metrics
+                    },
+                }
+            )
     return data
 
 
@@ -1153,6 +1177,7 @@ def group_markdown(plan: Plan, group: str, results: Dict, seeds: Sequence[int], 
             "",
             f"Paired differences, variant - {table['reference']} per seed: mean ± std "
             "[95% t interval] (n seeds)"
+            + ("; `a - b`: variant a minus variant b per seed" if table.get("also") else "")
             + (
                 f"; `- {table['chance_label']}`: the variant minus the fixed {table['chance_label']} level"
                 if table["chance"]
@@ -1169,6 +1194,12 @@ def group_markdown(plan: Plan, group: str, results: Dict, seeds: Sequence[int], 
             lines.append(
                 f"| {label} | "
                 + " | ".join(paired_text(cell.get("paired")) for cell in entry["metrics"].values())
+                + " |"
+            )
+        for pair in table.get("also", []):
+            lines.append(
+                f"| {pair['variant']} - {pair['reference']} | "
+                + " | ".join(paired_text(pair["metrics"].get(m)) for m in metric_labels)
                 + " |"
             )
         if table["chance"]:

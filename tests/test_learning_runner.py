@@ -352,3 +352,23 @@ def test_a_world_of_another_generator_or_size_is_generated_again(tmp_path, monke
     (real / "synth_manifest.json").write_text(json.dumps({"generator": "someone else"}))
     learning.ensure_world(str(real), 0.0, "evidence")
     assert len(calls) == 3 and real.exists()
+
+
+def test_ablations_are_also_paired_against_the_full_pretraining(tmp_path):
+    args, plan = plan_for(tmp_path, "--rows", "fashionvil", "--tasks", "tgir", "--seeds", "0,1,2", "--report-only")
+    key = "val/fashioniq/r@k_fashioniq/r@10"
+    full, no_mvc = [10.0, 12.0, 11.0], [8.0, 9.0, 10.0]
+    for seed in range(3):
+        write_metrics(plan, "fashionvil_tgir_full", seed, {key: full[seed]})
+        write_metrics(plan, "fashionvil_tgir_no_mvc", seed, {key: no_mvc[seed]})
+        write_metrics(plan, "fashionvil_tgir_scratch", seed, {key: 1.0})
+    report = learning.write_report(plan, [0, 1, 2], {}, 0.0)
+    differences = [n - f for n, f in zip(no_mvc, full)]
+    expected = stats.t.interval(0.95, 2, loc=np.mean(differences), scale=stats.sem(differences))
+    table = next(t for t in report["groups"]["fashionvil"]["tables"] if t["title"].startswith("TGIR"))
+    pair = next(p for p in table["also"] if p["variant"] == "no_mvc")
+    assert pair["reference"] == "full"
+    assert pair["metrics"]["R@10"]["mean"] == pytest.approx(np.mean(differences))
+    assert (pair["metrics"]["R@10"]["ci95_low"], pair["metrics"]["R@10"]["ci95_high"]) == pytest.approx(expected)
+    text = open(args.out).read()
+    assert "| no_mvc - full | -2.00 ± 1.00 [-4.48, +0.48] (3) |" in text
