@@ -391,6 +391,7 @@ class Plan:
                 variants,
                 "in-batch",
                 chance.get("i2t", {}),
+                also=[("queue+filter", "queue")],  # the filter's own share
             ),
             Table(
                 "TIR on the clean validation set (text to image)",
@@ -398,6 +399,7 @@ class Plan:
                 variants,
                 "in-batch",
                 chance.get("t2i", {}),
+                also=[("queue+filter", "queue")],
             ),
         ]
 
