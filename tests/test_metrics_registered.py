@@ -444,6 +444,7 @@ def _ddp_worker(rank, world, init_file, shards, out_dir):
             "flags": gather_rows(flags),
         }
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # neither rank tears gloo down while the other still uses it (a SIGABRT otherwise)
     finally:
         dist.destroy_process_group()
 

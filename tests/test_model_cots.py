@@ -58,6 +58,7 @@ def _gather_worker(rank, world, init_file, results):
         rows = torch.tensor([[10.0 * rank], [10.0 * rank + 1]])
         queue.enqueue(image=rows, text=rows + 0.5)
         results[rank] = (queue.ordered("image")[0].flatten().tolist(), queue.ordered("text")[0].flatten().tolist())
+        dist.barrier()  # neither rank tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 
