@@ -15,7 +15,10 @@ reported as such and the next one runs):
    (benchmarks/bench_gpu.py's counter) over the peak bf16 FLOP/s of the device;
 3. the same run in fp32 without autocast or compile: the reference ratio;
 4. the chunked full ranking at 100k x 100k on the GPU (benchmarks/bench_ranking.py);
-5. `torchrun --nproc_per_node=1 mmf_run` for a few updates, so that NCCL initialises.
+5. a few DDP updates of the same model under `torchrun --nproc_per_node=1`, so
+   that NCCL initialises (MMF's own launcher refuses a world of one process:
+   "Cannot initialize distributed with distributed_world_size=1", so this step
+   drives DistributedDataParallel directly; gloo in the dry run).
 Writes benchmarks/results/gpu_check.md (with the device name) and a log per step
 under --work-dir.
 """
@@ -85,14 +88,11 @@ def run_step(name: str, command: List[str], work: Path, limit: int, env: Optiona
     return {"step": name, "status": status, "seconds": seconds, "log": str(log)}
 
 
-def mmf_run_command(config: str, model: str, save: Path, data: Path, size: Dict, extra: List[str]) -> List[str]:
-    return [
-        sys.executable,
-        "-c",
-        "from mmf_cli.run import run; run()",
-        f"config={config}",
-        f"model={model}",
-        "dataset=fashiongen",
+def check_run_command(config: str, model: str, save: Path, data: Path, size: Dict, extra: List[str]) -> List[str]:
+    """mmf_run (as the demo starts it) on the check's world, evaluation and checkpoints off."""
+    from mmf_fashion.demo import mmf_run_command
+
+    settings = [
         f"env.save_dir={save}",
         f"env.data_dir={data}",
         "training.log_interval=5",
@@ -100,8 +100,8 @@ def mmf_run_command(config: str, model: str, save: Path, data: Path, size: Dict,
         "training.evaluation_interval=100000",
         "training.checkpoint_interval=100000",
         "run_type=train",
-        *extra,
     ]
+    return mmf_run_command(config, model, "fashiongen", settings + list(extra))
 
 
 def pretrain_overrides(size: Dict, device: str, tokenizer: Path) -> List[str]:
@@ -144,12 +144,46 @@ def model_flops_per_sample(size: Dict, data: Path, tokenizer: Path, device: str)
     return count_flops(step) / 2
 
 
+def ddp_updates(size: Dict, data: Path, tokenizer: Path, device: str) -> None:
+    """Under torchrun: NCCL (gloo on CPU) process group, the pretraining model in DDP, a few updates."""
+    import torch
+    import torch.distributed as dist
+
+    from mmf_fashion.runtime import build_model_from_config, build_split_dataset, load_config, split_loader
+
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        overrides = pretrain_overrides(size, device, tokenizer) + [f"env.data_dir={data}"]
+        config = load_config(str(ROOT / PRETRAIN), "fashionvil", "fashiongen", overrides)
+        model = build_model_from_config(config, device=device).train()
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device.startswith("cuda") else None, find_unused_parameters=True
+        )
+        optimizer = torch.optim.AdamW(ddp.parameters(), lr=1e-4)
+        loader = split_loader(build_split_dataset(config, "fashiongen", "train"), batch_size=size["batch_size"])
+        for update, batch in zip(range(size["updates"]), loader):
+            losses = ddp(batch.to(device))["losses"]
+            loss = sum(value.mean() for value in losses.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            print(f"[ddp] rank {dist.get_rank()} update {update + 1}: loss {loss.item():.4f}", flush=True)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry", action="store_true", help="tiny sizes on CPU: checks the script, measures nothing")
     parser.add_argument("--work-dir", default=str(ROOT / "save" / "gpu_check"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_check.md"))
     parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument("--ddp-updates", action="store_true", help=argparse.SUPPRESS)  # step 5, under torchrun
     args = parser.parse_args(argv)
 
     import torch
@@ -167,6 +201,10 @@ def main(argv=None) -> int:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     data = work / "world"
+    tokenizer = work / "vqvae" / "fashion_vqvae_final.pth"
+    if args.ddp_updates:
+        ddp_updates(size, data, tokenizer, device)
+        return 0
     steps = []
     device_name = torch.cuda.get_device_name(0) if not dry else "CPU (dry run)"
     print(f"gpu_check on {device_name}; work dir {work}", flush=True)
@@ -194,11 +232,10 @@ def main(argv=None) -> int:
                 limits["run"],
             )
         )
-    tokenizer = work / "vqvae" / "fashion_vqvae_final.pth"
     steps.append(
         run_step(
             "vqvae",
-            mmf_run_command(
+            check_run_command(
                 VQVAE,
                 "fashion_vqvae",
                 work / "vqvae",
@@ -222,7 +259,7 @@ def main(argv=None) -> int:
     runs = {}
     for name, extra in variants.items():
         save = work / name
-        command = mmf_run_command(
+        command = check_run_command(
             PRETRAIN, "fashionvil", save, data, size, pretrain_overrides(size, device, tokenizer) + extra
         )
         steps.append(run_step(name, command, work, limits["run"]))
@@ -252,10 +289,13 @@ def main(argv=None) -> int:
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=1",
-        str(Path(sys.executable).parent / "mmf_run"),
-    ] + mmf_run_command(
-        PRETRAIN, "fashionvil", work / "torchrun", data, size, pretrain_overrides(size, device, tokenizer) + bf16
-    )[3:]
+        "-m",
+        "benchmarks.gpu_check",
+        "--ddp-updates",
+        "--work-dir",
+        str(work),
+        *(["--dry"] if dry else []),
+    ]
     steps.append(run_step("torchrun", torchrun, work, limits["torchrun"]))
 
     flops = None

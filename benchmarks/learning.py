@@ -902,14 +902,6 @@ def pending(plan: Plan, instances: Sequence[Run]) -> List[Run]:
     return [run for run in instances if finished(plan, run) is None]
 
 
-def thread_env(threads: int) -> Dict[str, str]:
-    env = dict(os.environ)
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[key] = str(threads)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return env
-
-
 RETRY_PAUSE_S = 30.0
 
 
@@ -918,7 +910,7 @@ def execute(plan: Plan, run: Run, threads: int, attempts: int = 2) -> bool:
 
     A failed run is tried again once after a pause (its first log kept as <log>.failed): a run that
     fails at start-up, e.g. while the package is being edited, should not take its dependants with it."""
-    from mmf_fashion.demo import mmf_run_command
+    from mmf_fashion.demo import mmf_run_command, thread_env
 
     save_dir = plan.run_dir(run.name, run.seed)
     if os.path.isdir(save_dir):  # an unfinished or stale run: kept aside once, MMF starts afresh

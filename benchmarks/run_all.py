@@ -68,8 +68,16 @@ OTHERS = [
         "Learning: FashionViL, a second seed (earlier runner)",
         "benchmarks/learning_fashionvil.py --seed 2, since replaced by benchmarks/learning.py",
     ),
-    ("cots_filter.md", "COTS filter", "benchmarks/bench_cots_filter.py"),
-    ("xvlm_grounding.md", "X-VLM grounding", "benchmarks/bench_xvlm_grounding.py"),
+    (
+        "cots_filter.md",
+        "COTS filter on the demo world (earlier runner)",
+        "benchmarks/bench_cots_filter.py, since replaced by benchmarks/learning.py --rows cots",
+    ),
+    (
+        "xvlm_grounding.md",
+        "X-VLM grounding on the demo world (earlier runner)",
+        "benchmarks/bench_xvlm_grounding.py, since replaced by benchmarks/learning.py --rows xvlm",
+    ),
     ("ann_index.md", "ANN index: flat, IVF, HNSW on 1M x 256", "benchmarks/bench_ann_index.py"),
 ]
 

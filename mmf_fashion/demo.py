@@ -83,6 +83,17 @@ def mmf_run_command(config: str, model: str, dataset: str, overrides: List[str])
     ]
 
 
+def thread_env(threads: Optional[int]) -> Dict[str, str]:
+    """The environment of a child run limited to `threads` OpenMP / MKL / BLAS threads
+    (None or 0: inherited), so that runs side by side do not oversubscribe the CPUs."""
+    env = dict(os.environ)
+    if threads:
+        for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[key] = str(threads)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
 def ensure_data(data_dir: str, products: Optional[int], image_size: Optional[int], seed: int) -> None:
     """The `demo` preset's world (docs/synthetic_data.md); products/image_size override it.
     A world written by an older generator or with other sizes is generated again."""
@@ -242,10 +253,7 @@ def run_step(
     log_path = os.path.join(log_dir, f"{name}.log")
     shown = " ".join([f"config={config}", f"model={model}", f"dataset={dataset}", *overrides])
     print(f"[demo] {name}: mmf_run {shown}  (log: {log_path})", flush=True)
-    env = dict(os.environ)
-    if threads:
-        for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[key] = str(threads)
+    env = thread_env(threads)
     start = time.time()
     with open(log_path, "w") as log:
         # stderr is the log file, not a terminal: mmf_run writes plain progress lines there
