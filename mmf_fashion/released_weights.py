@@ -77,6 +77,13 @@ RELEASED_WEIGHTS: Dict[str, Tuple[WeightSource, ...]] = {
             "text_encoder.name",
             "minilm | bert-base-uncased | <save_pretrained directory>",
         ),
+        WeightSource(
+            "the official X-VLM checkpoints (Swin-B + BERT-base 6 + 6), converted with mmf-fashion convert xvlm; "
+            "also image_encoder.name=swin_b, cross_encoder.key_value_width=vision: "
+            "see docs/models/xvlm_checkpoints.md",
+            "image_encoder.type",
+            "swin",
+        ),
     ),
     "cots": (
         WeightSource(_TORCHVISION_IMAGE, "image_pretrained", "imagenet | <file.pth>"),
@@ -86,7 +93,7 @@ RELEASED_WEIGHTS: Dict[str, Tuple[WeightSource, ...]] = {
 }
 
 NOT_YET = (
-    "official X-VLM checkpoints (torch <= 1.9 code) need a key conversion that is not available yet; "
+    "official X-VLM checkpoints with a CLIP-ViT or DeiT image encoder (only the Swin ones convert); "
     "start from the encoders above or from an mmf-fashion checkpoint"
 )
 

@@ -22,7 +22,14 @@ Cheatsheet::
 Pieces (submodule names are what YAML lr multipliers target):
 - image_encoder: a ViT returning [CLS] + patch tokens: transformers ViTModel
   from a local ViTConfig (type "vit") or torchvision's vit_b_16 / vit_b_32 /
-  vit_l_16 ... (type "torchvision", name, optional pretrained weights).
+  vit_l_16 ... (type "torchvision", name, optional pretrained weights); or
+  torchvision's Swin (type "swin", name swin_t / swin_s / swin_b), whose
+  [CLS] is the mean of its last-stage tokens, as in X-VLM.
+- vision_to_cross: Linear(vision width, text width) in front of the fusion
+  layers when the widths differ; with ``cross_encoder.key_value_width:
+  vision`` it is an Identity and each fusion layer's cross-attention key and
+  value read the vision width instead (official X-VLM, e.g. Swin-B 1024 ->
+  BERT 768; mmf_fashion/convert/xvlm.py).
 - text_encoder + cross_encoder: ONE BERT-style text model
   (modules/encoders.build_text_encoder) cut in two, as in X-VLM: text_encoder
   keeps the lower layers; cross_encoder holds the upper
@@ -147,11 +154,22 @@ class XVLMMixin:
         bert_config = self.text_encoder.config
         width = int(bert_config.hidden_size)
         vision_width = self.image_encoder.hidden_size
+        key_value_width = str(cross_config.get("key_value_width") or "text")
+        if key_value_width not in ("text", "vision"):
+            raise ValueError(
+                f"model_config.xvlm.cross_encoder.key_value_width must be 'text' or 'vision', got '{key_value_width}'"
+            )
+        per_layer = key_value_width == "vision"
         self.cross_encoder = CrossEncoder(
-            bert_config, upper, int(bert_config.num_hidden_layers), cross_config.get("dropout")
+            bert_config,
+            upper,
+            int(bert_config.num_hidden_layers),
+            cross_config.get("dropout"),
+            vision_width=vision_width if per_layer else None,
         )
         del upper
-        self.vision_to_cross = nn.Linear(vision_width, width) if vision_width != width else nn.Identity()
+        shared = vision_width != width and not per_layer
+        self.vision_to_cross = nn.Linear(vision_width, width) if shared else nn.Identity()
         self.image_projection = nn.Linear(vision_width, embed_dim)
         self.text_projection = nn.Linear(width, embed_dim)
         self.itm_head = mlp_head(width, 2)

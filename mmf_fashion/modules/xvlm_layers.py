@@ -1,10 +1,11 @@
-"""X-VLM's layers in plain torch: the ViT token encoders, the text/fusion split of one BERT, the heads.
+"""X-VLM's layers in plain torch: the ViT / Swin token encoders, the text/fusion split of one BERT, the heads.
 
 Cheatsheet::
 
     from mmf_fashion.modules.xvlm_layers import build_vit, split_text_model, CrossEncoder, mlp_head
     vit = build_vit({"type": "vit", "image_size": 64, "patch_size": 16, "hidden_size": 64})
     tokens = vit(images)                                    # (B, 1 + N, D): [CLS] + patches
+    swin = build_vit({"type": "swin", "name": "swin_b", "image_size": 224})  # [CLS] = mean of 7 x 7 tokens
     upper = split_text_model(text_model, fusion_layers=2)  # the text model keeps the lower layers
     cross = CrossEncoder(text_model.config, upper, num_text_layers=4)
     state = mark_old_layout(state)      # a checkpoint of the old layout, then layout_error() names it
@@ -81,13 +82,82 @@ class TorchvisionViTTokens(nn.Module):
         return self.vit.encoder(torch.cat((cls, patches), dim=1))
 
 
+# torchvision's Swin (v1) variants: embed_dim, depths, num_heads (window 7, patch 4)
+SWIN_VARIANTS = {
+    "swin_t": (96, (2, 2, 6, 2), (3, 6, 12, 24)),
+    "swin_s": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
+    "swin_b": (128, (2, 2, 18, 2), (4, 8, 16, 32)),
+}
+
+
+class SwinTokens(nn.Module):
+    """torchvision SwinTransformer (v1) without its classifier, as X-VLM uses Swin:
+    images (B, 3, S, S) -> (B, 1 + N, D), the N = (S / 32)^2 tokens of the last stage after
+    the final LayerNorm (row-major), preceded by their mean as [CLS].
+
+    torchvision's window attention, relative position bias, patch merging order and
+    shifted-window masks are those of the official Swin (and of X-VLM's copy), as long as
+    every stage's resolution is a multiple of the window (checked here): torchvision pads
+    otherwise, where the official code shrinks the window. ``patch_size`` is the
+    stride of the last stage (4 * 2^(stages - 1)), so box -> patch masks use that grid.
+    """
+
+    def __init__(self, config: Mapping[str, Any]):
+        super().__init__()
+        from torchvision.models.swin_transformer import SwinTransformer
+
+        name = config.get("name")
+        if name not in SWIN_VARIANTS:
+            raise ValueError(
+                f"X-VLM image encoder type 'swin' needs image_encoder.name in {sorted(SWIN_VARIANTS)}, got {name!r}"
+            )
+        embed_dim, depths, heads = SWIN_VARIANTS[name]
+        embed_dim = int(config.get("embed_dim") or embed_dim)
+        depths = [int(d) for d in (config.get("depths") or depths)]
+        heads = [int(h) for h in (config.get("num_heads") or heads)]
+        window = int(config.get("window_size") or 7)
+        image_size = int(config.get("image_size", 224))
+        self.patch_size = 4 * 2 ** (len(depths) - 1)
+        stages = [image_size // (4 * 2**i) for i in range(len(depths))]
+        if image_size % self.patch_size or any(size % window for size in stages):
+            raise ValueError(
+                f"X-VLM Swin: image_encoder.image_size={image_size} gives stage resolutions {stages}; each must be "
+                f"a multiple of image_encoder.window_size={window} (official X-VLM: 224 px with window 7, "
+                f"384 px with window 12)"
+            )
+        dropout = float(config.get("dropout", 0.0))
+        model = SwinTransformer(
+            patch_size=[4, 4],
+            embed_dim=embed_dim,
+            depths=depths,
+            num_heads=heads,
+            window_size=[window, window],
+            dropout=dropout,
+            attention_dropout=dropout,
+            stochastic_depth_prob=float(config.get("drop_path_rate", 0.1)),
+        )
+        load_image_weights(model, config.get("pretrained"), name)
+        model.head = nn.Identity()
+        self.swin = model
+        self.image_size = image_size
+        self.hidden_size = embed_dim * 2 ** (len(depths) - 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.swin.norm(self.swin.features(images)).flatten(1, 2)  # (B, h * w, D), row-major
+        return torch.cat((tokens.mean(dim=1, keepdim=True), tokens), dim=1)
+
+
 def build_vit(config: Mapping[str, Any]) -> nn.Module:
     kind = str(config.get("type", "vit"))
     if kind == "vit":
         return HFViTTokens(config)
     if kind == "torchvision":
         return TorchvisionViTTokens(config)
-    raise ValueError(f"X-VLM image_encoder.type must be 'vit' (transformers) or 'torchvision', got '{kind}'")
+    if kind == "swin":
+        return SwinTokens(config)
+    raise ValueError(
+        f"X-VLM image_encoder.type must be 'vit' (transformers), 'torchvision' (ViT) or 'swin', got '{kind}'"
+    )
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -166,12 +236,28 @@ class CrossEncoder(nn.Module):
     feed-forward weights are copied by name); only the cross-attention starts at
     random. ``split`` = (text layers, fusion layers) is saved with the weights so
     a checkpoint of another layout is named, not half loaded.
+
+    vision_width: None = the image tokens arrive at the text width (K = D); an
+    int = each layer's cross-attention key and value read tokens of that width
+    (official X-VLM: Linear(1024, 768) for Swin-B and BERT-base).
     """
 
-    def __init__(self, text_config, upper_layers, num_text_layers: int, dropout: Optional[float] = None):
+    def __init__(
+        self,
+        text_config,
+        upper_layers,
+        num_text_layers: int,
+        dropout: Optional[float] = None,
+        vision_width: Optional[int] = None,
+    ):
         super().__init__()
         config = fusion_layer_config(text_config, dropout)
         self.layers = nn.ModuleList(build_fusion_layer(config) for _ in upper_layers)
+        if vision_width is not None:
+            for layer in self.layers:
+                attention = layer.crossattention.self
+                attention.key = nn.Linear(int(vision_width), attention.key.out_features)
+                attention.value = nn.Linear(int(vision_width), attention.value.out_features)
         for layer, source in zip(self.layers, upper_layers):
             missing, unexpected = layer.load_state_dict(source.state_dict(), strict=False)
             not_cross = [key for key in missing if not key.startswith("crossattention.")]

@@ -249,13 +249,15 @@ class FashionTrainer(BaseTrainer):
                 raise FileNotFoundError(f"checkpoint.resume_file={config.resume_file}: no such file")
             state = ckpt.safe_torch_load(config.resume_file, allow_unsafe=allow_unsafe)
             from mmf_fashion.convert import fashionvil as official_fashionvil
+            from mmf_fashion.convert import xvlm as official_xvlm
 
-            if official_fashionvil.is_official(state):
-                # a released FashionViL file (the authors' MMF fork): weights only, renamed to ours;
-                # its optimizer state is for another parameter layout
-                report = official_fashionvil.load_official(self.model, state, source=config.resume_file)
-                self.writer.write("\n".join(report.lines()), "info")
-                return
+            # a released FashionViL (the authors' MMF fork) or X-VLM file: weights only, renamed
+            # to ours; its optimizer state is for another parameter layout
+            for official in (official_fashionvil, official_xvlm):
+                if official.is_official(state):
+                    report = official.load_official(self.model, state, source=config.resume_file)
+                    self.writer.write("\n".join(report.lines()), "info")
+                    return
             if config.resume_pretrained:
                 weights = state.get("model", state) if isinstance(state, dict) else state
                 mapping = dict(config.get("pretrained_state_mapping", {}) or {})
