@@ -420,6 +420,8 @@ def _ddp_worker(rank, world, init_file, shards, out_dir):
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
+        from mmf.common.registry import registry
+
         from mmf_fashion.metrics.registered import (
             FashionIQRecall,
             GeneralRecall,
@@ -427,9 +429,11 @@ def _ddp_worker(rank, world, init_file, shards, out_dir):
             gather_rows,
         )
 
-        retrieval, tgir = shards[rank]
+        retrieval, tgir, classification = shards[rank]
         flags = torch.arange(retrieval["product_id"].numel()) % 2 == 0
+        percent = {name: registry.get_metric_class(name)() for name in ("accuracy", "macro_f1")}
         results = {
+            **{name: metric.calculate(classification, classification) for name, metric in percent.items()},
             "general": GeneralRecall(chunk_size=5).calculate(retrieval, retrieval),
             "kaleido": HundredNegativeRecall(
                 num_queries=20,
@@ -457,9 +461,16 @@ def test_metrics_gather_uneven_shards_across_two_processes(tmp_path, mmf_registr
     cut_r, cut_t = 23, 31  # uneven shards
     shard = lambda d, a, b: {k: v[a:b] for k, v in d.items()}  # noqa: E731
     gallery = {k: v for k, v in tgir.items() if k.startswith("gallery")}
+    # SCR: 5 classes, class 4 only on rank 1, so per-rank macro F1s average to another figure
+    generator = torch.Generator().manual_seed(7)
+    targets = torch.cat([torch.randint(0, 4, (13,), generator=generator), torch.full((6,), 4)])
+    classification = {"targets": targets, "scores": torch.randn(19, 5, generator=generator)}
+    classification["scores"][::3] += 3 * torch.nn.functional.one_hot(targets[::3], 5)  # some right, some wrong
+    cut_c = 11
     shards = [
-        (shard(retrieval, 0, cut_r), {**shard(tgir, 0, cut_t), **gallery}),
-        (shard(retrieval, cut_r, 70), {**shard(tgir, cut_t, 40), **gallery}),  # every rank has the gallery
+        (shard(retrieval, 0, cut_r), {**shard(tgir, 0, cut_t), **gallery}, shard(classification, 0, cut_c)),
+        # every rank has the gallery
+        (shard(retrieval, cut_r, 70), {**shard(tgir, cut_t, 40), **gallery}, shard(classification, cut_c, 19)),
     ]
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), shards, str(tmp_path)), nprocs=2, join=True)
     outputs = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
@@ -469,7 +480,18 @@ def test_metrics_gather_uneven_shards_across_two_processes(tmp_path, mmf_registr
         retrieval, retrieval
     )
     fashioniq = mmf_registry.get_metric_class("r@k_fashioniq")().calculate(tgir, tgir)
+    from sklearn.metrics import accuracy_score, f1_score
+
+    predicted = classification["scores"].argmax(1)
+    accuracy = 100 * accuracy_score(classification["targets"], predicted)
+    macro_f1 = 100 * f1_score(classification["targets"], predicted, average="macro")
+    shard_f1s = [
+        100 * f1_score(classification["targets"][a:b], predicted[a:b], average="macro") for a, b in ((0, 11), (11, 19))
+    ]
+    assert abs(sum(shard_f1s) / 2 - macro_f1) > 1  # the test can tell a gathered F1 from averaged shards
     for out in outputs:
+        assert out["accuracy"] == pytest.approx(accuracy)
+        assert out["macro_f1"] == pytest.approx(macro_f1)
         assert out["general"] == general
         assert out["kaleido"] == pytest.approx(kaleido)
         assert out["fashioniq"] == fashioniq

@@ -85,7 +85,9 @@ classes, registered again under the same names so that they return PERCENT
 the share of argmax predictions equal to the targets; macro_f1 is
 sklearn.metrics.f1_score(average="macro") on argmax predictions, over the
 labels present in targets or predictions; the others are MMF's computation
-times 100. They compute on the report they are given (no gathering).
+times 100. Distributed, each gathers scores and targets from every rank
+first (as above; `gather: false` turns it off), so macro F1 is that of the
+whole split, not the mean of per-rank F1s that MMF's reduce would give.
 """
 
 from __future__ import annotations
@@ -530,11 +532,16 @@ PERCENT_OF_MMF = {
 
 
 def _percent_metric(name: str, mmf_class: type, defaults: dict) -> type:
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, gather: bool = True, **kwargs):
         mmf_class.__init__(self, *args, **{**defaults, **kwargs})
         self.name = name
+        self.gather = bool(gather)
 
     def calculate(self, sample_list, model_output, *args, **kwargs):
+        if self.gather and is_distributed():
+            # MMF's classes read model_output["scores"] and sample_list["targets"]
+            sample_list = {"targets": gather_rows(sample_list["targets"])}
+            model_output = {"scores": gather_rows(model_output["scores"])}
         return 100.0 * mmf_class.calculate(self, sample_list, model_output, *args, **kwargs)
 
     # a subclass, so params, required_params and isinstance stay MMF's
