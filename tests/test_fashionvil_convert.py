@@ -233,25 +233,3 @@ def test_resume_file_in_official_layout_is_converted(mmf_registry, tmp_path):
     FashionTrainer._load_checkpoint_if_any(trainer)
     assert torch.equal(trainer.model.image_projection.weight, official.model.bert.embeddings.projection.weight)
     assert "unmatched" in written[0] and source in written[0]
-
-
-class _TouchMarker:
-    """Unpickling it creates `marker`: the stand-in for code a malicious file would run."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import pathlib
-
-        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
-
-
-def test_convert_reads_weights_only(tmp_path):
-    from mmf_fashion.trainers.checkpointing import UnsafeCheckpointError
-
-    marker, evil = tmp_path / "marker", tmp_path / "evil.pth"
-    torch.save({"model": {"x": torch.zeros(1)}, "payload": _TouchMarker(str(marker))}, evil)
-    with pytest.raises(UnsafeCheckpointError, match=r"evil\.pth(.|\n)*--allow-unsafe-load"):
-        cli_main(["convert", "fashionvil", "--from", str(evil), "--out", str(tmp_path / "out.pth")])
-    assert not marker.exists()

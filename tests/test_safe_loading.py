@@ -3,7 +3,7 @@ whose unpickling would run code, and says which file and how to opt in.
 
 The malicious file holds an object whose unpickling creates a marker file
 (the stand-in for any code an attacker would run). One list of LOADERS is
-walked: the mmf-fashion commands (through cli.main.main), the model builder,
+walked: the mmf-fashion commands (through cli.main.main, the converters included), the model builder,
 the trainer's resume paths, the VQ tokenizer, the image encoder weights, the
 FashionBERT patch cache and shortlist towers, the index embeddings file and
 MMF's own checkpoint readers. Each must fail, name the file and both
@@ -289,8 +289,18 @@ def load_mmf_checkpoint_class(env):
     return error_of(lambda: Checkpoint._torch_load(types.SimpleNamespace(device="cpu"), str(env.evil))), env.evil
 
 
+def load_convert_fashionvil(env):
+    return cli_error(env, "convert", "fashionvil", "--from", env.evil, "--out", env.tmp / "out.pth"), env.evil
+
+
+def load_convert_xvlm(env):
+    return cli_error(env, "convert", "xvlm", "--from", env.evil, "--out", env.tmp / "out.pth"), env.evil
+
+
 LOADERS = [
     load_safe_torch_load,
+    load_convert_fashionvil,
+    load_convert_xvlm,
     load_index_build_checkpoint,
     load_index_build_image_weights,
     load_index_search_stored_checkpoint,

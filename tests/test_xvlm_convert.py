@@ -414,28 +414,6 @@ def test_default_xvlm_is_unchanged_by_the_swin_options():
         XVLMNetwork({**our_config(), "image_encoder": {**our_config()["image_encoder"], "window_size": 3}})
 
 
-class _TouchMarker:
-    """Unpickling it creates `marker`: the stand-in for code a malicious file would run."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import pathlib
-
-        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
-
-
-def test_convert_reads_weights_only(tmp_path):
-    from mmf_fashion.trainers.checkpointing import UnsafeCheckpointError
-
-    marker, evil = tmp_path / "marker", tmp_path / "evil.th"
-    torch.save({"model": official_state(), "payload": _TouchMarker(str(marker))}, evil)
-    with pytest.raises(UnsafeCheckpointError, match=r"evil\.th(.|\n)*--allow-unsafe-load"):
-        cli_main(["convert", "xvlm", "--from", str(evil), "--out", str(tmp_path / "out.pth")])
-    assert not marker.exists()
-
-
 def _trainer_resuming_from(source, model, tmp_path, written):
     from types import SimpleNamespace
 

@@ -13,29 +13,36 @@ Files are read weights-only unless --allow-unsafe-load (full unpickling can run 
 
 from __future__ import annotations
 
+import sys
+
 from mmf_fashion.cli import add_allow_unsafe_load
+
+
+def _convert(args, convert_file, **options) -> int:
+    """Convert, print the report; a refused or unreadable file is one error line, exit code 1."""
+    from mmf_fashion.trainers.checkpointing import UnsafeCheckpointError
+
+    try:
+        report = convert_file(args.source, args.out, allow_unsafe=args.allow_unsafe_load, **options)
+    except (FileNotFoundError, ValueError, UnsafeCheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for line in report.lines():
+        print(line)
+    print(f"wrote {args.out}")
+    return 0
 
 
 def run_fashionvil(args) -> int:
     from mmf_fashion.convert import fashionvil
 
-    report = fashionvil.convert_file(
-        args.source, args.out, allow_unsafe=args.allow_unsafe_load, visual_token_type=args.visual_token_type
-    )
-    for line in report.lines():
-        print(line)
-    print(f"wrote {args.out}")
-    return 0
+    return _convert(args, fashionvil.convert_file, visual_token_type=args.visual_token_type)
 
 
 def run_xvlm(args) -> int:
     from mmf_fashion.convert import xvlm
 
-    report = xvlm.convert_file(args.source, args.out, allow_unsafe=args.allow_unsafe_load)
-    for line in report.lines():
-        print(line)
-    print(f"wrote {args.out}")
-    return 0
+    return _convert(args, xvlm.convert_file)
 
 
 def add_parser(subparsers) -> None:
