@@ -372,3 +372,42 @@ def test_ablations_are_also_paired_against_the_full_pretraining(tmp_path):
     assert (pair["metrics"]["R@10"]["ci95_low"], pair["metrics"]["R@10"]["ci95_high"]) == pytest.approx(expected)
     text = open(args.out).read()
     assert "| no_mvc - full | -2.00 ± 1.00 [-4.48, +0.48] (3) |" in text
+
+
+def test_noisy_pair_figures_against_sklearn_and_by_hand():
+    from sklearn.metrics import roc_auc_score
+
+    from benchmarks.noisy_pairs import noisy_pair_figures
+
+    noisy = np.array([True, False, False, True, False, False, False, False, False, False])
+    separated = np.where(noisy, -1.0, 1.0) + np.linspace(0, 0.1, 10)
+    figures = noisy_pair_figures(separated, noisy)
+    assert figures["noisy_pairs/auroc"] == pytest.approx(100.0)
+    assert figures["noisy_pairs/precision"] == pytest.approx(100.0)
+    assert figures["noisy_pairs/chance_precision"] == pytest.approx(20.0)
+    memorised = -separated  # the mismatched pairs scored highest
+    assert noisy_pair_figures(memorised, noisy)["noisy_pairs/auroc"] == pytest.approx(0.0)
+    assert noisy_pair_figures(memorised, noisy)["noisy_pairs/precision"] == pytest.approx(0.0)
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=200)
+    labels = rng.random(200) < 0.2
+    figures = noisy_pair_figures(scores, labels)
+    assert figures["noisy_pairs/auroc"] == pytest.approx(100 * roc_auc_score(labels, -scores))
+    lowest = np.argsort(scores)[: labels.sum()]
+    assert figures["noisy_pairs/precision"] == pytest.approx(100 * labels[lowest].mean())
+    with pytest.raises(ValueError, match="both kinds"):
+        noisy_pair_figures(scores, np.zeros(200, dtype=bool))
+
+
+def test_the_cots_report_reads_the_noisy_pair_figures_next_to_the_metrics(tmp_path):
+    args, plan = plan_for(tmp_path, "--rows", "cots")
+    write_metrics(plan, "cots_in-batch", 0, {"val/fashiongen/r@k_general/i2t_r@10": 60.0})
+    save_dir = plan.run_dir("cots_in-batch", 0)
+    with open(os.path.join(save_dir, "noisy_pairs.json"), "w") as handle:
+        json.dump({"noisy_pairs/auroc": 97.0, "noisy_pairs/precision": 85.0}, handle)
+    metrics = learning.finished(plan, instance(plan, "cots_in-batch", 0))
+    assert metrics["noisy_pairs/auroc"] == 97.0 and metrics["val/fashiongen/r@k_general/i2t_r@10"] == 60.0
+    plan.make_tables()
+    titles = [table.title for table in plan.tables["cots"]]
+    assert any("mismatched training pairs" in title for title in titles)
