@@ -937,9 +937,10 @@ def recorded_seconds(save_dir: str) -> float:
 
 
 def metric(metrics: Dict, suffix: str) -> Optional[float]:
-    """The val/... entry ending with `suffix` (the dataset part of the key varies)."""
+    """The val/... entry ending with `suffix` (the dataset part of the key varies), or the entry named
+    `suffix` itself (figures measured outside validation, e.g. noisy_pairs/auroc on the training pairs)."""
     for key, value in metrics.items():
-        if key.startswith("val/") and key.endswith("/" + suffix):
+        if key == suffix or (key.startswith("val/") and key.endswith("/" + suffix)):
             try:
                 return float(value)
             except (TypeError, ValueError):

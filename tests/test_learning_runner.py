@@ -408,6 +408,8 @@ def test_the_cots_report_reads_the_noisy_pair_figures_next_to_the_metrics(tmp_pa
         json.dump({"noisy_pairs/auroc": 97.0, "noisy_pairs/precision": 85.0}, handle)
     metrics = learning.finished(plan, instance(plan, "cots_in-batch", 0))
     assert metrics["noisy_pairs/auroc"] == 97.0 and metrics["val/fashiongen/r@k_general/i2t_r@10"] == 60.0
+    assert learning.metric(metrics, "noisy_pairs/auroc") == 97.0
+    assert learning.metric(metrics, "r@k_general/i2t_r@10") == 60.0
     plan.make_tables()
     titles = [table.title for table in plan.tables["cots"]]
     assert any("mismatched training pairs" in title for title in titles)
