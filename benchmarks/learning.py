@@ -873,8 +873,13 @@ def measure_noisy_pairs(plan: "Plan", seeds: Sequence[int], threads: int) -> Non
             command = [sys.executable, "-m", "benchmarks.noisy_pairs", "--run-dir", save_dir, "--config", run.config]
             command += ["--model", run.model, "--dataset", run.dataset, "--", *plan.command_args(instance)]
             print(f"[learning] noisy pairs of {name} seed {seed}", flush=True)
-            with open(save_dir.rstrip(os.sep) + ".noisy_pairs.log", "w") as log:
-                subprocess.run(command, cwd=REPO, env=thread_env(threads), stdout=log, stderr=subprocess.STDOUT)
+            log_path = save_dir.rstrip(os.sep) + ".noisy_pairs.log"
+            with open(log_path, "w") as log:
+                code = subprocess.run(
+                    command, cwd=REPO, env=thread_env(threads), stdout=log, stderr=subprocess.STDOUT
+                ).returncode
+            if code != 0:  # the table shows the seed as missing; say why
+                print(f"[learning] noisy pairs of {name} seed {seed} failed (exit {code}; log: {log_path})", flush=True)
 
 
 def read_yaml(path: str):
